@@ -1,0 +1,173 @@
+"""YAML <-> ModelSpec, with every problem reported as ``FILE:LINE: field: message``.
+
+The YAML is composed into nodes first (PyYAML's safe composer: no tags that
+build objects, no ``eval``) so that every value keeps the line it came from;
+pydantic then validates the plain data and each of its errors is mapped back
+to the line of the field it names. All problems are reported at once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+import yaml
+from pydantic import ValidationError
+
+from archspec.files import atomic_write_text
+from archspec.spec import MIXER_TYPES, ModelSpec
+
+FieldPath = tuple[Any, ...]
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with a spec, located as precisely as we can."""
+
+    file: str
+    line: int
+    field: str
+    message: str
+
+    def __str__(self) -> str:
+        where = f"{self.file}:{self.line}" if self.line else self.file
+        return f"{where}: {self.field}: {self.message}" if self.field else f"{where}: {self.message}"
+
+
+class SpecError(Exception):
+    """A spec could not be read or is invalid; ``problems`` lists everything found."""
+
+    def __init__(self, problems: Iterable[Problem]):
+        self.problems = list(problems)
+        super().__init__("\n".join(str(problem) for problem in self.problems))
+
+
+def format_field(path: Iterable[Any]) -> str:
+    """``('stages', 2, 'mixer', 'kernel_size')`` -> ``stages[2].mixer.kernel_size``."""
+    text = ""
+    for part in path:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text
+
+
+class _LocatedData:
+    """Plain data built from YAML nodes, plus the line of every field path."""
+
+    def __init__(self, file: str):
+        self.file = file
+        self.lines: dict[FieldPath, int] = {}
+        self.problems: list[Problem] = []
+        self._scalars = yaml.SafeLoader("")
+
+    def build(self, node: yaml.Node, path: FieldPath = ()) -> Any:
+        self.lines.setdefault(path, node.start_mark.line + 1)
+        if isinstance(node, yaml.MappingNode):
+            result: dict[Any, Any] = {}
+            for key_node, value_node in node.value:
+                key = self._scalars.construct_object(key_node, deep=True)
+                if key == "<<":
+                    self.problems.append(Problem(self.file, key_node.start_mark.line + 1, format_field(path),
+                                                 "YAML merge keys (<<) are not supported in specs"))
+                    continue
+                if key in result:
+                    self.problems.append(Problem(
+                        self.file, key_node.start_mark.line + 1, format_field(path + (key,)),
+                        f"duplicate key {key!r} (first given on line {self.lines[path + (key,)]})"))
+                    continue
+                self.lines[path + (key,)] = key_node.start_mark.line + 1
+                result[key] = self.build(value_node, path + (key,))
+            return result
+        if isinstance(node, yaml.SequenceNode):
+            return [self.build(item, path + (index,)) for index, item in enumerate(node.value)]
+        return self._scalars.construct_object(node, deep=True)
+
+    def line_of(self, path: FieldPath) -> int:
+        """Line of the deepest existing prefix of ``path`` (a missing key points at its parent)."""
+        for end in range(len(path), -1, -1):
+            if path[:end] in self.lines:
+                return self.lines[path[:end]]
+        return 0
+
+
+def _data_path(loc: tuple[Any, ...], data: Any) -> FieldPath:
+    """Drop the discriminator tags pydantic inserts into union locations."""
+    path: list[Any] = []
+    for part in loc:
+        if isinstance(part, str) and part in MIXER_TYPES and path and path[-1] == "mixer":
+            continue
+        path.append(part)
+    return tuple(path)
+
+
+def _error_message(error: dict[str, Any]) -> str:
+    message = error["msg"]
+    for prefix in ("Value error, ", "Assertion failed, "):
+        if message.startswith(prefix):
+            message = message[len(prefix):]
+    if error["type"] not in ("value_error", "missing", "assertion_error") and "input" in error:
+        shown = error["input"]
+        if not isinstance(shown, (dict, list)):
+            message += f" (got {shown!r})"
+    if error["type"] == "extra_forbidden":
+        message = "unknown key (not part of the spec language; see `pelk schema`)"
+    return message
+
+
+def loads_spec(text: str, file: str = "<string>") -> ModelSpec:
+    """Parse and validate spec text; raises SpecError listing every problem."""
+    try:
+        nodes = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.MarkedYAMLError as error:
+        mark = error.problem_mark or error.context_mark
+        line = mark.line + 1 if mark else 0
+        raise SpecError([Problem(file, line, "", f"invalid YAML: {error.problem or error}")]) from None
+    except yaml.YAMLError as error:
+        raise SpecError([Problem(file, 0, "", f"invalid YAML: {error}")]) from None
+    if nodes is None:
+        raise SpecError([Problem(file, 1, "", "the spec is empty")])
+    located = _LocatedData(file)
+    try:
+        data = located.build(nodes)
+    except yaml.YAMLError as error:
+        raise SpecError([Problem(file, 0, "", f"invalid YAML value: {error}")]) from None
+    if not isinstance(data, dict):
+        raise SpecError([Problem(file, located.line_of(()), "",
+                                 f"a spec is a mapping of fields, got a {type(data).__name__}")])
+    problems = list(located.problems)
+    spec = None
+    try:
+        spec = ModelSpec.model_validate(data)
+    except ValidationError as error:
+        for item in error.errors():
+            path = _data_path(item["loc"], data)
+            problems.append(Problem(file, located.line_of(path), format_field(path), _error_message(item)))
+    if problems:
+        raise SpecError(sorted(problems, key=lambda problem: problem.line))
+    return spec
+
+
+def load_spec(path: str | Path) -> ModelSpec:
+    """Read and validate a spec file; every failure is a SpecError naming the file."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise SpecError([Problem(str(path), 0, "", "no such file")]) from None
+    except IsADirectoryError:
+        raise SpecError([Problem(str(path), 0, "", "is a directory, not a spec file")]) from None
+    except UnicodeDecodeError as error:
+        raise SpecError([Problem(str(path), 0, "", f"not UTF-8 text ({error.reason})")]) from None
+    except OSError as error:
+        raise SpecError([Problem(str(path), 0, "", f"cannot read: {error.strerror}")]) from None
+    return loads_spec(text, str(path))
+
+
+def dump_spec(spec: ModelSpec) -> str:
+    """The spec as YAML text; ``loads_spec(dump_spec(s)) == s``."""
+    return yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
+
+
+def save_spec(spec: ModelSpec, path: str | Path) -> Path:
+    """Write the spec as YAML atomically (temp file + rename)."""
+    return atomic_write_text(path, dump_spec(spec))
