@@ -1,0 +1,223 @@
+"""PyTorch building blocks of the compiled networks.
+
+The macro architecture is ConvNeXt's (as in SLaK and PeLK): patchify stem,
+four stages separated by LayerNorm + strided-conv downsampling, blocks of
+large-kernel mixer -> LayerNorm -> MLP -> layer scale -> drop path -> residual,
+and a pooled LayerNorm + Linear head. Mixers:
+
+* PeripheralMixer: PeLK's partial peripheral conv (runtime op) + BN, in
+  parallel with a small depthwise conv + BN, on the first g channels.
+* DenseMixer: K x K depthwise (ConvNeXt with bias; RepLKNet with BN + 5x5).
+* StripeMixer: SLaK's K x N + N x K (+ N x N) depthwise convs, each + BN.
+
+Tensors are (B, C, H, W) between modules.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import runtime
+
+
+class LayerNorm2d(nn.LayerNorm):
+    """LayerNorm over the channels of a (B, C, H, W) tensor."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.permute(0, 2, 3, 1)
+        x = F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
+        return x.permute(0, 3, 1, 2)
+
+
+def make_norm2d(kind: str, channels: int) -> nn.Module:
+    """Channels-first norm by name: layernorm, batchnorm or none."""
+    if kind == "layernorm":
+        return LayerNorm2d(channels, eps=1e-6)
+    if kind == "batchnorm":
+        return nn.BatchNorm2d(channels)
+    return nn.Identity()
+
+
+class DropPath(nn.Module):
+    """Stochastic depth: drops whole residual branches per sample while training."""
+
+    def __init__(self, rate: float = 0.0):
+        super().__init__()
+        self.rate = rate
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.rate == 0.0 or not self.training:
+            return x
+        keep = 1.0 - self.rate
+        mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)
+        return x * mask / keep
+
+    def extra_repr(self) -> str:
+        return f"rate={self.rate:.3f}"
+
+
+class ConvNorm(nn.Sequential):
+    """Depthwise conv followed by an optional BatchNorm (bias only when no norm)."""
+
+    def __init__(self, channels: int, kernel_size: tuple[int, int], norm: str):
+        conv = nn.Conv2d(channels, channels, kernel_size, padding=(kernel_size[0] // 2, kernel_size[1] // 2),
+                         groups=channels, bias=norm == "none")
+        super().__init__(conv, make_norm2d(norm, channels))
+
+
+class PartialMixer(nn.Module):
+    """Base of the mixers: the kernel branches see the first ``channels`` channels, the rest pass through."""
+
+    def __init__(self, dim: int, channels: int):
+        super().__init__()
+        self.dim, self.channels = dim, channels
+
+    def mix(self, x: torch.Tensor, pos_embed: torch.Tensor | None) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor, pos_embed: torch.Tensor | None = None) -> torch.Tensor:
+        if self.channels == self.dim:
+            return self.mix(x, pos_embed)
+        mixed = self.mix(x[:, : self.channels], pos_embed)
+        return torch.cat([mixed, x[:, self.channels:]], dim=1)
+
+
+class PeripheralMixer(PartialMixer):
+    """Partial peripheral conv (Sec. 4.3) in training form.
+
+    y[:, :g] = BN(pconv(x[:, :g]; h)) + BN(small(x[:, :g])),  y[:, g:] = x[:, g:]
+    with g = ``channels`` and h the stage's positional embedding (g, K, K).
+    """
+
+    def __init__(self, dim: int, channels: int, grid: tuple[int, ...], small_kernel: int | None,
+                 norm: str, pos_mode: str, backend: str = "auto"):
+        super().__init__(dim, channels)
+        self.grid, self.pos_mode = tuple(grid), pos_mode
+        self.kernel_size = sum(self.grid)
+        self.conv = runtime.PeripheralConv2d(channels, self.grid, bias=norm == "none", backend=backend)
+        self.norm = make_norm2d(norm, channels)
+        self.small = ConvNorm(channels, (small_kernel, small_kernel), norm) if small_kernel else None
+
+    def mix(self, x: torch.Tensor, pos_embed: torch.Tensor | None) -> torch.Tensor:
+        y = self.norm(self.conv(x, pos_embed=pos_embed, pos_mode=self.pos_mode))
+        if self.small is not None:
+            y = y + self.small(x)
+        return y
+
+
+class DenseMixer(PartialMixer):
+    """K x K depthwise conv (+ BN) with an optional parallel small kernel (+ BN)."""
+
+    def __init__(self, dim: int, channels: int, kernel_size: int, small_kernel: int | None, norm: str):
+        super().__init__(dim, channels)
+        self.large = ConvNorm(channels, (kernel_size, kernel_size), norm)
+        self.small = ConvNorm(channels, (small_kernel, small_kernel), norm) if small_kernel else None
+
+    def mix(self, x: torch.Tensor, pos_embed: torch.Tensor | None) -> torch.Tensor:
+        y = self.large(x)
+        return y + self.small(x) if self.small is not None else y
+
+
+class StripeMixer(PartialMixer):
+    """SLaK's decomposed kernel: (K x N) + (N x K) [+ N x N], each depthwise + BN, summed."""
+
+    def __init__(self, dim: int, channels: int, kernel_size: int, short_side: int,
+                 small_kernel: int | None, norm: str):
+        super().__init__(dim, channels)
+        self.vertical = ConvNorm(channels, (kernel_size, short_side), norm)
+        self.horizontal = ConvNorm(channels, (short_side, kernel_size), norm)
+        self.small = ConvNorm(channels, (small_kernel, small_kernel), norm) if small_kernel else None
+
+    def mix(self, x: torch.Tensor, pos_embed: torch.Tensor | None) -> torch.Tensor:
+        y = self.vertical(x) + self.horizontal(x)
+        return y + self.small(x) if self.small is not None else y
+
+
+class Mlp(nn.Module):
+    """Pointwise MLP on channels-last tokens: Linear(C, hidden) -> GELU -> Linear(hidden, C)."""
+
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class Block(nn.Module):
+    """mixer -> LayerNorm -> MLP -> layer scale -> drop path -> + residual; (B, C, H, W) in and out."""
+
+    def __init__(self, dim: int, mixer: nn.Module, mlp_hidden: int, layer_scale_init: float | None,
+                 drop_path: float):
+        super().__init__()
+        self.mixer = mixer
+        self.norm = nn.LayerNorm(dim, eps=1e-6)
+        self.mlp = Mlp(dim, mlp_hidden)
+        self.gamma = nn.Parameter(torch.full((dim,), layer_scale_init)) if layer_scale_init else None
+        self.drop_path = DropPath(drop_path)
+
+    def forward(self, x: torch.Tensor, pos_embed: torch.Tensor | None = None) -> torch.Tensor:
+        shortcut = x
+        x = self.mixer(x, pos_embed).permute(0, 2, 3, 1)
+        x = self.mlp(self.norm(x))
+        if self.gamma is not None:
+            x = x * self.gamma
+        return shortcut + self.drop_path(x.permute(0, 3, 1, 2))
+
+
+class Stage(nn.Module):
+    """Optional downsampling, then blocks; owns the stage's shared positional embedding."""
+
+    def __init__(self, downsample: nn.Module, blocks: list[Block], pos_embed_shape: tuple[int, ...] | None,
+                 pos_embed_std: float = 0.02):
+        super().__init__()
+        self.downsample = downsample
+        self.blocks = nn.ModuleList(blocks)
+        self.pos_embed = None
+        if pos_embed_shape is not None:
+            self.pos_embed = nn.Parameter(torch.empty(pos_embed_shape))
+            nn.init.trunc_normal_(self.pos_embed, std=pos_embed_std, a=-2 * pos_embed_std, b=2 * pos_embed_std)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.downsample(x)
+        for block in self.blocks:
+            x = block(x, self.pos_embed)
+        return x
+
+
+class Head(nn.Module):
+    """Global average pool -> norm -> dropout -> Linear; ``pre_logits`` stops before the Linear."""
+
+    def __init__(self, dim: int, num_classes: int, norm: str, drop_rate: float):
+        super().__init__()
+        self.norm = nn.LayerNorm(dim, eps=1e-6) if norm == "layernorm" else nn.Identity()
+        self.drop = nn.Dropout(drop_rate)
+        self.fc = nn.Linear(dim, num_classes) if num_classes > 0 else nn.Identity()
+
+    def forward(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = self.drop(self.norm(x.mean((2, 3))))
+        return x if pre_logits else self.fc(x)
+
+
+def init_weights(module: nn.Module) -> None:
+    """ConvNeXt's initialisation: trunc-normal(0.02) for conv and linear weights, zero biases."""
+    if isinstance(module, (nn.Conv2d, nn.Linear)):
+        nn.init.trunc_normal_(module.weight, std=0.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, runtime.PeripheralConv2d):
+        nn.init.trunc_normal_(module.weight, std=0.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+
+def count_params(module: nn.Module) -> int:
+    return sum(parameter.numel() for parameter in module.parameters())
+
+
+__all__ = ["Block", "DenseMixer", "DropPath", "Head", "LayerNorm2d", "Mlp", "PeripheralMixer",
+           "Stage", "StripeMixer", "count_params", "init_weights", "make_norm2d"]
