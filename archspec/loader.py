@@ -19,6 +19,7 @@ from archspec.files import atomic_write_text
 from archspec.spec import MIXER_TYPES, ModelSpec
 
 FieldPath = tuple[Any, ...]
+_ALLOWED_TAGS = {f"tag:yaml.org,2002:{name}" for name in ("str", "int", "float", "bool", "null", "map", "seq")}
 
 
 @dataclass(frozen=True)
@@ -62,6 +63,10 @@ class _LocatedData:
 
     def build(self, node: yaml.Node, path: FieldPath = ()) -> Any:
         self.lines.setdefault(path, node.start_mark.line + 1)
+        if node.tag not in _ALLOWED_TAGS:
+            self.problems.append(Problem(self.file, node.start_mark.line + 1, format_field(path),
+                                         f"invalid YAML: tag {node.tag!r} is not allowed in specs"))
+            return None
         if isinstance(node, yaml.MappingNode):
             result: dict[Any, Any] = {}
             for key_node, value_node in node.value:
