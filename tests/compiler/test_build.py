@@ -1,0 +1,95 @@
+"""`pelk build` and the build directory: contents, atomicity, reload, refusal of foreign weights."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from archspec import save_spec
+from cli import main
+from compiler import BuildError, build_model, load_model, load_weights, save_weights
+from tests.conftest import tiny_spec
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def tiny_spec_file(tmp_path):
+    return save_spec(tiny_spec("pelk_t"), tmp_path / "tiny.yaml")
+
+
+def test_build_prints_the_stage_table(tiny_spec_file):
+    result = runner.invoke(main, ["build", str(tiny_spec_file)])
+    assert result.exit_code == 0, result.output
+    for header in ("kernel", "grid", "k'", "channels", "map", "covers", "dense", "nonzero", "macs"):
+        assert header in result.output
+    assert "[9, 8, 4, 2, 1, 1, 1]" in result.output
+
+
+def test_build_writes_a_complete_directory(tiny_spec_file, tmp_path):
+    out = tmp_path / "built"
+    result = runner.invoke(main, ["build", str(tiny_spec_file), "--out", str(out), "--resolution", "96"])
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in out.iterdir()) == ["ir.graphml", "ir.json", "model.pt", "spec.yaml",
+                                                     "summary.json"]
+    summary = json.loads((out / "summary.json").read_text())
+    assert {"dense", "nonzero"} <= set(summary["params"]) and summary["resolution"] == 96
+    assert summary["macs"] > 0 and len(summary["fingerprint"]) == 16
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_a_built_model_reloads_identically(tmp_path, tiny_spec_file):
+    out = tmp_path / "built"
+    assert runner.invoke(main, ["build", str(tiny_spec_file), "--out", str(out)]).exit_code == 0
+    model = load_model(out).eval()
+    again = load_model(out).eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(model(x), again(x))
+
+
+def test_weights_for_another_architecture_are_refused(tmp_path):
+    weights = save_weights(build_model(tiny_spec("pelk_t")), tmp_path / "pelk.pt")
+    other = build_model(tiny_spec("convnext_t"))
+    with pytest.raises(BuildError, match="weights are for 'pelk_t_tiny'.*not for 'convnext_t_tiny'"):
+        load_weights(other, weights)
+
+
+def test_bad_inputs_are_clean_errors(tmp_path):
+    garbage = tmp_path / "garbage"
+    garbage.mkdir()
+    (garbage / "model.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(BuildError, match="not a pelk weights file"):
+        load_model(garbage)
+    with pytest.raises(BuildError, match="not a build directory"):
+        load_model(tmp_path)
+    for args in (["build", "no_such_preset"], ["build", str(tmp_path / "x.yaml")],
+                 ["build", "pelk_t", "--resolution", "3"], ["build", "pelk_t", "--backend", "cuda"]):
+        result = runner.invoke(main, args)
+        assert result.exit_code != 0 and "Traceback" not in result.output, args
+
+
+def test_a_failed_build_leaves_the_old_directory_untouched(tmp_path, tiny_spec_file, monkeypatch):
+    out = tmp_path / "built"
+    assert runner.invoke(main, ["build", str(tiny_spec_file), "--out", str(out)]).exit_code == 0
+    before = (out / "summary.json").read_bytes()
+
+    def explode(*args, **kwargs):
+        raise RuntimeError("disk on fire")
+
+    monkeypatch.setattr("compiler.build.nx.write_graphml", explode)
+    result = runner.invoke(main, ["build", str(tiny_spec_file), "--out", str(out), "--resolution", "128"])
+    assert result.exit_code != 0
+    assert (out / "summary.json").read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["built", "tiny.yaml"]
+
+
+def test_building_pelk_t_takes_seconds():
+    started = time.perf_counter()
+    result = runner.invoke(main, ["build", "pelk_t"])
+    assert result.exit_code == 0
+    assert time.perf_counter() - started < 30

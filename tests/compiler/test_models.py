@@ -1,0 +1,78 @@
+"""Every preset builds a model that runs forward and backward on CPU (timm's model tests, tiny presets)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from archspec import preset_names
+from compiler import build_model
+from compiler.modules import PeripheralMixer
+from tests.conftest import tiny_spec
+
+
+@pytest.fixture(scope="module", params=preset_names())
+def tiny_model(request):
+    torch.manual_seed(0)
+    return request.param, build_model(tiny_spec(request.param), backend="torch")
+
+
+def test_forward_backward_gives_every_parameter_a_gradient(tiny_model):
+    name, model = tiny_model
+    model.train()
+    logits = model(torch.randn(2, 3, 64, 64))
+    assert logits.shape == (2, 10)
+    logits.square().mean().backward()
+    missing = [n for n, p in model.named_parameters() if p.grad is None or not torch.isfinite(p.grad).all()]
+    assert missing == []
+    model.zero_grad(set_to_none=True)
+
+
+def test_stage_features_match_feature_info(tiny_model):
+    _, model = tiny_model
+    model.eval()
+    with torch.no_grad():
+        features = model.forward_stages(torch.randn(1, 3, 64, 64))
+    assert [f.shape[1] for f in features] == [info["num_chs"] for info in model.feature_info]
+    assert [64 // f.shape[-1] for f in features] == [info["reduction"] for info in model.feature_info]
+    assert torch.equal(model.forward_features(torch.randn(1, 3, 64, 64) * 0), model.forward_features(
+        torch.zeros(1, 3, 64, 64)))
+
+
+def test_pre_logits_and_reset_classifier(tiny_model):
+    _, model = tiny_model
+    model.eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        pooled = model.forward_head(model.forward_features(x), pre_logits=True)
+        assert pooled.shape == (2, model.num_features)
+        model.reset_classifier(7)
+        assert model(x).shape == (2, 7)
+        model.reset_classifier(0)
+        assert model(x).shape == (2, model.num_features)
+        model.reset_classifier(10)
+
+
+def test_one_positional_embedding_per_stage_shared_by_its_blocks():
+    model = build_model(tiny_spec("pelk_t", depth=2))
+    for stage in model.stages:
+        mixer = stage.blocks[0].mixer
+        assert isinstance(mixer, PeripheralMixer)
+        assert stage.pos_embed.shape == (mixer.channels, mixer.kernel_size, mixer.kernel_size)
+    names = [name for name, _ in model.named_parameters() if "pos_embed" in name]
+    assert names == [f"stages.{i}.pos_embed" for i in range(4)]
+
+
+def test_partial_channels_pass_through_unchanged():
+    model = build_model(tiny_spec("pelk_t")).eval()
+    mixer = model.stages[0].blocks[0].mixer
+    x = torch.randn(1, mixer.dim, 16, 16)
+    with torch.no_grad():
+        y = mixer(x, model.stages[0].pos_embed)
+    assert torch.equal(y[:, mixer.channels:], x[:, mixer.channels:])
+    assert not torch.allclose(y[:, :mixer.channels], x[:, :mixer.channels])
+
+
+def test_build_model_overrides():
+    model = build_model(tiny_spec("pelk_t"), num_classes=3, in_chans=1)
+    assert model(torch.randn(1, 1, 64, 64)).shape == (1, 3)
