@@ -169,5 +169,111 @@ def build(spec: str, resolution: int | None, out: Path | None, backend: str) -> 
     click.echo(f"built in {time.perf_counter() - started:.1f}s")
 
 
+ERF_HELP_WEIGHTS = ("Freshly initialised PeLK/ConvNeXt models (layer scale 1e-6) have a near-trivial ERF (the stem's "
+                    "footprint): that is the truth for untrained models. Trained weights (a build directory from "
+                    "`pelk build --out DIR`) are what the paper's Fig. 4 shows.")
+
+
+def _erf_images(images: Path | None, num_images: int | None) -> list[Path]:
+    from compiler.erf import ErfError, find_images
+    try:
+        return find_images(images, num_images)
+    except ErfError as error:
+        raise UserError(str(error)) from None
+
+
+def _erf_image_options(command):
+    """--images / --num-images / --size / --backend, shared by `erf` and `report`."""
+    options = [
+        click.option("--images", type=click.Path(file_okay=False, path_type=Path),
+                     help="Directory of images (searched recursively, sorted; e.g. ImageNet val). Default: the "
+                          "real photographs shipped with scikit-image, offline."),
+        click.option("--num-images", type=click.IntRange(min=1),
+                     help="Use the first N images (default: all shipped photographs, or 50 from --images as in "
+                          "the paper)."),
+        click.option("--size", default=1024, show_default=True, type=click.IntRange(min=8),
+                     help="Images are resized to SIZE x SIZE (the paper: 1024)."),
+        click.option("--backend", default="auto", show_default=True,
+                     type=click.Choice(["auto", "torch", "sat", "triton"]),
+                     help="Peripheral-conv backend (sat is the fast exact CPU path)."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+@main.command(help="Measure effective receptive fields (paper Fig. 4) of one or more models.\n\n"
+                   "SOURCES are build directories (trained weights), spec files or preset names. Method of "
+                   "RepLKNet and SLaK: gradient of the central point of the last stage w.r.t. the input, ReLU, "
+                   "summed over channels and averaged over images; log10(x+1), max-normalised; area ratios at "
+                   "t = 20%, 30%, 50%, 99%. Writes erf_<model>.png/.npy, erf_comparison.png (several models) "
+                   "and erf.json into --out.\n\n" + ERF_HELP_WEIGHTS)
+@click.argument("sources", nargs=-1, required=True)
+@_erf_image_options
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Output directory (files are written atomically).")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def erf(sources: tuple[str, ...], images: Path | None, num_images: int | None, size: int, backend: str,
+        out: Path, quiet: bool) -> None:
+    from compiler.erf import ErfError, measure_erf, ratio_rows, unique_labels, write_erf
+    paths = _erf_images(images, num_images)
+    click.echo(f"{len(paths)} image(s) from {images or 'scikit-image (shipped photographs)'}, size {size}x{size}")
+    try:
+        results = [measure_erf(source, paths, size, backend, label, progress=not quiet)
+                   for source, label in zip(sources, unique_labels(sources))]
+        written = write_erf(results, out)
+    except ErfError as error:
+        raise UserError(str(error)) from None
+    rows = ratio_rows(results)
+    echo_table(rows, [(key, key) for key in rows[0]])
+    click.echo(f"wrote {', '.join(str(path) for path in written)}")
+
+
+@main.group()
+def plot() -> None:
+    """Figures of the paper from the compiler's own numbers."""
+
+
+@plot.command()
+@click.option("--kernels", default="7..151", show_default=True,
+              help="Kernel sizes: A..B (odd, step 2), A..B:STEP, or a comma list (51,101,151); odd, >= 7.")
+@click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="PNG to write; the table goes beside it as .csv.")
+def scaling(kernels: str, out: Path) -> None:
+    """Parameters of ConvNeXt-T with every kernel replaced, dense vs stripe vs peripheral (paper Fig. 6)."""
+    from compiler.plots import FORMS, KernelRangeError, parse_kernels, scaling_table_rows, write_scaling
+    try:
+        sizes = parse_kernels(kernels)
+    except KernelRangeError as error:
+        raise UserError(f"--kernels {error}") from None
+    rows, png, table = write_scaling(sizes, out)
+    echo_table(scaling_table_rows(rows), [("kernel", "kernel"), *((form, form) for form in FORMS),
+                                          ("peripheral/dense", "peripheral/dense")])
+    click.echo(f"wrote {png} and {table}")
+
+
+@main.command(help="Write one self-contained HTML page about a model: totals, stage table, the kernel "
+                   "(sharing-grid) picture of every stage, the spec, and with --erf the ERF heatmap and area "
+                   "ratios.\n\nSOURCE is a build directory, spec file or preset name. " + ERF_HELP_WEIGHTS)
+@click.argument("source")
+@click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="HTML file to write.")
+@click.option("--resolution", type=click.IntRange(min=8), help="Input resolution for shapes and MACs "
+              "(default: the spec's).")
+@click.option("--erf", "with_erf", is_flag=True, help="Measure and include the effective receptive field.")
+@_erf_image_options
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def report(source: str, out: Path, resolution: int | None, with_erf: bool, images: Path | None,
+           num_images: int | None, size: int, backend: str, quiet: bool) -> None:
+    from compiler.erf import ErfError
+    from compiler.report import write_report
+    paths = _erf_images(images, num_images) if with_erf else None
+    try:
+        path, compiled, result = write_report(source, out, resolution, paths, size, backend, progress=not quiet)
+    except ErfError as error:
+        raise UserError(str(error)) from None
+    extra = f", ERF over {len(result.images)} image(s) at {size}x{size}" if result else ""
+    click.echo(f"wrote {path} ({compiled.spec.name}, {len(compiled.stages)} stages{extra})")
+
+
 if __name__ == "__main__":
     sys.exit(main())
