@@ -159,21 +159,22 @@ def display_map(scores: np.ndarray) -> np.ndarray:
 def area_ratio(display: np.ndarray, threshold: float) -> tuple[int, float] | None:
     """(side, area ratio) of the smallest centred square holding more than ``threshold`` of the total,
     or None (RepLKNet's ``get_rectangle``: sides 3, 5, ... up to 2 (H // 2 - 1) + 1)."""
-    height, width = display.shape
+    size = display.shape[0]
+    if display.shape != (size, size):
+        raise ValueError(f"the ERF map must be square, got {display.shape}")
     total = display.sum()
     if total <= 0:
         return None
     # Sums of the centred squares of half-side i, for every i at once, from a 2-D prefix sum.
     prefix = np.pad(display, ((1, 0), (1, 0))).cumsum(0).cumsum(1)
-    half = np.arange(1, height // 2)
-    top, bottom = height // 2 - half, height // 2 + 1 + half
-    left, right = width // 2 - half, width // 2 + 1 + half
-    inside = prefix[bottom, right] - prefix[top, right] - prefix[bottom, left] + prefix[top, left]
+    half = np.arange(1, size // 2)
+    low, high = size // 2 - half, size // 2 + 1 + half
+    inside = prefix[high, high] - prefix[low, high] - prefix[high, low] + prefix[low, low]
     reached = np.nonzero(inside / total > threshold)[0]
     if reached.size == 0:
         return None
     side = int(2 * half[reached[0]] + 1)
-    return side, side / height * side / width
+    return side, (side / size) ** 2
 
 
 def area_ratios(display: np.ndarray, thresholds: Sequence[float] = THRESHOLDS) -> dict[str, dict | None]:
@@ -182,7 +183,7 @@ def area_ratios(display: np.ndarray, thresholds: Sequence[float] = THRESHOLDS) -
     for threshold in thresholds:
         found = area_ratio(display, threshold)
         ratios[f"{threshold:.0%}"] = None if found is None else {
-            "threshold": threshold, "side": found[0], "ratio": round(found[1], 6)}
+            "threshold": threshold, "side": found[0], "ratio": found[1]}
     return ratios
 
 
