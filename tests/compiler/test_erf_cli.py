@@ -1,0 +1,86 @@
+"""`pelk erf`: heatmaps, a side-by-side figure and JSON ratios from one command, offline."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from archspec import save_spec
+from cli import main
+from compiler import compile_spec, write_build
+from tests.conftest import tiny_spec
+
+
+@pytest.fixture
+def tiny_specs(tmp_path):
+    paths = []
+    for name in ("pelk_t", "slak_t"):
+        path = tmp_path / f"{name}_tiny.yaml"
+        save_spec(tiny_spec(name, dim=8), path)
+        paths.append(path)
+    return paths
+
+
+def run(*args: str):
+    return CliRunner().invoke(main, ["erf", *args])
+
+
+def test_two_models_on_shipped_photographs(tmp_path, tiny_specs):
+    out = tmp_path / "erf"
+    result = run(*map(str, tiny_specs), "--num-images", "2", "--size", "64", "--out", str(out))
+    assert result.exit_code == 0, result.output
+    assert sorted(path.name for path in out.iterdir()) == [
+        "erf.json", "erf_comparison.png", "erf_pelk_t_tiny.npy", "erf_pelk_t_tiny.png",
+        "erf_slak_t_tiny.npy", "erf_slak_t_tiny.png"]
+    assert all((out / name).read_bytes().startswith(b"\x89PNG") for name in
+               ("erf_comparison.png", "erf_pelk_t_tiny.png", "erf_slak_t_tiny.png"))
+    report = json.loads((out / "erf.json").read_text())
+    assert [model["label"] for model in report["models"]] == ["pelk_t_tiny", "slak_t_tiny"]
+    for model in report["models"]:
+        assert model["num_images"] == 2 and model["size"] == 64
+        assert list(model["area_ratios"]) == ["20%", "30%", "50%", "99%"]
+        ratios = [found["ratio"] for found in model["area_ratios"].values() if found]
+        assert ratios == sorted(ratios) and all(0 < ratio <= 1 for ratio in ratios)
+        assert "skimage" in model["images"][0]
+    scores = np.load(out / "erf_pelk_t_tiny.npy")
+    assert scores.shape == (64, 64) and scores.max() == pytest.approx(report["models"][0]["max_contribution"])
+    assert "t=20%" in result.output and "pelk_t_tiny" in result.output
+
+
+def test_one_build_directory_from_an_image_folder(tmp_path):
+    from PIL import Image
+    images = tmp_path / "images"
+    images.mkdir()
+    rng = np.random.default_rng(0)
+    for index in range(3):
+        Image.fromarray(rng.integers(0, 255, (40, 50, 3), dtype=np.uint8)).save(images / f"{index}.png")
+    build = write_build(compile_spec(tiny_spec("convnext_t", dim=8)), tmp_path / "convnext_run")
+    out = tmp_path / "erf"
+    result = run(str(build), "--images", str(images), "--size", "64", "--out", str(out), "--quiet")
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "erf.json").read_text())
+    assert report["models"][0]["label"] == "convnext_run" and report["models"][0]["num_images"] == 3
+    assert not (out / "erf_comparison.png").exists()
+
+
+@pytest.mark.parametrize("arguments, message", [
+    (["--images", "{tmp}/nowhere"], "nowhere: not a directory of images"),
+    (["--images", "{tmp}"], "no image files"),
+    (["--num-images", "99"], "--num-images 99: only 6 images"),
+    (["--size", "16"], "--size 16 is smaller than the model's total stride 32"),
+])
+def test_mistakes_are_explained_without_traceback(tmp_path, tiny_specs, arguments, message):
+    arguments = [argument.replace("{tmp}", str(tmp_path)) for argument in arguments]
+    result = run(str(tiny_specs[0]), *arguments, "--out", str(tmp_path / "out"), "--quiet")
+    assert result.exit_code == 1, result.output
+    assert message in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_unknown_model_is_named(tmp_path):
+    result = run("no_such_preset", "--out", str(tmp_path / "out"))
+    assert result.exit_code == 1
+    assert "no_such_preset" in result.output and "Traceback" not in result.output
