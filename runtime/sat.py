@@ -1,0 +1,152 @@
+"""Summed-area-table (SAT) form of peripheral convolution, in plain PyTorch.
+
+The expanded kernel is constant on k' x k' rectangles, so (design.md)
+
+    Y(h, w) = Σ_{a,b=0..k'} D[a, b] · S(h + p_a, w + p_b)
+
+with S the exclusive 2-D prefix sum of x (indices clamped to [0, H] x [0, W],
+which is zero padding), p the cell boundaries relative to the centre and D the
+2-D difference of w_θ padded with zeros: (k'+1)² taps instead of K².
+
+Clamping makes taps redundant once K is large against the image: a boundary
+p <= -(H-1) always reads the zero row and is dropped; boundaries >= H all read
+row H and are merged. ``clamp_boundaries`` does this per axis, so the kernels
+below work on a compressed tap set (offsets, coefficients) that is exact.
+
+Gradients: grad-input is the same op with the grid reversed and w_θ flipped;
+grad-weight is G[a, b] = Σ dY(h, w) · S(h + p_a, w + p_b) followed by the
+transposed difference. Everything accumulates in fp32 (fp64 for fp64 input).
+
+The two primitives ``sat_taps`` and ``sat_tap_sums`` have Triton twins in
+``triton_kernels.py`` with the same signatures.
+"""
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+
+
+def accumulate_dtype(dtype: torch.dtype) -> torch.dtype:
+    """fp32 for fp32/bf16/fp16, fp64 for fp64."""
+    return torch.promote_types(dtype, torch.float32)
+
+
+def cell_boundaries(grid: Sequence[int]) -> list[int]:
+    """k'+1 cell edges relative to the centre tap: p_0 = -r, ..., p_k' = r + 1."""
+    radius = sum(grid) // 2
+    edges = [-radius]
+    for size in grid:
+        edges.append(edges[-1] + size)
+    return edges
+
+
+def weight_differences(weight: torch.Tensor) -> torch.Tensor:
+    """D = 2-D difference of zero-padded w_θ: (C, 1, k', k') -> (C, k'+1, k'+1)."""
+    padded = F.pad(weight[:, 0], (1, 1, 1, 1))
+    return padded[:, :-1, :-1] - padded[:, 1:, :-1] - padded[:, :-1, 1:] + padded[:, 1:, 1:]
+
+
+def clamp_boundaries(grid: Sequence[int], size: int) -> tuple[list[int], torch.Tensor]:
+    """Distinct effective boundaries along an axis of length ``size``.
+
+    Returns (offsets (n,), merge (n, k'+1)) with merge[i, a] = 1 when boundary a
+    reads the same clamped SAT index as offsets[i] for every output position;
+    boundaries that always read the zero row/column have no offset.
+    """
+    offsets: list[int] = []
+    pairs: list[tuple[int, int]] = []
+    for a, p in enumerate(cell_boundaries(grid)):
+        if p <= 1 - size:
+            continue  # h + p <= 0 for every h < size: reads S = 0
+        p = min(p, size)  # h + p >= size for every h >= 0: reads the last row
+        if p not in offsets:
+            offsets.append(p)
+        pairs.append((offsets.index(p), a))
+    merge = torch.zeros(len(offsets), len(grid) + 1)
+    for i, a in pairs:
+        merge[i, a] = 1.0
+    return offsets, merge
+
+
+def prefix_sum_2d(x: torch.Tensor) -> torch.Tensor:
+    """Exclusive 2-D prefix sum: (..., H, W) -> (..., H+1, W+1), S[u, v] = Σ_{h<u, w<v} x[h, w]."""
+    return F.pad(x, (1, 0, 1, 0)).cumsum(-2).cumsum(-1)
+
+
+def _clamped_index(offsets: Sequence[int], size: int, device) -> torch.Tensor:
+    """(n, size) SAT indices clamp(i + offset, 0, size)."""
+    shifts = torch.tensor(list(offsets), device=device)
+    return (torch.arange(size, device=device) + shifts[:, None]).clamp(0, size)
+
+
+def sat_taps(x: torch.Tensor, row_offsets: Sequence[int], col_offsets: Sequence[int],
+             coeffs: torch.Tensor) -> torch.Tensor:
+    """Y[n, c, h, w] = Σ_{i,j} coeffs[c, i, j] · S[n, c, h + row_i, w + col_j] (clamped).
+
+    x (B, C, H, W), coeffs (C, n_rows, n_cols) -> Y (B, C, H, W) in x.dtype.
+    """
+    batch, channels, height, width = x.shape
+    acc = accumulate_dtype(x.dtype)
+    sat = prefix_sum_2d(x.to(acc))
+    rows = _clamped_index(row_offsets, height, x.device)
+    cols = _clamped_index(col_offsets, width, x.device)
+    row_gathered = sat[:, :, rows]  # (B, C, n_rows, H, W+1)
+    per_col = torch.einsum("ncihv,cij->ncjhv", row_gathered, coeffs.to(acc))
+    index = cols[None, None, :, None, :].expand(batch, channels, -1, height, -1)
+    return per_col.gather(-1, index).sum(2).to(x.dtype)
+
+
+def sat_tap_sums(dy: torch.Tensor, x: torch.Tensor, row_offsets: Sequence[int],
+                 col_offsets: Sequence[int]) -> torch.Tensor:
+    """G[c, i, j] = Σ_{n,h,w} dY[n, c, h, w] · S[n, c, h + row_i, w + col_j] (clamped): (C, n_rows, n_cols).
+
+    dy, x (B, C, H, W); result in the accumulation dtype.
+    """
+    batch, channels, height, width = x.shape
+    acc = accumulate_dtype(x.dtype)
+    sat = prefix_sum_2d(x.to(acc))
+    rows = _clamped_index(row_offsets, height, x.device)
+    cols = _clamped_index(col_offsets, width, x.device)
+    row_gathered = sat[:, :, rows]  # (B, C, n_rows, H, W+1)
+    # Scatter dY onto the SAT column each output reads: Q[n, c, j, h, v] = Σ_{w: col(w)=v} dY[n, c, h, w].
+    index = cols[None, None, :, None, :].expand(batch, channels, -1, height, -1)
+    source = dy.to(acc)[:, :, None].expand(-1, -1, len(col_offsets), -1, -1)
+    scattered = row_gathered.new_zeros(batch, channels, len(col_offsets), height, width + 1)
+    scattered.scatter_add_(-1, index, source)
+    return torch.einsum("ncihv,ncjhv->cij", row_gathered, scattered)
+
+
+TapsFn = Callable[[torch.Tensor, Sequence[int], Sequence[int], torch.Tensor], torch.Tensor]
+TapSumsFn = Callable[[torch.Tensor, torch.Tensor, Sequence[int], Sequence[int]], torch.Tensor]
+
+
+def peripheral_conv2d_taps(x: torch.Tensor, weight: torch.Tensor, grid: Sequence[int],
+                           taps: TapsFn = sat_taps) -> torch.Tensor:
+    """Peripheral conv through a SAT-taps primitive: (B, C, H, W) -> (B, C, H, W) in x.dtype."""
+    height, width = x.shape[-2:]
+    row_offsets, row_merge = clamp_boundaries(grid, height)
+    col_offsets, col_merge = clamp_boundaries(grid, width)
+    acc = accumulate_dtype(x.dtype)
+    diffs = weight_differences(weight.to(acc))
+    coeffs = torch.einsum("ia,cab,jb->cij", row_merge.to(diffs), diffs, col_merge.to(diffs))
+    return taps(x, row_offsets, col_offsets, coeffs)
+
+
+def peripheral_grad_weight_taps(dy: torch.Tensor, x: torch.Tensor, grid: Sequence[int],
+                                tap_sums: TapSumsFn = sat_tap_sums) -> torch.Tensor:
+    """dL/dw_θ from dY and x (B, C, H, W): (C, 1, k', k') in the accumulation dtype."""
+    height, width = x.shape[-2:]
+    row_offsets, row_merge = clamp_boundaries(grid, height)
+    col_offsets, col_merge = clamp_boundaries(grid, width)
+    sums = tap_sums(dy, x, row_offsets, col_offsets)
+    full = torch.einsum("ia,cij,jb->cab", row_merge.to(sums), sums, col_merge.to(sums))
+    grad = full[:, 1:, 1:] - full[:, :-1, 1:] - full[:, 1:, :-1] + full[:, :-1, :-1]
+    return grad.unsqueeze(1)
+
+
+def peripheral_grad_input_taps(dy: torch.Tensor, weight: torch.Tensor, grid: Sequence[int],
+                               taps: TapsFn = sat_taps) -> torch.Tensor:
+    """dL/dx: the same op on dY with the grid reversed and w_θ flipped."""
+    return peripheral_conv2d_taps(dy, weight.flip(-2, -1), tuple(reversed(grid)), taps)
