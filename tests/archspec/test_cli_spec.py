@@ -1,0 +1,77 @@
+"""`pelk validate`, `pelk schema`, `pelk grid`: exit codes, messages, files."""
+
+from __future__ import annotations
+
+import json
+
+from click.testing import CliRunner
+
+from archspec import PRESETS_DIR
+from cli import main
+
+runner = CliRunner()
+
+
+def invoke(*args: str):
+    return runner.invoke(main, list(args))
+
+
+def test_validate_accepts_every_shipped_spec():
+    result = invoke("validate", *map(str, sorted(PRESETS_DIR.glob("*.yaml"))))
+    assert result.exit_code == 0, result.output
+    assert result.output.count("ok  ") == len(list(PRESETS_DIR.glob("*.yaml")))
+
+
+def test_validate_reports_each_problem_and_fails(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: bad\nstages:\n  - depth: 1\n    dim: 8\n    mixer: {type: peripheral, kernel_size: 8}\n")
+    good = PRESETS_DIR / "pelk_t.yaml"
+    result = invoke("validate", str(good), str(bad))
+    assert result.exit_code == 1
+    assert f"{bad}:5: stages[0].mixer.kernel_size: kernel_size must be odd" in result.output
+    assert "1 of 2 spec(s) invalid" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_validate_missing_file_is_a_clean_error(tmp_path):
+    result = invoke("validate", str(tmp_path / "nope.yaml"))
+    assert result.exit_code != 0
+    assert "no such file" in result.output and "Traceback" not in result.output
+
+
+def test_schema_is_json_with_descriptions(tmp_path):
+    result = invoke("schema")
+    assert result.exit_code == 0
+    schema = json.loads(result.output)
+    assert schema["title"] == "ModelSpec" and "stages" in schema["properties"]
+    out = tmp_path / "schema.json"
+    assert invoke("schema", "--out", str(out)).exit_code == 0
+    assert json.loads(out.read_text()) == schema
+
+
+def test_grid_json_and_text():
+    result = invoke("grid", "51", "--json")
+    info = json.loads(result.output)
+    assert info["grid"] == [9, 8, 4, 2, 1, 1, 1, 1, 1, 2, 4, 8, 9]
+    assert info["k_prime"] == 13 and abs(info["param_ratio"] - 169 / 2601) < 1e-12
+    text = invoke("grid", "101", "--center", "7").output
+    assert "[17, 16, 8, 4, 2, 1, 1, 1, 1]" in text and "k'          17" in text
+    merged = json.loads(invoke("grid", "69", "--center", "7", "--policy", "merge", "--json").output)
+    assert merged["half_grid"] == [17, 8, 4, 2, 1, 1, 1, 1]
+
+
+def test_grid_png_is_written(tmp_path):
+    png = tmp_path / "k51.png"
+    result = invoke("grid", "51", "--png", str(png))
+    assert result.exit_code == 0
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert [path.name for path in tmp_path.iterdir()] == ["k51.png"]  # no temp files left
+
+
+def test_grid_bad_arguments_are_clean_errors():
+    for args in (["50"], ["51", "--center", "4"], ["51", "--center", "51"], ["51", "--base", "1"],
+                 ["x"], ["51", "--policy", "other"]):
+        result = invoke("grid", *args)
+        assert result.exit_code != 0, args
+        assert "Traceback" not in result.output
+        assert result.exception is None or isinstance(result.exception, SystemExit), args
