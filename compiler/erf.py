@@ -308,5 +308,5 @@ def ratio_rows(results: Sequence[ErfResult]) -> list[dict]:
 
 __all__ = ["ErfError", "ErfResult", "IMAGENET_MEAN", "IMAGENET_STD", "SHIPPED_PHOTOS", "THRESHOLDS", "area_ratio",
            "area_ratios", "display_map", "erf_title", "find_images", "input_gradient", "load_image",
-           "mean_contribution", "measure_erf", "model_erf", "model_label", "ratio_rows", "shipped_photos", "unique_labels",
-           "write_erf"]
+           "mean_contribution", "measure_erf", "model_erf", "model_label", "ratio_rows", "shipped_photos",
+           "unique_labels", "write_erf"]
