@@ -160,3 +160,7 @@ def sat_tap_sums_triton(dy: torch.Tensor, x: torch.Tensor, row_offsets: Sequence
         len(row_offsets), len(col_offsets), ACC_FP64=acc == torch.float64,
         BLOCK_C=block_c, BLOCK_H=block_h, BLOCK_W=block_w, num_warps=num_warps)
     return partial.sum(0)
+
+
+INTERPRETED = not isinstance(_sat_taps_kernel, triton.runtime.JITFunction)
+"""True when TRITON_INTERPRET=1 was set before triton was imported: kernels run on CPU tensors."""

@@ -1,0 +1,186 @@
+"""Per-layer benchmark of the peripheral-conv backends against the dense baseline.
+
+For every PeLK-T large-kernel layer shape (perf-baseline.md) and dtype it
+times, side by side in one run with ``triton.testing.do_bench`` medians:
+dense (expand + F.conv2d) fwd and fwd+bwd, each runtime backend fwd and
+fwd+bwd, the HBM floor (x read once + y written once over the copy bandwidth
+measured in the same run), the ratio to that floor and the speedup over dense.
+Before timing it checks every backend against a float64 reference on a small
+batch. Prints markdown and writes it to ``--out``.
+
+    python3 bench/bench_layers.py --out layers.md              # GPU
+    python3 bench/bench_layers.py --cpu-crossover               # CPU: sat vs torch
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from runtime import expand_kernel, peripheral_conv2d  # noqa: E402
+from runtime.op import sat_tap_count  # noqa: E402
+
+
+def mirror(outer: list[int]) -> list[int]:
+    """Full grid from the cells outside the centre, outermost first."""
+    return outer + [1] + outer[::-1]
+
+
+# (stage, channels, size, grid): PeLK-T partial channels (3/8 of 1.3x ConvNeXt-T widths), 224² input;
+# greedy grids as archspec.grid.full_grid(K, centre) gives them (5x5 centre; 7x7 for K=101/69/67).
+SHAPES = [
+    (1, 46, 56, mirror([9, 8, 4, 2, 1, 1])),             # K=51
+    (1, 46, 56, mirror([17, 16, 8, 4, 2, 1, 1, 1])),     # K=101
+    (2, 93, 28, mirror([8, 8, 4, 2, 1, 1])),             # K=49
+    (2, 93, 28, mirror([1, 16, 8, 4, 2, 1, 1, 1])),      # K=69
+    (3, 187, 14, mirror([7, 8, 4, 2, 1, 1])),            # K=47
+    (3, 187, 14, mirror([16, 8, 4, 2, 1, 1, 1])),        # K=67
+    (4, 374, 7, mirror([2, 2, 1, 1])),                   # K=13
+]
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
+def dense(x, weight, grid):
+    return F.conv2d(x, expand_kernel(weight, grid).to(x.dtype), padding=sum(grid) // 2, groups=x.shape[1])
+
+
+def relative_error(value: torch.Tensor, ref: torch.Tensor) -> float:
+    return ((value.double() - ref).norm() / ref.norm()).item()
+
+
+def check(backends, device, batch=4) -> list[str]:
+    """Relative error of y, dx, dw against a float64 reference, every shape, backend and dtype."""
+    lines = ["| stage | K | dtype | backend | y err | dx err | dw err | torch y err |", "|" + "---|" * 8]
+    for stage, channels, size, grid in SHAPES:
+        cells = len(grid)
+        x64 = torch.randn(batch, channels, size, size, device=device, dtype=torch.float64)
+        w64 = torch.randn(channels, 1, cells, cells, device=device, dtype=torch.float64) / sum(grid)
+        dy64 = torch.randn_like(x64)
+        for dtype_name, dtype in DTYPES.items():
+            x, w, dy = (t.to(dtype) for t in (x64, w64, dy64))
+            xr, wr = x.double().requires_grad_(), w.double().requires_grad_()
+            ref = dense(xr, wr, grid)
+            ref.backward(dy.double())
+            torch_err = relative_error(dense(x, w, grid), ref.detach())
+            for backend in backends:
+                xb, wb = x.clone().requires_grad_(), w.clone().requires_grad_()
+                y = peripheral_conv2d(xb, wb, grid, backend=backend)
+                y.backward(dy)
+                errors = [relative_error(y, ref.detach()), relative_error(xb.grad, xr.grad),
+                          relative_error(wb.grad, wr.grad)]
+                bad = any(not e < 3e-2 for e in errors)
+                lines.append(f"| {stage} | {sum(grid)} | {dtype_name} | {backend} | "
+                             + " | ".join(f"{e:.1e}" for e in errors) + f" | {torch_err:.1e} |"
+                             + (" **FAIL**" if bad else ""))
+    return lines
+
+
+def copy_bandwidth(device) -> float:
+    """Device-to-device copy bandwidth in bytes/s, counting bytes read plus bytes written."""
+    import triton.testing
+    src = torch.randn(2**28, device=device)
+    dst = torch.empty_like(src)
+    ms = triton.testing.do_bench(lambda: dst.copy_(src), warmup=25, rep=200, return_mode="median")
+    return 2 * src.numel() * src.element_size() / (ms * 1e-3)
+
+
+def bench(backends, device, batch, bandwidth) -> list[str]:
+    import triton.testing
+
+    def timed(fn):
+        return triton.testing.do_bench(fn, warmup=10, rep=50, return_mode="median")
+
+    header = ["stage", "C", "H=W", "K", "k'", "taps", "dtype", "dense fwd", "dense fwd+bwd"]
+    for backend in backends:
+        header += [f"{backend} fwd", f"{backend} fwd+bwd"]
+    header += ["HBM floor fwd", "best fwd / floor", "fwd speedup", "fwd+bwd speedup"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for stage, channels, size, grid in SHAPES:
+        cells = len(grid)
+        for dtype_name, dtype in DTYPES.items():
+            x = torch.randn(batch, channels, size, size, device=device, dtype=dtype, requires_grad=True)
+            w = (torch.randn(channels, 1, cells, cells, device=device) / sum(grid)).to(dtype).requires_grad_()
+            dy = torch.randn_like(x)
+
+            def fwd_bwd(fn):
+                def run():
+                    fn().backward(dy)
+                return run
+
+            with torch.no_grad():
+                dense_fwd = timed(lambda: dense(x, w, grid))
+            dense_fb = timed(fwd_bwd(lambda: dense(x, w, grid)))
+            times = []
+            for backend in backends:
+                with torch.no_grad():
+                    times.append(timed(lambda: peripheral_conv2d(x, w, grid, backend=backend)))
+                times.append(timed(fwd_bwd(lambda: peripheral_conv2d(x, w, grid, backend=backend))))
+            floor = 2 * x.numel() * x.element_size() / bandwidth * 1e3
+            best_fwd, best_fb = min(times[0::2]), min(times[1::2])
+            row = [stage, channels, size, sum(grid), cells, sat_tap_count(grid, size, size), dtype_name,
+                   f"{dense_fwd:.3f}", f"{dense_fb:.2f}"] + [f"{t:.3f}" for t in times]
+            row += [f"{floor:.4f}", f"{best_fwd / floor:.1f}x", f"{dense_fwd / best_fwd:.1f}x",
+                    f"{dense_fb / best_fb:.1f}x"]
+            lines.append("| " + " | ".join(str(v) for v in row) + " |")
+            print(lines[-1], flush=True)
+    return lines
+
+
+def cpu_crossover(batch=2, repeats=5) -> list[str]:
+    """CPU forward times of torch vs sat; op.CPU_SAT_MIN_TAP_RATIO is read off this table."""
+    lines = ["| C | H | K | K² / SAT taps | torch fwd ms | sat fwd ms |", "|" + "---|" * 6]
+    cases = [(46, 56, [9, 8, 4, 2, 1, 1]), (46, 56, [4, 2, 1, 1]), (46, 56, [2, 1, 1]),
+             (93, 28, [8, 8, 4, 2, 1, 1]), (93, 28, [4, 4, 2, 1, 1]), (93, 28, [2, 2, 1, 1]),
+             (187, 14, [16, 8, 4, 2, 1, 1, 1]), (187, 14, [4, 2, 1, 1]), (374, 7, [2, 2, 1, 1])]
+    for channels, size, outer in cases:
+        grid = mirror(outer)
+        x = torch.randn(batch, channels, size, size)
+        w = torch.randn(channels, 1, len(grid), len(grid))
+        result = []
+        for backend in ("torch", "sat"):
+            peripheral_conv2d(x, w, grid, backend=backend)
+            start = time.perf_counter()
+            for _ in range(repeats):
+                peripheral_conv2d(x, w, grid, backend=backend)
+            result.append((time.perf_counter() - start) / repeats * 1e3)
+        ratio = sum(grid) ** 2 / sat_tap_count(grid, size, size)
+        lines.append(f"| {channels} | {size} | {sum(grid)} | {ratio:.1f} | {result[0]:.1f} | {result[1]:.1f} |")
+        print(lines[-1], flush=True)
+    return lines
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", help="write the markdown here")
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--backends", default="triton,sat", help="comma-separated runtime backends")
+    parser.add_argument("--cpu-crossover", action="store_true", help="time torch vs sat on the CPU")
+    args = parser.parse_args()
+    if args.cpu_crossover:
+        lines = [f"CPU, {torch.get_num_threads()} threads, torch {torch.__version__}", ""] + cpu_crossover()
+    else:
+        import triton
+        device = torch.device("cuda")
+        backends = args.backends.split(",")
+        torch.manual_seed(0)
+        lines = [f"{torch.cuda.get_device_name()}, torch {torch.__version__}, triton {triton.__version__}, "
+                 f"batch {args.batch}; times in ms (do_bench medians)", ""]
+        lines += ["Accuracy against a float64 reference (batch 4):", ""] + check(backends, device) + [""]
+        print("\n".join(lines), flush=True)
+        bandwidth = copy_bandwidth(device)
+        lines += [f"Copy bandwidth (read + write): {bandwidth / 1e12:.2f} TB/s", ""]
+        lines += bench(backends, device, args.batch, bandwidth)
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if args.out:
+        with open(args.out, "w") as handle:
+            handle.write(text)
+
+
+if __name__ == "__main__":
+    main()
