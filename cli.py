@@ -174,16 +174,17 @@ ERF_HELP_WEIGHTS = ("Freshly initialised PeLK/ConvNeXt models (layer scale 1e-6)
                     "`pelk build --out DIR`) are what the paper's Fig. 4 shows.")
 
 
-def _erf_images(images: Path | None, num_images: int | None) -> list[Path]:
-    from compiler.erf import ErfError, find_images
+def _erf_inputs(images: Path | None, num_images: int | None, device: str, backend: str) -> tuple[list[Path], str]:
+    """The images and the concrete device for an ERF, or a UserError saying what is wrong."""
+    from compiler.erf import ErfError, find_images, resolve_device
     try:
-        return find_images(images, num_images)
+        return find_images(images, num_images), resolve_device(device, backend).type
     except ErfError as error:
         raise UserError(str(error)) from None
 
 
 def _erf_image_options(command):
-    """--images / --num-images / --size / --backend, shared by `erf` and `report`."""
+    """--images / --num-images / --size / --backend / --device, shared by `erf` and `report`."""
     options = [
         click.option("--images", type=click.Path(file_okay=False, path_type=Path),
                      help="Directory of images (searched recursively, sorted; e.g. ImageNet val). Default: the "
@@ -195,7 +196,10 @@ def _erf_image_options(command):
                      help="Images are resized to SIZE x SIZE (the paper: 1024)."),
         click.option("--backend", default="auto", show_default=True,
                      type=click.Choice(["auto", "torch", "sat", "triton"]),
-                     help="Peripheral-conv backend (sat is the fast exact CPU path)."),
+                     help="Peripheral-conv backend (auto: the runtime's per-layer choice; sat is the fast exact "
+                          "CPU path, triton needs CUDA)."),
+        click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]),
+                     help="Where to run the model (auto: CUDA when available)."),
     ]
     for option in reversed(options):
         command = option(command)
@@ -214,12 +218,13 @@ def _erf_image_options(command):
               help="Output directory (files are written atomically).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def erf(sources: tuple[str, ...], images: Path | None, num_images: int | None, size: int, backend: str,
-        out: Path, quiet: bool) -> None:
+        device: str, out: Path, quiet: bool) -> None:
     from compiler.erf import ErfError, measure_erf, ratio_rows, unique_labels, write_erf
-    paths = _erf_images(images, num_images)
-    click.echo(f"{len(paths)} image(s) from {images or 'scikit-image (shipped photographs)'}, size {size}x{size}")
+    paths, device = _erf_inputs(images, num_images, device, backend)
+    click.echo(f"{len(paths)} image(s) from {images or 'scikit-image (shipped photographs)'}, size {size}x{size}, "
+               f"on {device}")
     try:
-        results = [measure_erf(source, paths, size, backend, label, progress=not quiet)
+        results = [measure_erf(source, paths, size, backend, label, progress=not quiet, device=device)
                    for source, label in zip(sources, unique_labels(sources))]
         written = write_erf(results, out)
     except ErfError as error:
@@ -263,12 +268,13 @@ def scaling(kernels: str, out: Path) -> None:
 @_erf_image_options
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def report(source: str, out: Path, resolution: int | None, with_erf: bool, images: Path | None,
-           num_images: int | None, size: int, backend: str, quiet: bool) -> None:
+           num_images: int | None, size: int, backend: str, device: str, quiet: bool) -> None:
     from compiler.erf import ErfError
     from compiler.report import write_report
-    paths = _erf_images(images, num_images) if with_erf else None
+    paths, device = _erf_inputs(images, num_images, device, backend) if with_erf else (None, "cpu")
     try:
-        path, compiled, result = write_report(source, out, resolution, paths, size, backend, progress=not quiet)
+        path, compiled, result = write_report(source, out, resolution, paths, size, backend, progress=not quiet,
+                                              device=device)
     except ErfError as error:
         raise UserError(str(error)) from None
     extra = f", ERF over {len(result.images)} image(s) at {size}x{size}" if result else ""

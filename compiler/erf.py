@@ -121,12 +121,13 @@ def input_gradient(model: torch.nn.Module, image: torch.Tensor) -> np.ndarray:
 
     centre = sum_c ReLU(last_stage[0, c, h // 2, w // 2]) (RepLKNet's ``get_input_grad``).
     """
-    sample = image.unsqueeze(0).clone().requires_grad_(True)
+    device = next(model.parameters()).device
+    sample = image.unsqueeze(0).to(device).requires_grad_(True)
     features = model.forward_stages(sample)[-1]
     height, width = features.shape[-2:]
     central_point = torch.relu(features[:, :, height // 2, width // 2]).sum()
     (gradient,) = torch.autograd.grad(central_point, sample)
-    return torch.relu(gradient).sum((0, 1)).double().numpy()
+    return torch.relu(gradient).sum((0, 1)).double().cpu().numpy()
 
 
 def mean_contribution(model: torch.nn.Module, images: Sequence[str | Path], size: int,
@@ -221,12 +222,28 @@ def check_size(model: torch.nn.Module, size: int) -> None:
                        f"the last stage would have no pixels")
 
 
+def resolve_device(device: str = "auto", backend: str = "auto") -> torch.device:
+    """The device to measure on (``auto``: CUDA when available, else CPU), checked against the backend."""
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ErfError("--device cuda: no CUDA device is available")
+    if device not in ("cpu", "cuda"):
+        raise ErfError(f"--device must be auto, cpu or cuda, got {device!r}")
+    from runtime.op import resolve_backend
+    try:  # the runtime's own rule, on a probe tensor of that device
+        resolve_backend(backend, torch.zeros(1, 1, 1, 1, device=device), (1,))
+    except (RuntimeError, ValueError) as error:
+        raise ErfError(f"--backend {backend} on {device}: {error}") from None
+    return torch.device(device)
+
+
 def measure_erf(source: str | Path, images: Sequence[str | Path], size: int = 1024, backend: str = "auto",
-                label: str | None = None, progress: bool = True) -> ErfResult:
-    """ERF of a build directory (its trained weights) or a spec / preset (fresh weights)."""
+                label: str | None = None, progress: bool = True, device: str = "cpu") -> ErfResult:
+    """ERF of a build directory (its trained weights) or a spec / preset (fresh weights), on ``device``."""
     from compiler.build import resolve_model
-    return model_erf(resolve_model(source, backend=backend), str(source), images, size,
-                     label or model_label(source), progress)
+    model = resolve_model(source, backend=backend).to(resolve_device(device, backend))
+    return model_erf(model, str(source), images, size, label or model_label(source), progress)
 
 
 def model_erf(model: torch.nn.Module, source: str, images: Sequence[str | Path], size: int, label: str,
@@ -308,5 +325,5 @@ def ratio_rows(results: Sequence[ErfResult]) -> list[dict]:
 
 __all__ = ["ErfError", "ErfResult", "IMAGENET_MEAN", "IMAGENET_STD", "SHIPPED_PHOTOS", "THRESHOLDS", "area_ratio",
            "area_ratios", "display_map", "erf_title", "find_images", "input_gradient", "load_image",
-           "mean_contribution", "measure_erf", "model_erf", "model_label", "ratio_rows", "shipped_photos",
-           "unique_labels", "write_erf"]
+           "mean_contribution", "measure_erf", "model_erf", "model_label", "ratio_rows", "resolve_device",
+           "shipped_photos", "unique_labels", "write_erf"]

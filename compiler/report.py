@@ -166,10 +166,11 @@ def report_html(compiled: CompiledSpec, source: str, erf: ErfResult | None = Non
 
 def write_report(source: str | Path, out: str | Path, resolution: int | None = None,
                  erf_images: list[Path] | None = None, erf_size: int = 1024, backend: str = "auto",
-                 progress: bool = True) -> tuple[Path, CompiledSpec, ErfResult | None]:
-    """Write the report of a build directory or spec atomically; with ``erf_images`` the ERF is measured too."""
+                 progress: bool = True, device: str = "cpu") -> tuple[Path, CompiledSpec, ErfResult | None]:
+    """Write the report of a build directory or spec atomically; with ``erf_images`` the ERF is measured too
+    (on ``device``)."""
     from compiler.build import resolve_model
-    from compiler.erf import model_erf, model_label
+    from compiler.erf import model_erf, model_label, resolve_device
     model = None
     path = Path(source)
     if path.is_dir() or path.suffix == ".pt" or erf_images is not None:
@@ -180,6 +181,7 @@ def write_report(source: str | Path, out: str | Path, resolution: int | None = N
     compiled = compile_spec(spec, resolution)
     erf = None
     if erf_images is not None:
+        model = model.to(resolve_device(device, backend))
         erf = model_erf(model, str(source), erf_images, erf_size, model_label(source), progress)
     return atomic_write_text(out, report_html(compiled, str(source), erf)), compiled, erf
 

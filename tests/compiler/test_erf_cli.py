@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from click.testing import CliRunner
 
 from archspec import save_spec
@@ -71,6 +72,7 @@ def test_one_build_directory_from_an_image_folder(tmp_path):
     (["--images", "{tmp}"], "no image files"),
     (["--num-images", "99"], "--num-images 99: only 6 images"),
     (["--size", "16"], "--size 16 is smaller than the model's total stride 32"),
+    (["--backend", "triton", "--device", "cpu"], "--backend triton on cpu: "),
 ])
 def test_mistakes_are_explained_without_traceback(tmp_path, tiny_specs, arguments, message):
     arguments = [argument.replace("{tmp}", str(tmp_path)) for argument in arguments]
@@ -84,3 +86,9 @@ def test_an_unknown_model_is_named(tmp_path):
     result = run("no_such_preset", "--out", str(tmp_path / "out"))
     assert result.exit_code == 1
     assert "no_such_preset" in result.output and "Traceback" not in result.output
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_asking_for_cuda_without_it_is_explained(tmp_path, tiny_specs):
+    result = run(str(tiny_specs[0]), "--device", "cuda", "--out", str(tmp_path / "out"))
+    assert result.exit_code == 1 and "--device cuda: no CUDA device is available" in result.output
