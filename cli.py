@@ -281,5 +281,73 @@ def report(source: str, out: Path, resolution: int | None, with_erf: bool, image
     click.echo(f"wrote {path} ({compiled.spec.name}, {len(compiled.stages)} stages{extra})")
 
 
+@main.command()
+@click.option("--resolution", required=True, type=click.IntRange(min=32), help="Input resolution R to search for.")
+@click.option("--base", help="Base spec (YAML file or preset); default: the space's `base`.")
+@click.option("--space", help="Search-space YAML file, or the name of a shipped one (specs/spaces/); "
+              "default: pelk_t_kernels.")
+@click.option("--budget", help="Constraints, e.g. params=30M,macs=6G (non-zero params, MACs at density).")
+@click.option("--objectives", help="Comma list from: params, macs, coverage, min_coverage, receptive_field, "
+              "latency, erf (default: params,macs,coverage).")
+@click.option("--trials", default=200, show_default=True, type=click.IntRange(min=1),
+              help="Trials this worker runs (added to what the study already holds).")
+@click.option("--storage", help="Study storage: an SQLAlchemy URL (postgresql://user@host/db, shared by several "
+              "machines) or a journal file path. Default: DIR/study.journal with --out, else in memory.")
+@click.option("--study", "study_name", help="Study name (default: SPACE-BASE-rR); workers with the same storage "
+              "and name share one study.")
+@click.option("--sampler", default="nsga2", show_default=True, type=click.Choice(["nsga2", "tpe", "random"]))
+@click.option("--seed", type=int, help="Sampler seed.")
+@click.option("--heartbeat", default=10, show_default=True, type=click.IntRange(min=1),
+              help="RDB storages: seconds between worker heartbeats; a trial silent for 3x this is failed "
+                   "and re-queued.")
+@click.option("--json", "as_json", is_flag=True, help="Print the front as JSON instead of a table.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path),
+              help="Write front.json and front/NAME.yaml (one spec per front member) here.")
+def search(resolution: int, base: str | None, space: str | None, budget: str | None, objectives: str | None,
+           trials: int, storage: str | None, study_name: str | None, sampler: str, seed: int | None,
+           heartbeat: int, as_json: bool, out: Path | None) -> None:
+    """Search kernel configurations for resolution R: the Pareto front of a multi-objective Optuna study."""
+    from compiler.search import (SearchError, default_storage, front_document, front_table, make_config,
+                                 run_search, write_front)
+    try:
+        config = make_config(resolution, base=base, space=space, budget=budget, objectives=objectives,
+                             trials=trials, storage=storage or default_storage(out), study_name=study_name,
+                             sampler=sampler, seed=seed, heartbeat=heartbeat)
+        result = run_search(config)
+    except SearchError as error:
+        raise UserError(str(error)) from None
+    written = write_front(result, out) if out is not None else []
+    if as_json:
+        click.echo(json.dumps(front_document(result), indent=2))
+        return
+    counts = ", ".join(f"{count} {state}" for state, count in sorted(result.counts.items()))
+    click.echo(f"study {config.name()}: {sum(result.counts.values())} trials ({counts}); this run "
+               f"{trials} in {result.seconds:.1f}s; Pareto front of {', '.join(o.name for o in config.objectives)}"
+               f" at {resolution}x{resolution}: {len(result.front)} member(s)")
+    rows, columns = front_table(result)
+    if rows:
+        echo_table(rows, columns)
+    if written:
+        click.echo(f"wrote {written[0]} and {len(written) - 1} spec(s) under {out / 'front'}/")
+
+
+@main.command("deploy")
+@click.argument("build_dir", type=click.Path(path_type=Path))
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path),
+              help="Deploy directory to write (default: BUILD_DIR-deploy).")
+@click.option("--expand", is_flag=True, help="Expand peripheral kernels to plain K x K depthwise nn.Conv2d "
+              "(for ONNX and other exporters); default keeps the k' x k' shared weights.")
+def deploy_command(build_dir: Path, out: Path | None, expand: bool) -> None:
+    """Fold BNs, small kernels and the positional embedding of a build directory's model (deploy form)."""
+    from compiler.deploy import deploy_build
+    summary = deploy_build(build_dir, out, expand=expand)
+    check = summary["check"]
+    click.echo(f"{summary['name']}: deploy form{' (expanded to dense K x K convs)' if expand else ''}, params "
+               f"{summary['params_training_form']:,} -> {summary['params_deploy_form']:,}")
+    click.echo(f"check on a random {tuple(check['input'])} input: max |training - deploy| = "
+               f"{check['max_abs_diff']:.2e} (outputs up to {check['max_abs_output']:.2e})")
+    click.echo(f"wrote {summary['out']}/ (model.pt, spec.yaml, deploy.json)")
+
+
 if __name__ == "__main__":
     sys.exit(main())

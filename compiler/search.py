@@ -51,6 +51,7 @@ import re
 import socket
 import statistics
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -298,13 +299,30 @@ def make_storage(location: str | None, heartbeat: int) -> optuna.storages.BaseSt
         if "://" not in location:
             Path(location).parent.mkdir(parents=True, exist_ok=True)
             return JournalStorage(JournalFileBackend(str(location)))
-        return optuna.storages.RDBStorage(
-            location, heartbeat_interval=heartbeat, grace_period=3 * heartbeat,
-            heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1))
+        return _rdb_storage(location, heartbeat)
     except Exception as error:  # SQLAlchemy / driver / file errors: bad URL, server down, missing driver
         first_line = (str(error).splitlines() or [""])[0]
         raise SearchError(f"--storage {_redact(location)}: cannot open the study storage "
                           f"({type(error).__name__}: {first_line})") from None
+
+
+def _rdb_storage(url: str, heartbeat: int, attempts: int = 5) -> optuna.storages.RDBStorage:
+    """RDBStorage with heartbeat; retried when workers starting together race to create Optuna's tables."""
+    import sqlalchemy.exc
+
+    def connect() -> optuna.storages.RDBStorage:
+        with warnings.catch_warnings():  # the heartbeat is "experimental" since Optuna 2.9; relied on knowingly
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.storages.RDBStorage(
+                url, heartbeat_interval=heartbeat, grace_period=3 * heartbeat,
+                heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1))
+
+    for attempt in range(1, attempts):
+        try:
+            return connect()
+        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError):
+            time.sleep(0.2 * attempt)
+    return connect()
 
 
 def _redact(url: str) -> str:
@@ -496,3 +514,23 @@ def make_config(resolution: int, base: str | None = None, space: str | None = No
     base_spec = resolve_spec(base or search_space.base)
     return SearchConfig(resolution=resolution, space=search_space, base=base_spec,
                         objectives=parse_objectives(objectives), budget=parse_budget(budget), **options)
+
+
+def front_table(result: SearchResult) -> tuple[list[dict], list[tuple[str, str]]]:
+    """The front as printable rows and their (key, header) columns."""
+    from compiler.passes import human
+    rows = []
+    for row in result.front:
+        choices = row["choices"]
+        printed = {"trial": row["trial"], "kernels": "-".join(map(str, row["kernels"])),
+                   "center": "/".join(str(c) for c in choices["centers"]) if any(choices["centers"]) else "-",
+                   "m": choices["base_m"] or "-", "ratio": choices["partial_ratio"] or "-",
+                   "width": choices["width_factor"] or "-", "params": human(row["params"]),
+                   "macs": human(row["macs"]), "K/H": " ".join(f"{value:.2f}" for value in row["stage_coverage"]),
+                   "rf": row["receptive_field"]}
+        for name, value in row["objectives"].items():
+            if name not in printed:
+                printed[name] = f"{value:.4g}"
+        rows.append(printed)
+    keys = list(rows[0]) if rows else ["trial", "kernels", "params", "macs"]
+    return rows, [(key, key) for key in keys]
