@@ -97,9 +97,12 @@ def graph_to_json(graph: Graph) -> str:
 
 
 def weights_payload(model: LargeKernelNet) -> dict:
-    """What model.pt holds: the state dict with the spec and fingerprint it belongs to."""
+    """What model.pt holds: the state dict with the spec and fingerprint it belongs to.
+
+    ``deployed`` is None for the training form, else the options of ``compiler.deploy.deploy``.
+    """
     return {"format": WEIGHTS_FORMAT, "state_dict": model.state_dict(), "spec_yaml": dump_spec(model.spec),
-            "fingerprint": model.fingerprint}
+            "fingerprint": model.fingerprint, "deployed": getattr(model, "deploy_form", None)}
 
 
 def save_weights(model: LargeKernelNet, path: str | Path) -> Path:
@@ -144,6 +147,10 @@ def load_weights(model: LargeKernelNet, path: str | Path) -> LargeKernelNet:
         saved = loads_spec(payload["spec_yaml"], f"{path}:spec")
         raise BuildError(f"{path}: weights are for {saved.name!r} (fingerprint {payload['fingerprint']}), "
                          f"not for {model.spec.name!r} (fingerprint {model.fingerprint}): the architectures differ")
+    saved_form, model_form = payload.get("deployed"), getattr(model, "deploy_form", None)
+    if saved_form != model_form:
+        describe = lambda form: f"deploy form {form}" if form else "training form"  # noqa: E731
+        raise BuildError(f"{path}: the weights are in {describe(saved_form)}, the model in {describe(model_form)}")
     model.load_state_dict(payload["state_dict"])
     return model
 
@@ -160,6 +167,9 @@ def load_model(path: str | Path, backend: str = "auto") -> LargeKernelNet:
     except SpecError as error:
         raise BuildError(f"{weights}: embedded spec is invalid:\n{error}") from None
     model = build_model(spec, backend=backend)
+    if payload.get("deployed"):
+        from compiler.deploy import deploy
+        deploy(model, **payload["deployed"])
     return load_weights(model, weights)
 
 

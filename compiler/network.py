@@ -140,6 +140,11 @@ class LargeKernelNet(nn.Module):
         else:
             self.head.fc = nn.Identity()
 
+    def deploy(self, expand: bool = False) -> "LargeKernelNet":
+        """Fold BNs, small kernels and the positional embedding into the kernels, in place (compiler.deploy)."""
+        from compiler.deploy import deploy
+        return deploy(self, expand=expand)
+
     def set_backend(self, backend: str) -> None:
         """Switch the peripheral-conv backend of every layer (auto, torch, sat, triton)."""
         self.backend = backend

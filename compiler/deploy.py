@@ -1,0 +1,262 @@
+"""Deploy form: BatchNorms, small kernels and the positional embedding folded away.
+
+In eval mode a training-form peripheral mixer computes, on its g channels,
+
+    y = BN1(pconv(x; w_θ, h) [+ b]) + BN2(small(x))
+
+and everything in it is linear in the kernels. With BN_i(z) = s_i z + t_i:
+
+* BN1 scales the shared weights per channel: w' = s1 w_θ, bias t1 (+ s1 b);
+* the positional-embedding term is linear in w: ``padded`` gives the
+  per-channel constant Σ expand(w') ⊙ h (a bias); ``valid`` gives a
+  batch-independent map (1, g, H, W) computed from w' and h at each input
+  size (``DeployedMixer`` keeps w' and h as buffers);
+* BN2 and the s x s small kernel fold into s2 k, bias t2, and the folded small
+  kernel is added to the central s x s cells of w' -- possible only when those
+  cells have size 1 in both axes (the unshared centre), otherwise ``deploy``
+  refuses, naming the layer, grid and small-kernel size.
+
+The result keeps the peripheral structure (k' x k' weights, O(log K)).
+``expand=True`` turns every mixer into one plain depthwise ``nn.Conv2d`` with
+the K x K kernel (for ONNX and other exporters). Dense mixers always merge
+into one K x K conv (RepLKNet); stripe mixers keep their stripes with BNs
+folded, or merge into one K x K conv when expanding (SLaK).
+
+``deploy_build`` does the same for a build directory and writes a deploy
+directory (weights with a ``deployed`` marker, spec, ``deploy.json``).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import runtime
+from archspec import SharingGrid, dump_spec
+from archspec.files import atomic_directory
+from compiler import modules
+from compiler.build import BuildError, load_model, weights_payload
+from runtime import reference
+
+
+class DeployError(BuildError):
+    """The model cannot be put in deploy form; the message names the layer and why."""
+
+
+class DeployedMixer(modules.PartialMixer):
+    """A mixer in deploy form: y[:, :g] = Σ branch(x[:, :g]) (+ the ``valid`` positional map).
+
+    Each branch is a depthwise conv with bias (a ``runtime.PeripheralConv2d``
+    or an ``nn.Conv2d``). For a ``valid`` positional embedding the BN-scaled
+    peripheral weights (g, 1, k', k') and h (g, K, K) are kept as buffers and
+    the map (1, g, H, W) is computed per input size; the stage's embedding
+    passed to ``forward`` is ignored (it is folded in).
+    """
+
+    def __init__(self, dim: int, channels: int, branches: list[nn.Module], grid: tuple[int, ...] | None = None,
+                 valid_weight: torch.Tensor | None = None, valid_embed: torch.Tensor | None = None):
+        super().__init__(dim, channels)
+        self.branches = nn.ModuleList(branches)
+        self.grid = grid
+        self.register_buffer("valid_weight", valid_weight)
+        self.register_buffer("valid_embed", valid_embed)
+
+    def mix(self, x: torch.Tensor, pos_embed: torch.Tensor | None) -> torch.Tensor:
+        y = self.branches[0](x)
+        for branch in self.branches[1:]:
+            y = y + branch(x)
+        if self.valid_weight is not None:
+            height, width = x.shape[-2:]
+            y = y + reference.pos_embed_valid(self.valid_weight, self.grid, self.valid_embed,
+                                              height, width).to(y.dtype)
+        return y
+
+
+def norm_affine(norm: nn.Module, channels: int, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(scale, shift), each (C,), of an eval-mode BatchNorm (identity for ``nn.Identity``)."""
+    if isinstance(norm, nn.Identity):
+        return torch.ones(channels, dtype=like.dtype, device=like.device), like.new_zeros(channels)
+    if not isinstance(norm, nn.BatchNorm2d) or norm.running_var is None:
+        raise DeployError(f"cannot fold {type(norm).__name__}: only BatchNorm2d with running statistics folds")
+    scale = norm.running_var.add(norm.eps).rsqrt()
+    if norm.weight is not None:
+        scale = scale * norm.weight
+    shift = -norm.running_mean * scale
+    if norm.bias is not None:
+        shift = shift + norm.bias
+    return scale, shift
+
+
+def fold_conv_norm(weight: torch.Tensor, bias: torch.Tensor | None,
+                   norm: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+    """norm(conv(x; weight, bias)) as one conv: weight (C, 1, kh, kw) -> (folded weight, bias (C,))."""
+    scale, shift = norm_affine(norm, weight.shape[0], weight)
+    folded_bias = shift if bias is None else shift + scale * bias
+    return weight * scale.view(-1, 1, 1, 1), folded_bias
+
+
+def fold_conv_norm_pair(branch: modules.ConvNorm) -> tuple[torch.Tensor, torch.Tensor]:
+    """A ``ConvNorm`` (depthwise conv, BN or identity) as (weight (C, 1, kh, kw), bias (C,))."""
+    conv, norm = branch[0], branch[1]
+    return fold_conv_norm(conv.weight, conv.bias, norm)
+
+
+def pad_kernel(kernel: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Centre a (C, 1, kh, kw) kernel in a zero (C, 1, height, width) one."""
+    top, left = (height - kernel.shape[-2]) // 2, (width - kernel.shape[-1]) // 2
+    return F.pad(kernel, (left, width - kernel.shape[-1] - left, top, height - kernel.shape[-2] - top))
+
+
+def depthwise_conv(weight: torch.Tensor, bias: torch.Tensor) -> nn.Conv2d:
+    """An ``nn.Conv2d`` (groups=C, same padding, with bias) holding a (C, 1, kh, kw) kernel."""
+    channels, _, height, width = weight.shape
+    conv = nn.Conv2d(channels, channels, (height, width), padding=(height // 2, width // 2), groups=channels,
+                     bias=True, device=weight.device, dtype=weight.dtype)
+    conv.weight.copy_(weight)
+    conv.bias.copy_(bias)
+    return conv
+
+
+def centre_cells(grid: tuple[int, ...], small: int) -> list[int] | None:
+    """Shared-weight rows of the ``small`` central kernel rows, when each is a cell of size 1; else None."""
+    index = reference.cell_index(grid).tolist()
+    centre = sum(grid) // 2
+    cells = [index[row] for row in range(centre - small // 2, centre + small // 2 + 1)]
+    return cells if all(grid[cell] == 1 for cell in cells) else None
+
+
+def _deploy_peripheral(mixer: modules.PeripheralMixer, pos_embed: torch.Tensor | None, expand: bool,
+                       name: str) -> DeployedMixer:
+    conv, grid = mixer.conv, mixer.grid
+    weight, bias = fold_conv_norm(conv.weight, conv.bias, mixer.norm)
+    valid_weight = valid_embed = None
+    if pos_embed is not None and mixer.pos_mode == "padded":
+        bias = bias + reference.pos_embed_padded(weight, grid, pos_embed).flatten()
+    elif pos_embed is not None:
+        valid_weight, valid_embed = weight.clone(), pos_embed.detach().clone()
+    small_weight = None
+    if mixer.small is not None:
+        small_weight, small_bias = fold_conv_norm_pair(mixer.small)
+        bias = bias + small_bias
+    if expand:
+        kernel = reference.expand_kernel(weight, grid)
+        if small_weight is not None:
+            kernel = kernel + pad_kernel(small_weight, mixer.kernel_size, mixer.kernel_size)
+        branch: nn.Module = depthwise_conv(kernel, bias)
+    else:
+        if small_weight is not None:
+            size = small_weight.shape[-1]
+            cells = centre_cells(grid, size)
+            if cells is None:
+                unshared = SharingGrid(grid).unshared_center
+                raise DeployError(
+                    f"{name}: the {size}x{size} small kernel cannot be folded into the peripheral weights: "
+                    f"grid {list(grid)} has an unshared centre of {unshared}x{unshared} (cells of size 1), "
+                    f"smaller than {size}x{size}; deploy with expand=True (`pelk deploy --expand`) to get a "
+                    f"dense K x K kernel instead")
+            weight = weight.clone()
+            weight[:, :, cells[0]:cells[-1] + 1, cells[0]:cells[-1] + 1] += small_weight
+        branch = runtime.PeripheralConv2d(mixer.channels, grid, bias=True, backend=conv.backend).to(weight)
+        branch.weight.copy_(weight)
+        branch.bias.copy_(bias)
+    return DeployedMixer(mixer.dim, mixer.channels, [branch], grid, valid_weight, valid_embed)
+
+
+def _deploy_dense(mixer: modules.DenseMixer) -> DeployedMixer:
+    weight, bias = fold_conv_norm_pair(mixer.large)
+    if mixer.small is not None:
+        small_weight, small_bias = fold_conv_norm_pair(mixer.small)
+        weight = weight + pad_kernel(small_weight, *weight.shape[-2:])
+        bias = bias + small_bias
+    return DeployedMixer(mixer.dim, mixer.channels, [depthwise_conv(weight, bias)])
+
+
+def _deploy_stripe(mixer: modules.StripeMixer, expand: bool) -> DeployedMixer:
+    parts = [fold_conv_norm_pair(branch) for branch in (mixer.vertical, mixer.horizontal, mixer.small)
+             if branch is not None]
+    if not expand:
+        return DeployedMixer(mixer.dim, mixer.channels, [depthwise_conv(weight, bias) for weight, bias in parts])
+    size = mixer.vertical[0].weight.shape[-2]
+    kernel = sum(pad_kernel(weight, size, size) for weight, _ in parts)
+    return DeployedMixer(mixer.dim, mixer.channels, [depthwise_conv(kernel, sum(bias for _, bias in parts))])
+
+
+@torch.no_grad()
+def deploy_mixer(mixer: nn.Module, pos_embed: torch.Tensor | None, expand: bool = False,
+                 name: str = "mixer") -> DeployedMixer:
+    """The deploy form of one training-form mixer (eval-mode statistics); ``name`` is used in errors."""
+    if isinstance(mixer, modules.PeripheralMixer):
+        return _deploy_peripheral(mixer, pos_embed, expand, name)
+    if isinstance(mixer, modules.DenseMixer):
+        return _deploy_dense(mixer)
+    if isinstance(mixer, modules.StripeMixer):
+        return _deploy_stripe(mixer, expand)
+    raise DeployError(f"{name}: {type(mixer).__name__} has no deploy form")
+
+
+def deploy(model: nn.Module, expand: bool = False) -> nn.Module:
+    """Put a LargeKernelNet in deploy form, in place, and return it (in eval mode).
+
+    All mixers are converted before any is swapped in, so a refusal leaves the
+    model untouched. ``model.deploy_form`` records the options (saved with the
+    weights, so ``compiler.load_model`` rebuilds the same form).
+    """
+    if getattr(model, "deploy_form", None) is not None:
+        raise DeployError(f"{model.spec.name}: the model is already in deploy form {model.deploy_form}")
+    model.eval()
+    converted = []
+    for index, stage in enumerate(model.stages):
+        for number, block in enumerate(stage.blocks):
+            name = f"stages.{index}.blocks.{number}.mixer"
+            converted.append((block, deploy_mixer(block.mixer, stage.pos_embed, expand, name)))
+    for block, mixer in converted:
+        block.mixer = mixer
+    for stage in model.stages:
+        stage.pos_embed = None
+    model.deploy_form = {"expand": expand}
+    return model
+
+
+def _count(model: nn.Module) -> int:
+    return sum(parameter.numel() for parameter in model.parameters())
+
+
+@torch.no_grad()
+def deploy_build(source: str | Path, out: str | Path | None = None, expand: bool = False,
+                 seed: int = 0) -> dict:
+    """Deploy the model of build directory ``source`` into ``out`` (default ``SOURCE-deploy``), atomically.
+
+    The training form (eval mode) and the deploy form are run on one random
+    input at the spec's resolution; their largest difference is reported and
+    written to ``deploy.json`` with the options and parameter counts.
+    """
+    source = Path(source)
+    out = Path(out) if out is not None else source.with_name(f"{source.name}-deploy")
+    model = load_model(source).eval()
+    spec = model.spec
+    generator = torch.Generator().manual_seed(seed)
+    image = torch.randn(1, spec.input.channels, spec.input.resolution, spec.input.resolution, generator=generator)
+    before, params_before = model(image), _count(model)
+    deploy(model, expand=expand)
+    after = model(image)
+    summary = {"deployed": True, "expand": expand, "source": str(source), "name": spec.name,
+               "fingerprint": model.fingerprint, "params_training_form": params_before,
+               "params_deploy_form": _count(model),
+               "check": {"input": list(image.shape), "max_abs_diff": (after - before).abs().max().item(),
+                         "max_abs_output": before.abs().max().item()}}
+    if out.exists() and not out.is_dir():
+        raise BuildError(f"{out}: exists and is not a directory")
+    with atomic_directory(out) as temp:
+        (temp / "spec.yaml").write_text(dump_spec(spec), encoding="utf-8")
+        torch.save(weights_payload(model), temp / "model.pt")
+        (temp / "deploy.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
+    summary["out"] = str(out)
+    return summary
+
+
+__all__ = ["DeployError", "DeployedMixer", "centre_cells", "deploy", "deploy_build", "deploy_mixer",
+           "fold_conv_norm", "norm_affine", "pad_kernel"]
