@@ -349,5 +349,37 @@ def deploy_command(build_dir: Path, out: Path | None, expand: bool) -> None:
     click.echo(f"wrote {summary['out']}/ (model.pt, spec.yaml, deploy.json)")
 
 
+@main.command()
+@click.argument("spec")
+@click.option("--sizes", help="ConvNeXt sizes, comma list: atto, femto, pico, nano, t, s, b, l, xl.")
+@click.option("--kernels", help="Per-stage kernel configurations, comma list: 51-49-47-13,101-69-67-13.")
+@click.option("--centers", help="Central fine-grained sizes, comma list: 5,7.")
+@click.option("--widths", help="Width factors, comma list: 1.0,1.3.")
+@click.option("--resolution", type=click.IntRange(min=32), help="Resolution of the variants' specs, MACs and "
+              "coverage (default: the spec's).")
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Family folder (replaced atomically): NAME.yaml per variant, manifest.csv, manifest.json.")
+def family(spec: str, sizes: str | None, kernels: str | None, centers: str | None, widths: str | None,
+           resolution: int | None, out: Path) -> None:
+    """Generate a variant family of SPEC: validated specs plus a manifest, duplicates removed by fingerprint."""
+    from compiler.family import FamilyError, generate, write_family
+    from compiler.passes import human
+    try:
+        generated = generate(spec, sizes, kernels, centers, widths, resolution)
+        write_family(generated, out)
+    except FamilyError as error:
+        raise UserError(str(error)) from None
+    echo_table([{"name": member["name"], "fingerprint": member["fingerprint"],
+                 "kernels": "-".join(map(str, member["kernels"])), "params": human(member["params"]),
+                 "macs": human(member["macs"]), "K/H": " ".join(f"{value:.2f}" for value in member["coverage"])}
+                for member in generated.members],
+               [(key, key) for key in ("name", "fingerprint", "kernels", "params", "macs", "K/H")])
+    for duplicate in generated.duplicates:
+        click.echo(f"duplicate  {duplicate['name']} = {duplicate['same_as']} (same fingerprint, not written)")
+    for invalid in generated.invalid:
+        click.echo(f"invalid    {invalid['variant']}: {invalid['reason']}")
+    click.echo(f"wrote {len(generated.members)} spec(s), manifest.csv and manifest.json to {out}/")
+
+
 if __name__ == "__main__":
     sys.exit(main())

@@ -193,6 +193,12 @@ def apply_choices(base: ModelSpec, choices: dict[str, Any], resolution: int, nam
     return ModelSpec.model_validate(data)
 
 
+def validation_message(error: ValidationError) -> str:
+    """Why a generated spec is invalid, one ``field: message`` per problem."""
+    return "; ".join(f"{'.'.join(map(str, item['loc']))}: {item['msg'].removeprefix('Value error, ')}"
+                     for item in error.errors())
+
+
 def check_space_fits(space: SearchSpace, base: ModelSpec) -> None:
     """The space must describe as many stages as the base spec has."""
     count = space.stage_count()
@@ -395,7 +401,7 @@ def _objective_function(config: SearchConfig, study: optuna.Study) -> Callable[[
         try:
             spec = apply_choices(config.base, choices, config.resolution, f"{config.base.name}_t{trial.number}")
         except ValidationError as error:
-            problem = "; ".join(f"{'.'.join(map(str, item['loc']))}: {item['msg']}" for item in error.errors())
+            problem = validation_message(error)
             trial.set_user_attr("invalid", problem)
             raise optuna.TrialPruned(f"invalid spec: {problem}") from None
         metrics = ir_metrics(spec, config.space.coverage_stages)
