@@ -381,5 +381,25 @@ def family(spec: str, sizes: str | None, kernels: str | None, centers: str | Non
     click.echo(f"wrote {len(generated.members)} spec(s), manifest.csv and manifest.json to {out}/")
 
 
+@main.command("prune")
+@click.argument("source")
+@click.option("--ratio", required=True, type=click.FloatRange(0.0, 1.0, min_open=True, max_open=True),
+              help="Share of every stage's base dim to remove (channels; parameters shrink by about "
+                   "1 - (1 - R)^2).")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path),
+              help="Build directory to write (default: ./NAME_prunedPCT).")
+def prune_command(source: str, ratio: float, out: Path | None) -> None:
+    """Prune SOURCE (a build directory, spec file or preset) to a slimmer width variant with torch-pruning."""
+    from compiler.passes import human
+    from compiler.prune import prune_build
+    summary = prune_build(source, ratio, out)
+    echo_table(summary["stages"], [(key, key) for key in ("stage", "dim", "channels", "hidden")])
+    before, after = summary["params_before"], summary["params_after"]
+    click.echo(f"params   dense {human(before['dense'])} -> {human(after['dense'])}  |  non-zero "
+               f"{human(before['nonzero'])} -> {human(after['nonzero'])}")
+    click.echo(f"wrote {summary['out']}/ ({summary['name']}: model.pt, spec.yaml with the new dims, ir.json, "
+               f"ir.graphml, summary.json)")
+
+
 if __name__ == "__main__":
     sys.exit(main())
