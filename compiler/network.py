@@ -121,6 +121,38 @@ class LargeKernelNet(nn.Module):
             x = stage(x)
         return x
 
+    def forward_intermediates(self, x: torch.Tensor, indices: int | list[int] | None = None, norm: bool = False,
+                              stop_early: bool = False, output_fmt: str = "NCHW",
+                              intermediates_only: bool = False):
+        """timm's contract: stage outputs at ``indices`` (None: all; n: the last n; list: those, negatives
+        from the end), with the last stage map unless ``intermediates_only``. ``norm`` changes nothing: no
+        norm sits between the stages and the head's pooling."""
+        if output_fmt != "NCHW":
+            raise ValueError(f"output_fmt {output_fmt!r}: only 'NCHW' is supported")
+        take, last_index = take_indices(len(self.stages), indices)
+        stages = self.stages[:last_index + 1] if stop_early or intermediates_only else self.stages
+        intermediates = []
+        x = self.stem(x)
+        for index, stage in enumerate(stages):
+            x = stage(x)
+            if index in take:
+                intermediates.append(x)
+        return intermediates if intermediates_only else (x, intermediates)
+
+    def prune_intermediate_layers(self, indices: int | list[int] = 1, prune_norm: bool = False,
+                                  prune_head: bool = True) -> list[int]:
+        """timm's contract: drop the stages after the last of ``indices`` (and the classifier); the kept indices."""
+        take, last_index = take_indices(len(self.stages), indices)
+        if last_index < len(self.stages) - 1:  # the head's norm is sized for the last stage
+            self.stages = self.stages[:last_index + 1]
+            self.feature_info = self.feature_info[:last_index + 1]
+            self.num_features = self.dims[last_index]
+            self.head.norm = nn.Identity()
+            prune_head = True
+        if prune_head:
+            self.reset_classifier(0)
+        return take
+
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         """Last stage map -> logits (B, num_classes), or pooled features (B, C_last) with ``pre_logits``."""
         return self.head(x, pre_logits=pre_logits)
@@ -131,8 +163,12 @@ class LargeKernelNet(nn.Module):
     def get_classifier(self) -> nn.Module:
         return self.head.fc
 
-    def reset_classifier(self, num_classes: int) -> None:
-        """Replace the classifier with a fresh one of ``num_classes`` outputs (0 removes it)."""
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        """Replace the classifier with a fresh one of ``num_classes`` outputs (0 removes it).
+
+        ``global_pool`` is timm's argument: only average pooling exists here (None or 'avg')."""
+        if global_pool not in (None, "avg"):
+            raise ValueError(f"global_pool {global_pool!r}: the head only average-pools ('avg')")
         self.num_classes = num_classes
         if num_classes > 0:
             self.head.fc = nn.Linear(self.num_features, num_classes)
@@ -151,6 +187,22 @@ class LargeKernelNet(nn.Module):
         for module in self.modules():
             if isinstance(module, modules.PeripheralMixer):
                 module.conv.set_backend(backend)
+
+
+def take_indices(count: int, indices: int | list[int] | None) -> tuple[list[int], int]:
+    """timm's ``feature_take_indices``: None -> all ``count``; n -> the last n; a list -> those (negatives
+    count from the end). Returns the sorted indices and the largest."""
+    if indices is None:
+        indices = count
+    if isinstance(indices, int):
+        if not 0 < indices <= count:
+            raise ValueError(f"indices {indices}: take between 1 and {count} of the last stages")
+        taken = list(range(count - indices, count))
+    else:
+        taken = [index + count if index < 0 else index for index in indices]
+        if any(not 0 <= index < count for index in taken):
+            raise ValueError(f"indices {list(indices)}: out of range for {count} stages")
+    return sorted(taken), max(taken)
 
 
 def lower_to_module(graph: Graph, backend: str = "auto", spec: Any = None) -> LargeKernelNet:
