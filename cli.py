@@ -401,5 +401,32 @@ def prune_command(source: str, ratio: float, out: Path | None) -> None:
                f"ir.graphml, summary.json)")
 
 
+@main.command("export")
+@click.argument("source")
+@click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="ONNX file to write.")
+@click.option("--resolution", type=click.IntRange(min=8), help="Input side R of the exported graph (default: the "
+              "spec's).")
+@click.option("--opset", default=17, show_default=True, type=click.IntRange(min=13), help="ONNX opset.")
+def export_command(source: str, out: Path, resolution: int | None, opset: int) -> None:
+    """Export SOURCE (build or deploy directory, spec file or preset) to ONNX; check it in onnxruntime (CPU).
+
+    A training-form model is exported in its expanded deploy form (exact: BNs, small kernels and the
+    positional embedding folded into dense depthwise convs). Exits 1 if onnxruntime disagrees with PyTorch.
+    """
+    from compiler.build import resolve_model
+    from compiler.export import ExportError, export_onnx, verify_onnx
+    model = resolve_model(source)
+    path = export_onnx(model, out, resolution, opset)
+    check = verify_onnx(model, path, resolution=resolution)
+    click.echo(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB, opset {opset}, input (batch, "
+               f"{model.in_channels}, {resolution or model.spec.input.resolution}, "
+               f"{resolution or model.spec.input.resolution}))")
+    click.echo(f"onnxruntime (CPU) vs PyTorch on {tuple(check['input'])}: max |diff| = {check['max_abs_diff']:.2e} "
+               f"(tolerance {check['tolerance']:.1e}, max |output| {check['max_abs_output']:.2e})")
+    if not check["ok"]:
+        raise ExportError(f"{path}: onnxruntime's outputs differ from PyTorch's by {check['max_abs_diff']:.2e}, "
+                          f"more than the tolerance {check['tolerance']:.1e}")
+
+
 if __name__ == "__main__":
     sys.exit(main())
