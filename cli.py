@@ -344,8 +344,8 @@ def deploy_command(build_dir: Path, out: Path | None, expand: bool) -> None:
     check = summary["check"]
     click.echo(f"{summary['name']}: deploy form{' (expanded to dense K x K convs)' if expand else ''}, params "
                f"{summary['params_training_form']:,} -> {summary['params_deploy_form']:,}")
-    click.echo(f"check on a random {tuple(check['input'])} input: max |training - deploy| = "
-               f"{check['max_abs_diff']:.2e} (outputs up to {check['max_abs_output']:.2e})")
+    click.echo(f"check on a random {tuple(check['input'])} input, every mixer output and the logits: "
+               f"max |training - deploy| = {check['max_abs_diff']:.2e} (values up to {check['max_abs_output']:.2e})")
     click.echo(f"wrote {summary['out']}/ (model.pt, spec.yaml, deploy.json)")
 
 

@@ -221,6 +221,20 @@ def deploy(model: nn.Module, expand: bool = False) -> nn.Module:
     return model
 
 
+@torch.no_grad()
+def mixer_and_model_outputs(model: nn.Module, image: torch.Tensor) -> list[torch.Tensor]:
+    """Every block's mixer output (what deploy folds), then the logits; the model runs in eval mode."""
+    outputs = []
+    hooks = [block.mixer.register_forward_hook(lambda module, args, output: outputs.append(output))
+             for stage in model.stages for block in stage.blocks]
+    try:
+        logits = model.eval()(image)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return outputs + [logits]
+
+
 def _count(model: nn.Module) -> int:
     return sum(parameter.numel() for parameter in model.parameters())
 
@@ -231,8 +245,9 @@ def deploy_build(source: str | Path, out: str | Path | None = None, expand: bool
     """Deploy the model of build directory ``source`` into ``out`` (default ``SOURCE-deploy``), atomically.
 
     The training form (eval mode) and the deploy form are run on one random
-    input at the spec's resolution; their largest difference is reported and
-    written to ``deploy.json`` with the options and parameter counts.
+    input at the spec's resolution; the largest difference of any mixer output
+    or the logits is reported and written to ``deploy.json`` with the options
+    and parameter counts.
     """
     source = Path(source)
     out = Path(out) if out is not None else source.with_name(f"{source.name}-deploy")
@@ -240,14 +255,16 @@ def deploy_build(source: str | Path, out: str | Path | None = None, expand: bool
     spec = model.spec
     generator = torch.Generator().manual_seed(seed)
     image = torch.randn(1, spec.input.channels, spec.input.resolution, spec.input.resolution, generator=generator)
-    before, params_before = model(image), _count(model)
+    before, params_before = mixer_and_model_outputs(model, image), _count(model)
     deploy(model, expand=expand)
-    after = model(image)
+    after = mixer_and_model_outputs(model, image)
+    difference = max((new - old).abs().max().item() for new, old in zip(after, before))
     summary = {"deployed": True, "expand": expand, "source": str(source), "name": spec.name,
                "fingerprint": model.fingerprint, "params_training_form": params_before,
                "params_deploy_form": _count(model),
-               "check": {"input": list(image.shape), "max_abs_diff": (after - before).abs().max().item(),
-                         "max_abs_output": before.abs().max().item()}}
+               "check": {"input": list(image.shape), "compared": "every mixer output and the logits",
+                         "max_abs_diff": difference,
+                         "max_abs_output": max(output.abs().max().item() for output in before)}}
     if out.exists() and not out.is_dir():
         raise BuildError(f"{out}: exists and is not a directory")
     with atomic_directory(out) as temp:
@@ -259,4 +276,4 @@ def deploy_build(source: str | Path, out: str | Path | None = None, expand: bool
 
 
 __all__ = ["DeployError", "DeployedMixer", "centre_cells", "deploy", "deploy_build", "deploy_mixer",
-           "fold_conv_norm", "norm_affine", "pad_kernel"]
+           "fold_conv_norm", "mixer_and_model_outputs", "norm_affine", "pad_kernel"]

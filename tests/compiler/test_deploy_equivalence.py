@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 import runtime
 from archspec import ModelSpec, SharingGrid, full_grid
 from compiler import build_model
-from compiler.deploy import DeployedMixer, DeployError
+from compiler.deploy import DeployedMixer, DeployError, mixer_and_model_outputs
 from compiler.modules import PeripheralMixer
 from tests.conftest import tiny_spec
 
@@ -60,18 +60,6 @@ def randomise_statistics(model: torch.nn.Module, seed: int) -> None:
         for stage in model.stages:
             if stage.pos_embed is not None:
                 stage.pos_embed.copy_(torch.randn(stage.pos_embed.shape, generator=generator))
-
-
-def mixer_and_model_outputs(model, image) -> list[torch.Tensor]:
-    """The output of every block's mixer (what deploy folds), then the logits."""
-    outputs = []
-    hooks = [block.mixer.register_forward_hook(lambda module, args, output: outputs.append(output))
-             for stage in model.stages for block in stage.blocks]
-    with torch.no_grad():
-        logits = model.eval()(image)
-    for hook in hooks:
-        hook.remove()
-    return outputs + [logits]
 
 
 def assert_same_outputs(reference, deployed):
