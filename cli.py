@@ -307,8 +307,8 @@ def search(resolution: int, base: str | None, space: str | None, budget: str | N
            trials: int, storage: str | None, study_name: str | None, sampler: str, seed: int | None,
            heartbeat: int, as_json: bool, out: Path | None) -> None:
     """Search kernel configurations for resolution R: the Pareto front of a multi-objective Optuna study."""
-    from compiler.search import (SearchError, default_storage, front_document, front_table, make_config,
-                                 run_search, write_front)
+    from compiler.search import (SearchError, default_storage, empty_front_reason, front_document, front_table,
+                                 make_config, run_search, write_front)
     try:
         config = make_config(resolution, base=base, space=space, budget=budget, objectives=objectives,
                              trials=trials, storage=storage or default_storage(out), study_name=study_name,
@@ -327,6 +327,8 @@ def search(resolution: int, base: str | None, space: str | None, budget: str | N
     rows, columns = front_table(result)
     if rows:
         echo_table(rows, columns)
+    else:
+        click.echo(empty_front_reason(result))
     if written:
         click.echo(f"wrote {written[0]} and {len(written) - 1} spec(s) under {out / 'front'}/")
 

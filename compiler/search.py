@@ -522,6 +522,19 @@ def make_config(resolution: int, base: str | None = None, space: str | None = No
                         objectives=parse_objectives(objectives), budget=parse_budget(budget), **options)
 
 
+def empty_front_reason(result: SearchResult) -> str | None:
+    """Why the front is empty (no complete trial, or the budget excludes them all), or None when it is not."""
+    if result.front:
+        return None
+    complete = result.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    if not complete:
+        return "no trial completed (every one was a duplicate or an invalid spec; widen the space)"
+    smallest = {key: min(trial.user_attrs["metrics"][key] for trial in complete) for key in result.config.budget}
+    from compiler.passes import human
+    return ("no complete trial meets the budget " + ", ".join(
+        f"{key}<={human(limit)} (smallest seen {human(smallest[key])})" for key, limit in result.config.budget.items()))
+
+
 def front_table(result: SearchResult) -> tuple[list[dict], list[tuple[str, str]]]:
     """The front as printable rows and their (key, header) columns."""
     from compiler.passes import human

@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from archspec import load_spec, save_spec
 from cli import main
 from compiler.build import build_model
-from compiler.search import SearchConfig, make_config, parse_objectives, run_search
+from compiler.search import SearchConfig, empty_front_reason, make_config, parse_objectives, run_search
 from compiler.space import loads_space
 from tests.conftest import tiny_spec
 
@@ -63,9 +63,13 @@ def test_no_two_complete_trials_share_an_architecture():
     assert len(pruned) == 34 and all("duplicate_of" in trial.user_attrs for trial in pruned)
 
 
-def test_a_budget_nobody_meets_gives_an_empty_front():
-    result = run_search(make_config(224, space="table7", budget="params=1M", trials=6, seed=0))
+def test_a_budget_nobody_meets_gives_an_empty_front_and_says_why():
+    result = run_search(make_config(224, space="table7", budget="params=1M", trials=9, seed=0))
     assert result.front == [] and result.counts.get("complete", 0) >= 1
+    assert empty_front_reason(result) == "no complete trial meets the budget params<=1.00M (smallest seen 28.79M)"
+    cli = CliRunner().invoke(main, ["search", "--resolution", "224", "--space", "table7", "--trials", "9",
+                                    "--seed", "0", "--budget", "macs=1G"])
+    assert cli.exit_code == 0 and "no complete trial meets the budget macs<=1.00G (smallest seen 5.87G)" in cli.output
 
 
 def test_front_specs_validate_and_build(tmp_path):
