@@ -166,6 +166,8 @@ class DynamicSparsity:
         self.targets = {name: target for name, target in weight_targets(self.model).items()
                         if target in settings.targets}
         self.weights = {name: parameters[name] for name in self.targets}
+        if not self.weights:
+            raise ValueError(f"sparsity.targets {settings.targets} selects no weight of this model: nothing to mask")
         self.steps = 0
         self.generator = torch.Generator().manual_seed(seed)
         self.masks = self._initial_masks(batch, loss_fn)
@@ -232,12 +234,13 @@ class DynamicSparsity:
             if count == 0 or active == mask.numel():
                 continue
             magnitude = weight.detach().abs().flatten().masked_fill(~mask, math.inf)
-            updated = mask.clone()
-            updated[torch.topk(magnitude, count, largest=False, sorted=False).indices] = False
-            regrown = self._regrow(name, weight, updated, count)
-            updated[regrown] = True
+            survivors = mask.clone()
+            survivors[torch.topk(magnitude, count, largest=False, sorted=False).indices] = False
+            regrown = self._regrow(name, weight, survivors, count)
             weight.view(-1)[regrown] = 0.0
-            self._reset_optimizer_state(weight, (mask & updated).view(weight.shape))
+            self._reset_optimizer_state(weight, survivors.view(weight.shape))
+            updated = survivors.clone()
+            updated[regrown] = True
             self.masks[name] = updated.view(weight.shape)
         self._broadcast_masks()
         self.apply_masks()
@@ -255,7 +258,8 @@ class DynamicSparsity:
         return candidates[torch.topk(scores, count, sorted=False).indices]
 
     def _reset_optimizer_state(self, weight: nn.Parameter, survivors: torch.Tensor) -> None:
-        """Zero the optimizer state (momentum, Adam moments) of every weight that is not a survivor."""
+        """Zero the optimizer state (momentum, Adam moments) of every weight but the survivors of pruning:
+        pruned and regrown weights (a pruned weight may be regrown in place) start from nothing."""
         for value in self.optimizer.state.get(weight, {}).values():
             if isinstance(value, torch.Tensor) and value.shape == weight.shape:
                 value.mul_(survivors)

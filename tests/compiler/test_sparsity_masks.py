@@ -114,13 +114,18 @@ def test_regrown_weights_start_at_zero_with_no_optimizer_state():
     train(model, optimizer, sparsity, 2)
     name = "stages.0.blocks.0.mlp.fc1.weight"
     weight = dict(model.named_parameters())[name]
-    before = sparsity.masks[name].clone()
+    mask_before, weight_before = sparsity.masks[name].clone(), weight.detach().clone()
     sparsity.prune_and_regrow(0.5)
-    regrown = sparsity.masks[name] & ~before
-    assert regrown.sum() > 0
-    assert not weight.detach()[regrown].any()
-    assert not optimizer.state[weight]["exp_avg"][regrown].any()
-    assert not optimizer.state[weight]["exp_avg_sq"][regrown].any()
+    mask = sparsity.masks[name]
+    moved = mask & ~mask_before
+    in_place = mask & mask_before & (weight.detach() != weight_before)  # pruned, then regrown where it was
+    restarted = moved | in_place
+    assert moved.any()
+    assert not weight.detach()[restarted].any()
+    assert not optimizer.state[weight]["exp_avg"][restarted].any()
+    assert not optimizer.state[weight]["exp_avg_sq"][restarted].any()
+    survivors = mask & mask_before & ~in_place
+    assert optimizer.state[weight]["exp_avg_sq"][survivors].all(), "survivors keep their optimizer state"
 
 
 def test_prune_rate_decays_on_a_cosine_to_zero():
@@ -202,6 +207,8 @@ def test_mismatched_checkpoint_and_bad_settings_are_refused():
     dense = tiny_spec("convnext_t")
     with pytest.raises(ValueError, match="sparsity.enabled is false"):
         DynamicSparsity(model, optimizer, dense.sparsity, 10)
+    with pytest.raises(ValueError, match=r"targets \[\] selects no weight"):
+        DynamicSparsity(model, optimizer, sparse_spec(targets=[]).sparsity, 10)
 
 
 def test_targets_limit_which_weights_carry_masks():
