@@ -148,22 +148,26 @@ def backbone_channels(source: str | Path | ModelSpec, out_indices: tuple[int, ..
 
 def mm_backbone_config(model_name: str, source: str | Path | ModelSpec | None = None,
                        out_indices: tuple[int, ...] | None = None, task: str = "segmentation") -> str:
-    """An mmsegmentation (UperNet) or mmdetection (FPN neck) config fragment: the timm backbone through
-    mmpretrain's TIMMBackbone and the ``in_channels`` that match the stages it returns."""
+    """An mmsegmentation (UperNet: mmseg's own TIMMBackbone) or mmdetection (FPN neck: mmpretrain's
+    TIMMBackbone) config fragment, with the ``in_channels`` that match the stages the backbone returns.
+    ``pretrained=False`` is spelled out: mmseg's wrapper defaults to True and pelk has no hosted weights."""
     if task not in ("segmentation", "detection"):
         raise ValueError(f"task {task!r}: 'segmentation' or 'detection'")
     spec = resolve_spec(source if source is not None else _preset_of(model_name))
     indices = tuple(out_indices if out_indices is not None else range(len(spec.stages)))
     channels = backbone_channels(spec, indices)
-    consumers = (f"    decode_head=dict(in_channels={channels!r}),\n"
-                 f"    auxiliary_head=dict(in_channels={channels[-2] if len(channels) > 1 else channels[0]}))\n"
-                 if task == "segmentation" else f"    neck=dict(in_channels={channels!r}))\n")
-    return (f"custom_imports = dict(imports=['mmpretrain.models', 'compiler.timm_plugin'], "
-            f"allow_failed_imports=False)\n"
+    if task == "segmentation":
+        imports, backbone_type = "['compiler.timm_plugin']", "TIMMBackbone"
+        consumers = (f"    decode_head=dict(in_channels={channels!r}),\n"
+                     f"    auxiliary_head=dict(in_channels={channels[-2] if len(channels) > 1 else channels[0]}))\n")
+    else:
+        imports, backbone_type = "['mmpretrain.models', 'compiler.timm_plugin']", "mmpretrain.TIMMBackbone"
+        consumers = f"    neck=dict(in_channels={channels!r}))\n"
+    return (f"custom_imports = dict(imports={imports}, allow_failed_imports=False)\n"
             f"model = dict(\n"
             f"    backbone=dict(\n"
             f"        _delete_=True,\n"
-            f"        type='mmpretrain.TIMMBackbone',\n"
+            f"        type='{backbone_type}',\n"
             f"        model_name='{model_name}',\n"
             f"        features_only=True,\n"
             f"        pretrained=False,\n"

@@ -21,15 +21,19 @@ import pytest
 import torch
 
 
+def _unavailable_attribute(owner, prefix: str, name: str):
+    if name.startswith("__"):
+        raise AttributeError(name)
+    value = _Unavailable(name, (), {"__qualname__": f"{prefix}.{name}"})
+    setattr(owner, name, value)
+    return value
+
+
 class _Unavailable(type):
     """A torchvision name: attributes are further unavailable names, calling one raises ImportError."""
 
     def __getattr__(cls, name):
-        if name.startswith("__"):
-            raise AttributeError(name)
-        value = _Unavailable(name, (), {"__qualname__": f"{cls.__qualname__}.{name}"})
-        setattr(cls, name, value)
-        return value
+        return _unavailable_attribute(cls, cls.__qualname__, name)
 
     def __call__(cls, *args, **kwargs):
         raise ImportError(f"torchvision is not installed: {cls.__qualname__} is unavailable")
@@ -37,11 +41,7 @@ class _Unavailable(type):
 
 class _UnavailableModule(types.ModuleType):
     def __getattr__(self, name):
-        if name.startswith("__"):
-            raise AttributeError(name)
-        value = _Unavailable(name, (), {"__qualname__": f"{self.__name__}.{name}"})
-        setattr(self, name, value)
-        return value
+        return _unavailable_attribute(self, self.__name__, name)
 
 
 class _UnavailableTorchvision(importlib.abc.MetaPathFinder, importlib.abc.Loader):
@@ -217,8 +217,10 @@ def test_backbone_channels_and_the_mm_config_match_the_spec():
     seg = timm_plugin.mm_backbone_config("pelk_t")
     assert "model_name='pelk_t'" in seg and "out_indices=(0, 1, 2, 3)" in seg
     assert "decode_head=dict(in_channels=[124, 249, 499, 998])" in seg and "in_channels=499" in seg
+    assert "type='TIMMBackbone'" in seg and "pretrained=False" in seg
     det = timm_plugin.mm_backbone_config("pelk_spec_convnext_t", out_indices=(1, 2, 3), task="detection")
     assert "neck=dict(in_channels=[192, 384, 768])" in det and "out_indices=(1, 2, 3)" in det
+    assert "type='mmpretrain.TIMMBackbone'" in det and "'mmpretrain.models'" in det
     namespace: dict = {}
     exec(compile(seg, "config", "exec"), {"dict": dict}, namespace)  # the fragment is valid Python config
     assert namespace["model"]["backbone"]["model_name"] == "pelk_t"
