@@ -14,6 +14,8 @@ never falls back to another one.
 """
 from __future__ import annotations
 
+import functools
+from types import ModuleType
 from typing import NamedTuple, Sequence
 
 import torch
@@ -21,20 +23,22 @@ from torch.utils.flop_counter import register_flop_formula
 
 from runtime import reference, sat
 
-try:
-    import triton
-
-    from runtime import triton_kernels
-    _TRITON_ERROR = ""
-except ImportError as error:  # triton is optional
-    triton_kernels = None
-    _TRITON_ERROR = f"{type(error).__name__}: {error}"
-
 BACKENDS = ("auto", "torch", "sat", "triton")
 
 # On CPU the SAT form beats F.conv2d when the dense kernel has this many times more
 # taps than the (clamped) SAT form; measured with bench/bench_layers.py --cpu-crossover.
 CPU_SAT_MIN_TAP_RATIO = 6.0
+
+
+@functools.cache
+def _triton() -> tuple[ModuleType | None, str]:
+    """(runtime.triton_kernels or None, why not). Imported on first use, so that importing
+    runtime never imports triton (TRITON_INTERPRET must be set before triton is imported)."""
+    try:
+        from runtime import triton_kernels
+    except ImportError as error:  # triton is optional
+        return None, f"{type(error).__name__}: {error}"
+    return triton_kernels, ""
 
 
 class BackendChoice(NamedTuple):
@@ -58,9 +62,10 @@ def choose_backend(device: torch.device | str, dtype: torch.dtype, channels: int
     device = torch.device(device)
     dense, taps = sum(grid) ** 2, sat_tap_count(grid, height, width)
     if device.type == "cuda":
-        if triton_kernels is None:
-            return BackendChoice("torch", f"CUDA tensor but triton does not import ({_TRITON_ERROR})")
-        return BackendChoice("triton", f"CUDA tensor and triton {triton.__version__} imports: "
+        kernels, error = _triton()
+        if kernels is None:
+            return BackendChoice("torch", f"CUDA tensor but triton does not import ({error})")
+        return BackendChoice("triton", f"CUDA tensor and triton {kernels.triton.__version__} imports: "
                                        f"{taps} SAT taps per output instead of {dense}")
     if device.type == "cpu":
         if dense >= CPU_SAT_MIN_TAP_RATIO * taps:
@@ -78,9 +83,10 @@ def resolve_backend(backend: str, x: torch.Tensor, grid: Sequence[int]) -> str:
     if backend == "auto":
         return choose_backend(x.device, x.dtype, x.shape[1], x.shape[2], x.shape[3], grid).name
     if backend == "triton":
-        if triton_kernels is None:
-            raise RuntimeError(f"backend='triton' needs triton, which does not import ({_TRITON_ERROR})")
-        if x.device.type == "cpu" and not triton_kernels.INTERPRETED:
+        kernels, error = _triton()
+        if kernels is None:
+            raise RuntimeError(f"backend='triton' needs triton, which does not import ({error})")
+        if x.device.type == "cpu" and not kernels.INTERPRETED:
             raise RuntimeError("backend='triton' got a CPU tensor: Triton runs on CPU only in interpreter "
                                "mode (set TRITON_INTERPRET=1 before importing triton); use 'sat' or 'torch'")
         if x.device.type not in ("cpu", "cuda"):
@@ -92,7 +98,8 @@ def _primitives(backend: str):
     if backend == "sat":
         return sat.sat_taps, sat.sat_tap_sums
     if backend == "triton":
-        return triton_kernels.sat_taps_triton, triton_kernels.sat_tap_sums_triton
+        kernels, _ = _triton()
+        return kernels.sat_taps_triton, kernels.sat_tap_sums_triton
     raise ValueError(f"pelk::peripheral_conv2d runs the 'sat' or 'triton' backend, got {backend!r}")
 
 

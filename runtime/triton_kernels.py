@@ -1,16 +1,19 @@
 """Triton kernels for the SAT form of peripheral convolution (see sat.py).
 
-Two primitives, twins of ``sat.sat_taps`` and ``sat.sat_tap_sums``:
+Two launchers, twins of ``sat.sat_taps`` and ``sat.sat_tap_sums``:
 
 * ``sat_taps_triton(x, row_offsets, col_offsets, coeffs)``: forward and grad-input.
 * ``sat_tap_sums_triton(dy, x, row_offsets, col_offsets)``: grad-weight.
 
-One program owns BLOCK_C whole (H, W) planes of one image. It builds the
-exclusive SAT of its planes in registers (two ``tl.cumsum``), writes it to an
-fp32 scratch (B, C, H+1, W+1) that stays hot in L1/L2, and after a barrier
-reads it back at the clamped tap positions: (n_rows x n_cols) loads and FMAs
-per output, never K². Inputs fp32/bf16/fp16 accumulate in fp32, fp64 in fp64.
-Runs under ``TRITON_INTERPRET=1`` on CPU tensors.
+A program owns BLOCK_C whole (H, W) planes of one image. It builds their
+exclusive SAT in registers (two ``tl.cumsum``) and parks it in an fp32
+scratch (rows of BLOCK_W, so every row starts 16-byte aligned) that stays hot
+in L1/L2. The taps then never gather per tap: one pass combines whole aligned
+SAT rows (vector loads) and parks the result, a second reads it back with one
+column shift, so a gather costs one load per column offset, not per tap.
+Inputs fp32/bf16/fp16 accumulate in fp32, fp64 in fp64. When
+TRITON_INTERPRET=1 is set before triton is imported, the kernels run through
+Triton's interpreter, CPU tensors included; that is how CI tests them.
 """
 from __future__ import annotations
 
@@ -25,91 +28,101 @@ from runtime.sat import accumulate_dtype
 
 
 @triton.jit
-def _build_sat(x_ptr, sat_ptr, plane, local, H, W, ACC_FP64: tl.constexpr,
-               BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr):
-    """Write S[u, v] = Σ_{h<u, w<v} x[h, w] (u <= H, v <= W) of planes ``plane + local`` (local: (BLOCK_C, 1, 1))."""
-    cs = local
-    u = tl.arange(0, BLOCK_H)[None, :, None]
-    v = tl.arange(0, BLOCK_W)[None, None, :]
+def _park_sat(x_planes, sat_planes, u, v, H, W, ACC_FP64: tl.constexpr, BLOCK_W: tl.constexpr):
+    """Store S[u, v] = Σ_{h<u, w<v} x[h, w] (the inclusive cumsum of x shifted down-right by
+    one) for rows u <= H of (H+1, BLOCK_W) scratch planes, then sync the program."""
+    acc_dtype = tl.float64 if ACC_FP64 else tl.float32
     inside = (u >= 1) & (u <= H) & (v >= 1) & (v <= W)
-    x = tl.load(x_ptr + plane * H * W + cs * (H * W) + (u - 1) * W + (v - 1), mask=inside, other=0.0)
-    if ACC_FP64:
-        x = x.to(tl.float64)
-    else:
-        x = x.to(tl.float32)
-    sat = tl.cumsum(tl.cumsum(x, axis=1), axis=2)
-    tl.store(sat_ptr + plane * (H + 1) * (W + 1) + cs * ((H + 1) * (W + 1)) + u * (W + 1) + v, sat,
-             mask=(u <= H) & (v <= W))
+    x = tl.load(x_planes + (u - 1) * W + (v - 1), mask=inside, other=0.0).to(acc_dtype)
+    tl.store(sat_planes + u * BLOCK_W + v, tl.cumsum(tl.cumsum(x, axis=1), axis=2), mask=u <= H)
     tl.debug_barrier()
 
 
 @triton.jit
-def _sat_taps_kernel(x_ptr, sat_ptr, coeff_ptr, row_off_ptr, col_off_ptr, y_ptr,
-                     C, H, W, N_ROWS, N_COLS, ACC_FP64: tl.constexpr,
-                     BLOCK_C: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr):
-    """y[n, c, h, w] = Σ_ij coeff[c, i, j] · S[n, c, clamp(h + row_i), clamp(w + col_j)]."""
+def _taps_kernel(x_ptr, sat_ptr, q_ptr, coeff_ptr, row_off_ptr, col_off_ptr, y_ptr,
+                 C, H, W, N_ROWS: tl.constexpr, N_COLS, ACC_FP64: tl.constexpr,
+                 BLOCK_C: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr, TILE_H: tl.constexpr):
+    """y[n, c, h, w] = Σ_ij coeff[c, i, j] · S[clamp(h + row_i, 0, H), clamp(w + col_j, 0, W)].
+
+    Program = BLOCK_C planes of image n. Per tile of TILE_H output rows and per
+    column offset j: Q_j[h, v] = Σ_i coeff[c, i, j] · S[row_i(h), v] from whole SAT
+    rows, parked in a per-program scratch, then y[h, w] += Q_j[h, clamp(w + col_j)].
+    """
+    acc_dtype = tl.float64 if ACC_FP64 else tl.float32
     pid = tl.program_id(0)
     c_blocks = tl.cdiv(C, BLOCK_C)
     n = pid // c_blocks
     c0 = (pid % c_blocks) * BLOCK_C
-    # Planes past C repeat the last real one (same SAT values), so no load needs a channel mask.
-    channels = tl.minimum(c0 + tl.arange(0, BLOCK_C), C - 1)
+    real = (c0 + tl.arange(0, BLOCK_C) < C)[:, None, None]
+    # Planes past C repeat the last real one (same SAT values), so loads need no channel mask.
+    local = (tl.minimum(c0 + tl.arange(0, BLOCK_C), C - 1) - c0)[:, None, None]
     plane = (n * C + c0).to(tl.int64)
-    local = (channels - c0)[:, None, None]
-    _build_sat(x_ptr, sat_ptr, plane, local, H, W, ACC_FP64, BLOCK_H, BLOCK_W)
+    u = tl.arange(0, BLOCK_H)[None, :, None]
+    v = tl.arange(0, BLOCK_W)[None, None, :]
 
-    sat_block = sat_ptr + plane * (H + 1) * (W + 1)
-    h = tl.arange(0, BLOCK_H)[None, :, None]
-    w = tl.arange(0, BLOCK_W)[None, None, :]
-    if ACC_FP64:
-        acc = tl.zeros((BLOCK_C, BLOCK_H, BLOCK_W), dtype=tl.float64)
-    else:
-        acc = tl.zeros((BLOCK_C, BLOCK_H, BLOCK_W), dtype=tl.float32)
-    coeff_rows = coeff_ptr + channels[:, None, None] * (N_ROWS * N_COLS)
-    for i in range(N_ROWS):
-        row = tl.minimum(tl.maximum(h + tl.load(row_off_ptr + i), 0), H)
-        row_offsets = local * ((H + 1) * (W + 1)) + row * (W + 1)
+    sat_planes = sat_ptr + plane * (H + 1) * BLOCK_W + local * ((H + 1) * BLOCK_W)
+    _park_sat(x_ptr + plane * H * W + local * (H * W), sat_planes, u, v, H, W, ACC_FP64, BLOCK_W)
+
+    coeffs = coeff_ptr + (c0 + local) * (N_ROWS * N_COLS)
+    rows = tl.arange(0, TILE_H)[None, :, None]
+    q_tile = q_ptr + pid.to(tl.int64) * (BLOCK_C * TILE_H * BLOCK_W) + local * (TILE_H * BLOCK_W) + rows * BLOCK_W
+    for h0 in range(0, H, TILE_H):
+        h = h0 + rows
+        acc = tl.zeros((BLOCK_C, TILE_H, BLOCK_W), dtype=acc_dtype)
         for j in range(N_COLS):
-            col = tl.minimum(tl.maximum(w + tl.load(col_off_ptr + j), 0), W)
-            coeff = tl.load(coeff_rows + i * N_COLS + j)
-            acc += coeff * tl.load(sat_block + row_offsets + col)
-    out = (c0 + tl.arange(0, BLOCK_C) < C)[:, None, None] & (h < H) & (w < W)
-    tl.store(y_ptr + plane * H * W + local * (H * W) + h * W + w, acc.to(y_ptr.dtype.element_ty), mask=out)
+            q = tl.zeros((BLOCK_C, TILE_H, BLOCK_W), dtype=acc_dtype)
+            for i in tl.static_range(N_ROWS):
+                row = tl.minimum(tl.maximum(h + tl.load(row_off_ptr + i), 0), H)
+                q += tl.load(coeffs + i * N_COLS + j) * tl.load(sat_planes + row * BLOCK_W + v)
+            tl.store(q_tile + v, q)
+            tl.debug_barrier()
+            acc += tl.load(q_tile + tl.minimum(tl.maximum(v + tl.load(col_off_ptr + j), 0), W))
+            tl.debug_barrier()
+        tl.store(y_ptr + plane * H * W + local * (H * W) + h * W + v, acc.to(y_ptr.dtype.element_ty),
+                 mask=real & (h < H) & (v < W))
 
 
 @triton.jit
-def _sat_tap_sums_kernel(dy_ptr, x_ptr, sat_ptr, row_off_ptr, col_off_ptr, out_ptr,
-                         C, H, W, N_ROWS, N_COLS, ACC_FP64: tl.constexpr,
-                         BLOCK_C: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr):
-    """out[n, c, i, j] = Σ_hw dy[n, c, h, w] · S[n, c, clamp(h + row_i), clamp(w + col_j)]."""
+def _tap_sums_kernel(dy_ptr, x_ptr, sat_ptr, q_ptr, row_off_ptr, col_off_ptr, out_ptr,
+                     C, H, W, N_ROWS, N_COLS, ACC_FP64: tl.constexpr,
+                     BLOCK_C: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr):
+    """out[n, c, i, j] = Σ_hw dy[n, c, h, w] · S[clamp(h + row_i, 0, H), clamp(w + col_j, 0, W)].
+
+    Per column offset j the column-shifted SAT S[:, clamp(w + col_j)] is parked in a
+    per-program scratch once; every row offset i then reads whole aligned rows of it.
+    """
+    acc_dtype = tl.float64 if ACC_FP64 else tl.float32
     pid = tl.program_id(0)
     c_blocks = tl.cdiv(C, BLOCK_C)
     n = pid // c_blocks
     c0 = (pid % c_blocks) * BLOCK_C
-    channels = tl.minimum(c0 + tl.arange(0, BLOCK_C), C - 1)
+    real = c0 + tl.arange(0, BLOCK_C) < C
+    local = (tl.minimum(c0 + tl.arange(0, BLOCK_C), C - 1) - c0)[:, None, None]
     plane = (n * C + c0).to(tl.int64)
-    local = (channels - c0)[:, None, None]
-    _build_sat(x_ptr, sat_ptr, plane, local, H, W, ACC_FP64, BLOCK_H, BLOCK_W)
+    u = tl.arange(0, BLOCK_H)[None, :, None]
+    v = tl.arange(0, BLOCK_W)[None, None, :]
 
-    h = tl.arange(0, BLOCK_H)[None, :, None]
-    w = tl.arange(0, BLOCK_W)[None, None, :]
+    sat_planes = sat_ptr + plane * (H + 1) * BLOCK_W + local * ((H + 1) * BLOCK_W)
+    _park_sat(x_ptr + plane * H * W + local * (H * W), sat_planes, u, v, H, W, ACC_FP64, BLOCK_W)
+
     # Duplicate planes past C get dy = 0, so they add nothing.
-    real = (c0 + tl.arange(0, BLOCK_C) < C)[:, None, None]
-    dy = tl.load(dy_ptr + plane * H * W + local * (H * W) + h * W + w,
-                 mask=real & (h < H) & (w < W), other=0.0)
-    if ACC_FP64:
-        dy = dy.to(tl.float64)
-    else:
-        dy = dy.to(tl.float32)
-    sat_block = sat_ptr + plane * (H + 1) * (W + 1)
-    c_out = out_ptr + (n * C + c0 + tl.arange(0, BLOCK_C)).to(tl.int64) * (N_ROWS * N_COLS)
-    for i in range(N_ROWS):
-        row = tl.minimum(tl.maximum(h + tl.load(row_off_ptr + i), 0), H)
-        row_offsets = local * ((H + 1) * (W + 1)) + row * (W + 1)
-        for j in range(N_COLS):
-            col = tl.minimum(tl.maximum(w + tl.load(col_off_ptr + j), 0), W)
-            sums = tl.sum(tl.sum(dy * tl.load(sat_block + row_offsets + col), axis=2), axis=1)
-            tl.store(c_out + i * N_COLS + j, sums, mask=c0 + tl.arange(0, BLOCK_C) < C)
+    dy = tl.load(dy_ptr + plane * H * W + local * (H * W) + u * W + v,
+                 mask=real[:, None, None] & (u < H) & (v < W), other=0.0).to(acc_dtype)
+    shifted = q_ptr + pid.to(tl.int64) * (BLOCK_C * BLOCK_H * BLOCK_W) + local * (BLOCK_H * BLOCK_W)
+    sums = out_ptr + (n * C + c0 + tl.arange(0, BLOCK_C)).to(tl.int64) * (N_ROWS * N_COLS)
+    for j in range(N_COLS):
+        col = tl.minimum(tl.maximum(v + tl.load(col_off_ptr + j), 0), W)
+        tl.store(shifted + u * BLOCK_W + v, tl.load(sat_planes + tl.minimum(u, H) * BLOCK_W + col))
+        tl.debug_barrier()
+        for i in range(N_ROWS):
+            row = tl.minimum(tl.maximum(u + tl.load(row_off_ptr + i), 0), H)
+            taps = tl.load(shifted + row * BLOCK_W + v)
+            tl.store(sums + i * N_COLS + j, tl.sum(tl.sum(dy * taps, axis=2), axis=1), mask=real)
+        tl.debug_barrier()
+
+
+INTERPRETED = not isinstance(_taps_kernel, triton.runtime.JITFunction)
+"""True when TRITON_INTERPRET=1 was set before triton was imported: kernels run on CPU tensors too."""
 
 
 @functools.lru_cache(maxsize=256)
@@ -117,50 +130,55 @@ def _offsets_tensor(offsets: tuple[int, ...], device: torch.device) -> torch.Ten
     return torch.tensor(offsets, dtype=torch.int32, device=device)
 
 
-def _launch_shape(channels: int, height: int, width: int) -> tuple[int, int, int, int]:
-    """(BLOCK_C, BLOCK_H, BLOCK_W, num_warps): whole SAT planes, about 4096 elements a program."""
-    block_h = triton.next_power_of_2(height + 1)
-    block_w = triton.next_power_of_2(width + 1)
-    block_c = max(1, min(triton.next_power_of_2(channels), 4096 // (block_h * block_w)))
-    num_warps = max(1, min(8, block_c * block_h * block_w // 256))
-    return block_c, block_h, block_w, num_warps
+def _plane_blocks(height: int, width: int) -> tuple[int, int]:
+    """(BLOCK_H, BLOCK_W): powers of two holding the (H+1, W+1) SAT."""
+    return triton.next_power_of_2(height + 1), triton.next_power_of_2(width + 1)
 
 
 def sat_taps_triton(x: torch.Tensor, row_offsets: Sequence[int], col_offsets: Sequence[int],
-                    coeffs: torch.Tensor) -> torch.Tensor:
-    """Triton twin of ``sat.sat_taps``: x (B, C, H, W), coeffs (C, n_rows, n_cols) -> (B, C, H, W)."""
+                    coeffs: torch.Tensor, tile_elements: int = 1024, num_warps: int = 4) -> torch.Tensor:
+    """Triton twin of ``sat.sat_taps``: x (B, C, H, W), coeffs (C, n_rows, n_cols) -> (B, C, H, W).
+
+    A program holds tiles of about ``tile_elements`` outputs (BLOCK_C planes x TILE_H rows).
+    """
     x = x.contiguous()
     batch, channels, height, width = x.shape
     acc = accumulate_dtype(x.dtype)
-    sat = torch.empty(batch, channels, height + 1, width + 1, device=x.device, dtype=acc)
-    y = torch.empty_like(x)
-    block_c, block_h, block_w, num_warps = _launch_shape(channels, height, width)
-    grid = (batch * triton.cdiv(channels, block_c),)
-    _sat_taps_kernel[grid](
-        x, sat, coeffs.to(acc).contiguous(), _offsets_tensor(tuple(row_offsets), x.device),
+    block_h, block_w = _plane_blocks(height, width)
+    tile_h = max(1, min(block_h, tile_elements // block_w))
+    block_c = max(1, min(triton.next_power_of_2(channels), tile_elements // (tile_h * block_w)))
+    programs = batch * triton.cdiv(channels, block_c)
+    sat = torch.empty(batch * channels * (height + 1) * block_w, device=x.device, dtype=acc)
+    parked = torch.empty(programs * block_c * tile_h * block_w, device=x.device, dtype=acc)
+    # Triton's interpreter truncates fp32 -> bf16/fp16 instead of rounding: there, write fp32.
+    y = torch.empty_like(x, dtype=acc if INTERPRETED else x.dtype)
+    _taps_kernel[(programs,)](
+        x, sat, parked, coeffs.to(acc).contiguous(), _offsets_tensor(tuple(row_offsets), x.device),
         _offsets_tensor(tuple(col_offsets), x.device), y, channels, height, width,
         len(row_offsets), len(col_offsets), ACC_FP64=acc == torch.float64,
-        BLOCK_C=block_c, BLOCK_H=block_h, BLOCK_W=block_w, num_warps=num_warps)
-    return y
+        BLOCK_C=block_c, BLOCK_H=block_h, BLOCK_W=block_w, TILE_H=tile_h, num_warps=num_warps)
+    return y.to(x.dtype)
 
 
 def sat_tap_sums_triton(dy: torch.Tensor, x: torch.Tensor, row_offsets: Sequence[int],
-                        col_offsets: Sequence[int]) -> torch.Tensor:
-    """Triton twin of ``sat.sat_tap_sums``: dy, x (B, C, H, W) -> (C, n_rows, n_cols)."""
+                        col_offsets: Sequence[int], plane_elements: int = 4096,
+                        num_warps: int = 8) -> torch.Tensor:
+    """Triton twin of ``sat.sat_tap_sums``: dy, x (B, C, H, W) -> (C, n_rows, n_cols).
+
+    A program holds BLOCK_C whole planes, about ``plane_elements`` SAT entries.
+    """
     x, dy = x.contiguous(), dy.contiguous()
     batch, channels, height, width = x.shape
     acc = accumulate_dtype(x.dtype)
-    sat = torch.empty(batch, channels, height + 1, width + 1, device=x.device, dtype=acc)
+    block_h, block_w = _plane_blocks(height, width)
+    block_c = max(1, min(triton.next_power_of_2(channels), plane_elements // (block_h * block_w)))
+    programs = batch * triton.cdiv(channels, block_c)
+    sat = torch.empty(batch * channels * (height + 1) * block_w, device=x.device, dtype=acc)
+    parked = torch.empty(programs * block_c * block_h * block_w, device=x.device, dtype=acc)
     partial = torch.empty(batch, channels, len(row_offsets), len(col_offsets), device=x.device, dtype=acc)
-    block_c, block_h, block_w, num_warps = _launch_shape(channels, height, width)
-    grid = (batch * triton.cdiv(channels, block_c),)
-    _sat_tap_sums_kernel[grid](
-        dy, x, sat, _offsets_tensor(tuple(row_offsets), x.device),
+    _tap_sums_kernel[(programs,)](
+        dy, x, sat, parked, _offsets_tensor(tuple(row_offsets), x.device),
         _offsets_tensor(tuple(col_offsets), x.device), partial, channels, height, width,
         len(row_offsets), len(col_offsets), ACC_FP64=acc == torch.float64,
         BLOCK_C=block_c, BLOCK_H=block_h, BLOCK_W=block_w, num_warps=num_warps)
     return partial.sum(0)
-
-
-INTERPRETED = not isinstance(_sat_taps_kernel, triton.runtime.JITFunction)
-"""True when TRITON_INTERPRET=1 was set before triton was imported: kernels run on CPU tensors."""
