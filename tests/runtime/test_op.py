@@ -1,0 +1,134 @@
+"""The public op and module: backend choice, errors, torch.library integration."""
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+import runtime
+from pconv_cases import PAPER_GRIDS, random_inputs
+from runtime import BACKENDS, PeripheralConv2d, choose_backend, expand_kernel, peripheral_conv2d
+from runtime.reference import peripheral_conv2d_reference, pos_embed_term
+
+GRID = (2, 1, 3, 1, 2)  # K = 9, asymmetric
+
+
+def test_package_exports():
+    assert set(runtime.__all__) >= {"expand_kernel", "peripheral_conv2d", "choose_backend",
+                                    "PeripheralConv2d", "BACKENDS"}
+    assert BACKENDS == ("auto", "torch", "sat", "triton")
+
+
+@pytest.mark.parametrize("backend", ["torch", "sat", "auto"])
+@pytest.mark.parametrize("mode", ["padded", "valid"])
+def test_bias_and_pos_embed_are_added_by_every_backend(backend, mode):
+    x, weight = random_inputs(2, 3, 6, 7, GRID, torch.float64, seed=0)
+    bias, pos_embed = torch.randn(3, dtype=torch.float64), torch.randn(3, 9, 9, dtype=torch.float64)
+    expected = (peripheral_conv2d_reference(x, weight, GRID) + bias.view(1, -1, 1, 1)
+                + pos_embed_term(weight, GRID, pos_embed, mode, 6, 7))
+    out = peripheral_conv2d(x, weight, GRID, bias, pos_embed, mode, backend=backend)
+    torch.testing.assert_close(out, expected)
+
+
+@pytest.mark.parametrize("mode", ["padded", "valid"])
+def test_gradients_reach_weight_and_pos_embed_through_sat(mode):
+    x, weight = random_inputs(1, 2, 4, 5, GRID, torch.float64, seed=1)
+    pos_embed = torch.randn(2, 9, 9, dtype=torch.float64, requires_grad=True)
+    x.requires_grad_(), weight.requires_grad_()
+    torch.autograd.gradcheck(
+        lambda a, w, h: peripheral_conv2d(a, w, GRID, pos_embed=h, pos_mode=mode, backend="sat"),
+        (x, weight, pos_embed))
+
+
+def test_auto_explains_its_choice():
+    small = choose_backend("cpu", torch.float32, 8, 14, 14, (1, 1, 1))
+    large = choose_backend("cpu", torch.float32, 46, 56, 56, PAPER_GRIDS[101])
+    assert (small.name, large.name) == ("torch", "sat")
+    assert "K²=9" in small.reason and "K²=10201" in large.reason
+    assert choose_backend("meta", torch.float32, 8, 14, 14, (3,)).name == "torch"
+
+
+def test_auto_picks_triton_on_cuda_when_triton_imports():
+    pytest.importorskip("triton")
+    choice = choose_backend("cuda", torch.bfloat16, 46, 56, 56, PAPER_GRIDS[51])
+    assert choice.name == "triton" and "triton" in choice.reason
+
+
+def test_explicit_backends_never_fall_back():
+    x, weight = random_inputs(1, 2, 4, 4, GRID, torch.float32, seed=2)
+    with pytest.raises(ValueError, match="backend must be one of"):
+        peripheral_conv2d(x, weight, GRID, backend="cudnn")
+    triton_kernels = pytest.importorskip("runtime.triton_kernels")
+    if not triton_kernels.INTERPRETED:
+        with pytest.raises(RuntimeError, match="TRITON_INTERPRET"):
+            peripheral_conv2d(x, weight, GRID, backend="triton")
+
+
+def test_bad_shapes_are_named():
+    x, weight = random_inputs(1, 2, 4, 4, GRID, torch.float32, seed=3)
+    with pytest.raises(ValueError, match=r"weight must be \(C, 1, k', k'\)"):
+        peripheral_conv2d(x, weight[:, :, :4, :4], GRID)
+    with pytest.raises(ValueError, match="odd"):
+        peripheral_conv2d(x, weight, (2, 1, 3, 1, 3))
+    with pytest.raises(ValueError, match="pos_embed must be"):
+        peripheral_conv2d(x, weight, GRID, pos_embed=torch.zeros(2, 7, 7))
+    with pytest.raises(ValueError, match="pos_mode"):
+        peripheral_conv2d(x, weight, GRID, pos_mode="reflect")
+
+
+def test_flops_count_the_equivalent_dense_conv():
+    x, weight = random_inputs(2, 3, 5, 6, GRID, torch.float32, seed=4)
+    x.requires_grad_(), weight.requires_grad_()
+    dense = 2 * 2 * 3 * 5 * 6 * 9 * 9
+    with FlopCounterMode(display=False) as forward:
+        y = peripheral_conv2d(x, weight, GRID, backend="sat")
+    assert forward.get_total_flops() == dense
+    with FlopCounterMode(display=False) as backward:
+        y.sum().backward()
+    assert backward.get_total_flops() == 2 * dense  # grad-input and grad-weight
+    with FlopCounterMode(display=False) as torch_path:
+        peripheral_conv2d(x, weight, GRID, backend="torch")
+    assert torch_path.get_total_flops() == dense
+
+
+def test_torch_compile_fullgraph_forward_and_backward():
+    module = PeripheralConv2d(3, GRID, bias=True, backend="sat")
+    compiled = torch.compile(module, fullgraph=True, backend="aot_eager")
+    x = torch.randn(2, 3, 6, 6, requires_grad=True)
+    pos_embed = torch.randn(3, 9, 9)
+    out = compiled(x, pos_embed, "valid")
+    torch.testing.assert_close(out, module(x, pos_embed, "valid"))
+    out.sum().backward()
+    assert x.grad is not None and module.weight.grad is not None
+
+
+def test_torch_export_keeps_one_op():
+    module = PeripheralConv2d(3, GRID, backend="sat")
+    program = torch.export.export(module, (torch.randn(2, 3, 6, 6),))
+    targets = [str(node.target) for node in program.graph.nodes if node.op == "call_function"]
+    assert targets == ["pelk.peripheral_conv2d.default"]
+    x = torch.randn(2, 3, 6, 6)
+    torch.testing.assert_close(program.module()(x), module(x))
+
+
+def test_module_parameters_init_and_backend():
+    module = PeripheralConv2d(4, PAPER_GRIDS[13], bias=True)
+    assert module.weight.shape == (4, 1, 9, 9) and module.bias.shape == (4,)
+    assert module.grid == tuple(PAPER_GRIDS[13]) and module.kernel_size == 13
+    assert module.weight.abs().max() <= 1 / 13 and module.bias.abs().max() <= 1 / 13
+    assert list(dict(module.named_buffers())) == []
+    torch.testing.assert_close(module.expanded_weight(), expand_kernel(module.weight, module.grid))
+    assert "grid=[2, 2, 1, 1, 1, 1, 1, 2, 2]" in repr(module) and "backend='auto'" in repr(module)
+    module.set_backend("torch")
+    assert module.backend == "torch"
+    with pytest.raises(ValueError, match="backend must be one of"):
+        module.set_backend("fast")
+    assert PeripheralConv2d(4, (3,)).bias is None
+
+
+def test_module_backends_agree():
+    module = PeripheralConv2d(3, PAPER_GRIDS[13])
+    x = torch.randn(2, 3, 10, 10)
+    outputs = []
+    for backend in ("torch", "sat"):
+        module.set_backend(backend)
+        outputs.append(module(x))
+    torch.testing.assert_close(outputs[0], outputs[1], rtol=1e-5, atol=1e-5)
