@@ -30,11 +30,12 @@ def test_bias_and_pos_embed_are_added_by_every_backend(backend, mode):
 
 @pytest.mark.parametrize("mode", ["padded", "valid"])
 def test_gradients_reach_weight_and_pos_embed_through_sat(mode):
-    x, weight = random_inputs(1, 2, 4, 5, GRID, torch.float64, seed=1)
-    pos_embed = torch.randn(2, 9, 9, dtype=torch.float64, requires_grad=True)
+    grid = (2, 1, 2)
+    x, weight = random_inputs(1, 2, 3, 4, grid, torch.float64, seed=1)
+    pos_embed = torch.randn(2, 5, 5, dtype=torch.float64, requires_grad=True)
     x.requires_grad_(), weight.requires_grad_()
     torch.autograd.gradcheck(
-        lambda a, w, h: peripheral_conv2d(a, w, GRID, pos_embed=h, pos_mode=mode, backend="sat"),
+        lambda a, w, h: peripheral_conv2d(a, w, grid, pos_embed=h, pos_mode=mode, backend="sat"),
         (x, weight, pos_embed))
 
 
