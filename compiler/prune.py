@@ -260,7 +260,7 @@ def prune_model(model: nn.Module, ratio: float, trace_resolution: int | None = N
         for block, keep in zip(work.stages[plan.index].blocks, plan.hidden_keep):
             _prune(graph, block.mlp.fc1, tp.prune_linear_out_channels, block.mlp.fc1.out_features, keep)
 
-    slim = build_model(new_spec, backend=getattr(model, "backend", "auto"))
+    slim = build_model(new_spec, backend=getattr(model, "backend", "auto")).to(next(model.parameters()).device)
     _load_exactly(slim, work)
     return PruneResult(slim.train(model.training), new_spec, plans)
 
