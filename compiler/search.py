@@ -297,7 +297,7 @@ def make_storage(location: str | None, heartbeat: int) -> optuna.storages.BaseSt
 
     RDB storages run Optuna's heartbeat: a trial whose worker stops beating for ``3 * heartbeat``
     seconds is failed and re-queued once. Journal files (one machine, several processes, file locks)
-    have no heartbeat; `requeue_orphans` does the same job there from process ids.
+    have no heartbeat; `fail_orphans` frees a dead local worker's trial there, from process ids.
     """
     if location is None:
         return optuna.storages.InMemoryStorage()
@@ -341,8 +341,6 @@ def fail_orphans(study: optuna.Study) -> list[int]:
     A trial records its worker as ``host:pid``. Failing is idempotent, so workers starting together
     may all do it; a failed trial no longer claims its architecture, which later trials may sample.
     """
-    if not isinstance(study._storage, JournalStorage):
-        return []
     failed, host = [], socket.gethostname()
     for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
         worker_host, _, pid = str(trial.user_attrs.get("worker", "")).partition(":")
@@ -445,7 +443,8 @@ def run_search(config: SearchConfig, progress: Callable[[str], None] | None = No
     check_space_fits(config.space, config.base)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = open_study(config)
-    fail_orphans(study)
+    if config.storage is not None and "://" not in config.storage:  # a journal file
+        fail_orphans(study)
     started = time.perf_counter()
     study.optimize(_objective_function(config, study), n_trials=config.trials, gc_after_trial=False)
     return SearchResult(study, config, pareto_front(study, config), trial_counts(study),
