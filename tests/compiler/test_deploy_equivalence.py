@@ -103,9 +103,12 @@ def test_peripheral_structure_is_kept_unless_expanded(name):
     assert kernels == spec.kernel_sizes()
 
 
-def test_expanded_model_exports_with_plain_aten_ops():
-    spec = tiny_spec("pelk_t", resolution=RESOLUTION)
-    model = build_model(spec, backend="sat").deploy(expand=True)
+@pytest.mark.parametrize("pos_mode", ["padded", "valid"])
+def test_expanded_model_exports_with_plain_aten_ops(pos_mode):
+    data = tiny_spec("pelk_t", resolution=RESOLUTION).model_dump()
+    for stage in data["stages"]:
+        stage["mixer"]["pos_embed"]["mode"] = pos_mode
+    model = build_model(ModelSpec.model_validate(data), backend="sat").deploy(expand=True)
     image = torch.randn(1, 3, RESOLUTION, RESOLUTION)
     exported = torch.export.export(model, (image,))
     targets = {str(node.target) for node in exported.graph.nodes if node.op == "call_function"}
