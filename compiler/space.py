@@ -184,13 +184,14 @@ def loads_space(text: str, file: str = "<string>") -> SearchSpace:
     """Parse and validate search-space YAML; raises SpecError listing every problem as FILE:LINE: field: message."""
     try:
         nodes = yaml.compose(text, Loader=yaml.SafeLoader)
+        located = _LocatedData(file)
+        data = located.build(nodes) if nodes is not None else None
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
-        raise SpecError([Problem(file, mark.line + 1 if mark else 0, "", f"invalid YAML: {error}")]) from None
+        problem = getattr(error, "problem", None) or error
+        raise SpecError([Problem(file, mark.line + 1 if mark else 0, "", f"invalid YAML: {problem}")]) from None
     if nodes is None:
         raise SpecError([Problem(file, 1, "", "the search space is empty")])
-    located = _LocatedData(file)
-    data = located.build(nodes)
     if not isinstance(data, dict):
         raise SpecError([Problem(file, located.line_of(()), "",
                                  f"a search space is a mapping of fields, got a {type(data).__name__}")])

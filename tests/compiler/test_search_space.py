@@ -37,6 +37,8 @@ def _problems(text: str) -> list[str]:
     ("name: s\nname: t\n", "space.yaml:2: name: duplicate key"),
     ("[1, 2]\n", "a search space is a mapping"),
     ("name: s\nstages: [\n", "invalid YAML"),
+    ("name: s\nbase: !!python/name:os.system\n", "space.yaml:2: base: invalid YAML: tag"),
+    ("", "space.yaml:1: the search space is empty"),
 ])
 def test_mistakes_name_file_line_and_field(text, expected):
     assert any(expected in problem for problem in _problems(text)), _problems(text)
