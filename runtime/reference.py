@@ -8,6 +8,7 @@ positive ints summing to the odd kernel size K; positional embedding (C, K, K).
 """
 from __future__ import annotations
 
+import functools
 from typing import Sequence
 
 import torch
@@ -28,8 +29,14 @@ def check_grid(grid: Sequence[int]) -> tuple[int, ...]:
 
 def cell_index(grid: Sequence[int], device=None) -> torch.Tensor:
     """Cell of every kernel row: (K,) int64, ``repeat_interleave(arange(k'), grid)``."""
-    counts = torch.tensor(grid, device=device)
-    return torch.repeat_interleave(torch.arange(len(grid), device=device), counts)
+    return _cell_index(tuple(grid), torch.device(device or "cpu"))
+
+
+@functools.lru_cache(maxsize=1024)
+def _cell_index(grid: tuple[int, ...], device: torch.device) -> torch.Tensor:
+    """Cached per device: no host-to-device copy per call."""
+    counts = torch.tensor(grid)
+    return torch.repeat_interleave(torch.arange(len(grid)), counts).to(device)
 
 
 def expand_kernel(weight: torch.Tensor, grid: Sequence[int]) -> torch.Tensor:

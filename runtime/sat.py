@@ -22,6 +22,7 @@ The two primitives ``sat_taps`` and ``sat_tap_sums`` have Triton twins in
 """
 from __future__ import annotations
 
+import functools
 from typing import Callable, Sequence
 
 import torch
@@ -55,6 +56,13 @@ def clamp_boundaries(grid: Sequence[int], size: int) -> tuple[list[int], torch.T
     reads the same clamped SAT index as offsets[i] for every output position;
     boundaries that always read the zero row/column have no offset.
     """
+    offsets, merge = _clamp_boundaries(tuple(grid), size, torch.device("cpu"))
+    return list(offsets), merge.clone()
+
+
+@functools.lru_cache(maxsize=1024)
+def _clamp_boundaries(grid: tuple[int, ...], size: int, device: torch.device) -> tuple[tuple[int, ...], torch.Tensor]:
+    """Cached ``clamp_boundaries`` with the merge matrix already on ``device`` (no copy per call)."""
     offsets: list[int] = []
     pairs: list[tuple[int, int]] = []
     for a, p in enumerate(cell_boundaries(grid)):
@@ -67,7 +75,7 @@ def clamp_boundaries(grid: Sequence[int], size: int) -> tuple[list[int], torch.T
     merge = torch.zeros(len(offsets), len(grid) + 1)
     for i, a in pairs:
         merge[i, a] = 1.0
-    return offsets, merge
+    return tuple(offsets), merge.to(device)
 
 
 def prefix_sum_2d(x: torch.Tensor) -> torch.Tensor:
@@ -75,9 +83,10 @@ def prefix_sum_2d(x: torch.Tensor) -> torch.Tensor:
     return F.pad(x, (1, 0, 1, 0)).cumsum(-2).cumsum(-1)
 
 
-def _clamped_index(offsets: Sequence[int], size: int, device) -> torch.Tensor:
-    """(n, size) SAT indices clamp(i + offset, 0, size)."""
-    shifts = torch.tensor(list(offsets), device=device)
+@functools.lru_cache(maxsize=1024)
+def _clamped_index(offsets: tuple[int, ...], size: int, device: torch.device) -> torch.Tensor:
+    """(n, size) SAT indices clamp(i + offset, 0, size), cached per device."""
+    shifts = torch.tensor(offsets, device=device)
     return (torch.arange(size, device=device) + shifts[:, None]).clamp(0, size)
 
 
@@ -90,8 +99,8 @@ def sat_taps(x: torch.Tensor, row_offsets: Sequence[int], col_offsets: Sequence[
     batch, channels, height, width = x.shape
     acc = accumulate_dtype(x.dtype)
     sat = prefix_sum_2d(x.to(acc))
-    rows = _clamped_index(row_offsets, height, x.device)
-    cols = _clamped_index(col_offsets, width, x.device)
+    rows = _clamped_index(tuple(row_offsets), height, x.device)
+    cols = _clamped_index(tuple(col_offsets), width, x.device)
     row_gathered = sat[:, :, rows]  # (B, C, n_rows, H, W+1)
     per_col = torch.einsum("ncihv,cij->ncjhv", row_gathered, coeffs.to(acc))
     index = cols[None, None, :, None, :].expand(batch, channels, -1, height, -1)
@@ -107,8 +116,8 @@ def sat_tap_sums(dy: torch.Tensor, x: torch.Tensor, row_offsets: Sequence[int],
     batch, channels, height, width = x.shape
     acc = accumulate_dtype(x.dtype)
     sat = prefix_sum_2d(x.to(acc))
-    rows = _clamped_index(row_offsets, height, x.device)
-    cols = _clamped_index(col_offsets, width, x.device)
+    rows = _clamped_index(tuple(row_offsets), height, x.device)
+    cols = _clamped_index(tuple(col_offsets), width, x.device)
     row_gathered = sat[:, :, rows]  # (B, C, n_rows, H, W+1)
     # Scatter dY onto the SAT column each output reads: Q[n, c, j, h, v] = Σ_{w: col(w)=v} dY[n, c, h, w].
     index = cols[None, None, :, None, :].expand(batch, channels, -1, height, -1)
@@ -126,8 +135,8 @@ def peripheral_conv2d_taps(x: torch.Tensor, weight: torch.Tensor, grid: Sequence
                            taps: TapsFn = sat_taps) -> torch.Tensor:
     """Peripheral conv through a SAT-taps primitive: (B, C, H, W) -> (B, C, H, W) in x.dtype."""
     height, width = x.shape[-2:]
-    row_offsets, row_merge = clamp_boundaries(grid, height)
-    col_offsets, col_merge = clamp_boundaries(grid, width)
+    row_offsets, row_merge = _clamp_boundaries(tuple(grid), height, x.device)
+    col_offsets, col_merge = _clamp_boundaries(tuple(grid), width, x.device)
     acc = accumulate_dtype(x.dtype)
     diffs = weight_differences(weight.to(acc))
     coeffs = torch.einsum("ia,cab,jb->cij", row_merge.to(diffs), diffs, col_merge.to(diffs))
@@ -138,8 +147,8 @@ def peripheral_grad_weight_taps(dy: torch.Tensor, x: torch.Tensor, grid: Sequenc
                                 tap_sums: TapSumsFn = sat_tap_sums) -> torch.Tensor:
     """dL/dw_θ from dY and x (B, C, H, W): (C, 1, k', k') in the accumulation dtype."""
     height, width = x.shape[-2:]
-    row_offsets, row_merge = clamp_boundaries(grid, height)
-    col_offsets, col_merge = clamp_boundaries(grid, width)
+    row_offsets, row_merge = _clamp_boundaries(tuple(grid), height, x.device)
+    col_offsets, col_merge = _clamp_boundaries(tuple(grid), width, x.device)
     sums = tap_sums(dy, x, row_offsets, col_offsets)
     full = torch.einsum("ia,cij,jb->cab", row_merge.to(sums), sums, col_merge.to(sums))
     grad = full[:, 1:, 1:] - full[:, :-1, 1:] - full[:, 1:, :-1] + full[:, :-1, :-1]

@@ -136,7 +136,7 @@ def _plane_blocks(height: int, width: int) -> tuple[int, int]:
 
 
 def sat_taps_triton(x: torch.Tensor, row_offsets: Sequence[int], col_offsets: Sequence[int],
-                    coeffs: torch.Tensor, tile_elements: int = 1024, num_warps: int = 4) -> torch.Tensor:
+                    coeffs: torch.Tensor, tile_elements: int = 256, num_warps: int = 2) -> torch.Tensor:
     """Triton twin of ``sat.sat_taps``: x (B, C, H, W), coeffs (C, n_rows, n_cols) -> (B, C, H, W).
 
     A program holds tiles of about ``tile_elements`` outputs (BLOCK_C planes x TILE_H rows).
@@ -162,7 +162,7 @@ def sat_taps_triton(x: torch.Tensor, row_offsets: Sequence[int], col_offsets: Se
 
 def sat_tap_sums_triton(dy: torch.Tensor, x: torch.Tensor, row_offsets: Sequence[int],
                         col_offsets: Sequence[int], plane_elements: int = 4096,
-                        num_warps: int = 8) -> torch.Tensor:
+                        num_warps: int = 4) -> torch.Tensor:
     """Triton twin of ``sat.sat_tap_sums``: dy, x (B, C, H, W) -> (C, n_rows, n_cols).
 
     A program holds BLOCK_C whole planes, about ``plane_elements`` SAT entries.
