@@ -14,6 +14,8 @@ import networkx as nx
 import torch
 from torch import nn
 
+import runtime
+
 from compiler import modules
 from compiler.ir import Graph
 
@@ -182,11 +184,11 @@ class LargeKernelNet(nn.Module):
         return deploy(self, expand=expand)
 
     def set_backend(self, backend: str) -> None:
-        """Switch the peripheral-conv backend of every layer (auto, torch, sat, triton)."""
+        """Switch the peripheral-conv backend of every layer (auto, torch, sat, triton), deploy form included."""
         self.backend = backend
         for module in self.modules():
-            if isinstance(module, modules.PeripheralMixer):
-                module.conv.set_backend(backend)
+            if isinstance(module, runtime.PeripheralConv2d):
+                module.set_backend(backend)
 
 
 def take_indices(count: int, indices: int | list[int] | None) -> tuple[list[int], int]:

@@ -76,3 +76,12 @@ def test_partial_channels_pass_through_unchanged():
 def test_build_model_overrides():
     model = build_model(tiny_spec("pelk_t"), num_classes=3, in_chans=1)
     assert model(torch.randn(1, 1, 64, 64)).shape == (1, 3)
+
+
+def test_set_backend_reaches_deployed_peripheral_convs():
+    import runtime
+    model = build_model(tiny_spec("pelk_t"), backend="torch")
+    model.deploy()
+    model.set_backend("sat")
+    backends = {m.backend for m in model.modules() if isinstance(m, runtime.PeripheralConv2d)}
+    assert backends == {"sat"}
