@@ -10,13 +10,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable, TypeVar
 
 import yaml
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from archspec.files import atomic_write_text
-from archspec.spec import MIXER_TYPES, ModelSpec
+from archspec.spec import ModelSpec
 
 FieldPath = tuple[Any, ...]
 _ALLOWED_TAGS = {f"tag:yaml.org,2002:{name}" for name in ("str", "int", "float", "bool", "null", "map", "seq")}
@@ -95,17 +95,28 @@ class _LocatedData:
         return 0
 
 
-def _data_path(loc: tuple[Any, ...], data: Any) -> FieldPath:
-    """Drop the discriminator tags pydantic inserts into union locations."""
-    path: list[Any] = []
-    for part in loc:
-        if isinstance(part, str) and part in MIXER_TYPES and path and path[-1] == "mixer":
+def data_path(error: dict[str, Any], data: Any) -> FieldPath:
+    """The field path of a pydantic error in the user's data.
+
+    pydantic inserts union members into locations (a discriminator tag such as
+    ``peripheral``, or a type name such as ``list[int]``); parts that are not
+    keys of the data at that point are dropped, except the missing key itself.
+    """
+    loc, path, current = error["loc"], [], data
+    for index, part in enumerate(loc):
+        is_last = index == len(loc) - 1
+        if isinstance(current, dict) and part in current:
+            current = current[part]
+        elif isinstance(current, list) and isinstance(part, int) and 0 <= part < len(current):
+            current = current[part]
+        elif not (is_last and error["type"] == "missing"):
             continue
         path.append(part)
     return tuple(path)
 
 
-def _error_message(error: dict[str, Any]) -> str:
+def error_message(error: dict[str, Any]) -> str:
+    """A pydantic error as one sentence quoting the offending value."""
     message = error["msg"]
     for prefix in ("Value error, ", "Assertion failed, "):
         if message.startswith(prefix):
@@ -119,8 +130,16 @@ def _error_message(error: dict[str, Any]) -> str:
     return message
 
 
-def loads_spec(text: str, file: str = "<string>") -> ModelSpec:
-    """Parse and validate spec text; raises SpecError listing every problem."""
+ModelT = TypeVar("ModelT", bound=BaseModel)
+
+
+def loads_model(text: str, file: str, model: type[ModelT], what: str = "spec",
+                message: Callable[[dict[str, Any]], str] = error_message) -> ModelT:
+    """Parse YAML text and validate it as ``model``; raises SpecError listing every problem.
+
+    Each problem is located as ``FILE:LINE: field: message``; one problem per field
+    (a union reports one error per member, the first is kept).
+    """
     try:
         nodes = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.MarkedYAMLError as error:
@@ -130,7 +149,7 @@ def loads_spec(text: str, file: str = "<string>") -> ModelSpec:
     except yaml.YAMLError as error:
         raise SpecError([Problem(file, 0, "", f"invalid YAML: {error}")]) from None
     if nodes is None:
-        raise SpecError([Problem(file, 1, "", "the spec is empty")])
+        raise SpecError([Problem(file, 1, "", f"the {what} is empty")])
     located = _LocatedData(file)
     try:
         data = located.build(nodes)
@@ -138,34 +157,47 @@ def loads_spec(text: str, file: str = "<string>") -> ModelSpec:
         raise SpecError([Problem(file, 0, "", f"invalid YAML value: {error}")]) from None
     if not isinstance(data, dict):
         raise SpecError([Problem(file, located.line_of(()), "",
-                                 f"a spec is a mapping of fields, got a {type(data).__name__}")])
+                                 f"a {what} is a mapping of fields, got a {type(data).__name__}")])
     problems = list(located.problems)
-    spec = None
+    result = None
     try:
-        spec = ModelSpec.model_validate(data)
+        result = model.model_validate(data)
     except ValidationError as error:
+        seen: set[str] = set()
         for item in error.errors():
-            path = _data_path(item["loc"], data)
-            problems.append(Problem(file, located.line_of(path), format_field(path), _error_message(item)))
+            path = data_path(item, data)
+            field = format_field(path)
+            if field not in seen:
+                seen.add(field)
+                problems.append(Problem(file, located.line_of(path), field, message(item)))
     if problems:
         raise SpecError(sorted(problems, key=lambda problem: problem.line))
-    return spec
+    return result
 
 
-def load_spec(path: str | Path) -> ModelSpec:
-    """Read and validate a spec file; every failure is a SpecError naming the file."""
+def loads_spec(text: str, file: str = "<string>") -> ModelSpec:
+    """Parse and validate spec text; raises SpecError listing every problem."""
+    return loads_model(text, file, ModelSpec, "spec")
+
+
+def read_text(path: str | Path, what: str = "spec") -> str:
+    """A file's text; every failure is a SpecError naming the file."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        return path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise SpecError([Problem(str(path), 0, "", "no such file")]) from None
+        raise SpecError([Problem(str(path), 0, "", f"no such file (a {what} was expected here)")]) from None
     except IsADirectoryError:
-        raise SpecError([Problem(str(path), 0, "", "is a directory, not a spec file")]) from None
+        raise SpecError([Problem(str(path), 0, "", f"is a directory, not a {what} file")]) from None
     except UnicodeDecodeError as error:
         raise SpecError([Problem(str(path), 0, "", f"not UTF-8 text ({error.reason})")]) from None
     except OSError as error:
         raise SpecError([Problem(str(path), 0, "", f"cannot read: {error.strerror}")]) from None
-    return loads_spec(text, str(path))
+
+
+def load_spec(path: str | Path) -> ModelSpec:
+    """Read and validate a spec file; every failure is a SpecError naming the file."""
+    return loads_spec(read_text(path), str(path))
 
 
 def dump_spec(spec: ModelSpec) -> str:

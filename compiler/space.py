@@ -28,10 +28,9 @@ import json
 from pathlib import Path
 from typing import Any, Union
 
-import yaml
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, model_validator
 
-from archspec.loader import Problem, SpecError, _data_path, _error_message, _LocatedData, format_field
+from archspec.loader import Problem, SpecError, error_message, loads_model, read_text
 from archspec.spec import SpecModel
 
 
@@ -180,58 +179,25 @@ class SearchSpace(SpecModel):
         return hashlib.sha256(json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()[:16]
 
 
+_KNOB_MEMBERS = ("int", "list[int]", "IntRange", "float", "list[float]", "FloatRange")
+
+
 def loads_space(text: str, file: str = "<string>") -> SearchSpace:
     """Parse and validate search-space YAML; raises SpecError listing every problem as FILE:LINE: field: message."""
-    try:
-        nodes = yaml.compose(text, Loader=yaml.SafeLoader)
-        located = _LocatedData(file)
-        data = located.build(nodes) if nodes is not None else None
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        problem = getattr(error, "problem", None) or error
-        raise SpecError([Problem(file, mark.line + 1 if mark else 0, "", f"invalid YAML: {problem}")]) from None
-    if nodes is None:
-        raise SpecError([Problem(file, 1, "", "the search space is empty")])
-    if not isinstance(data, dict):
-        raise SpecError([Problem(file, located.line_of(()), "",
-                                 f"a search space is a mapping of fields, got a {type(data).__name__}")])
-    problems = list(located.problems)
-    space = None
-    try:
-        space = SearchSpace.model_validate(data)
-    except ValidationError as error:
-        seen = set()
-        for item in error.errors():
-            path = _data_path(item["loc"], data)
-            # A union knob reports one error per member type; keep the first per field.
-            field = format_field(part for part in path if part not in ("int", "list[int]", "IntRange", "float",
-                                                                       "list[float]", "FloatRange"))
-            if field in seen:
-                continue
-            seen.add(field)
-            problems.append(Problem(file, located.line_of(path), field, _knob_message(item)))
-    if problems:
-        raise SpecError(sorted(problems, key=lambda problem: problem.line))
-    return space
+    return loads_model(text, file, SearchSpace, "search space", _knob_message)
 
 
 def _knob_message(item: dict) -> str:
-    if any(part in ("int", "list[int]", "IntRange", "float", "list[float]", "FloatRange") for part in item["loc"]):
-        return (f"{_error_message(item)}; a knob is a value, a list of choices or a range {{low, high, step}} "
+    if any(part in _KNOB_MEMBERS for part in item["loc"]):
+        return (f"{error_message(item)}; a knob is a value, a list of choices or a range {{low, high, step}} "
                 f"(got {item.get('input')!r})")
-    return _error_message(item)
+    return error_message(item)
 
 
 def load_space(path: str | Path) -> SearchSpace:
     """Read a search-space file; the base spec path, if relative, is resolved against the file's folder."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise SpecError([Problem(str(path), 0, "", "no such search-space file")]) from None
-    except (IsADirectoryError, UnicodeDecodeError, OSError) as error:
-        raise SpecError([Problem(str(path), 0, "", f"cannot read the search-space file: {error}")]) from None
-    space = loads_space(text, str(path))
+    space = loads_space(read_text(path, "search-space"), str(path))
     base = Path(space.base)
     if base.suffix in (".yaml", ".yml") and not base.is_absolute():
         space.base = str(path.parent / base)

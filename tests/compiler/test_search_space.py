@@ -45,7 +45,7 @@ def test_mistakes_name_file_line_and_field(text, expected):
 
 
 def test_missing_space_file_is_a_spec_error(tmp_path):
-    with pytest.raises(SpecError, match="no such search-space file"):
+    with pytest.raises(SpecError, match="no such file \\(a search-space was expected here\\)"):
         load_space(tmp_path / "absent.yaml")
 
 
