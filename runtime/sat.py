@@ -139,7 +139,7 @@ def peripheral_conv2d_taps(x: torch.Tensor, weight: torch.Tensor, grid: Sequence
     col_offsets, col_merge = _clamp_boundaries(tuple(grid), width, x.device)
     acc = accumulate_dtype(x.dtype)
     diffs = weight_differences(weight.to(acc))
-    coeffs = row_merge.to(diffs) @ diffs @ col_merge.to(diffs).T  # (C, n_rows, n_cols)
+    coeffs = row_merge.to(diffs) @ diffs @ col_merge.to(diffs).mT  # (C, n_rows, n_cols)
     return taps(x, row_offsets, col_offsets, coeffs)
 
 
@@ -150,7 +150,7 @@ def peripheral_grad_weight_taps(dy: torch.Tensor, x: torch.Tensor, grid: Sequenc
     row_offsets, row_merge = _clamp_boundaries(tuple(grid), height, x.device)
     col_offsets, col_merge = _clamp_boundaries(tuple(grid), width, x.device)
     sums = tap_sums(dy, x, row_offsets, col_offsets)
-    full = row_merge.to(sums).T @ sums @ col_merge.to(sums)  # (C, k'+1, k'+1)
+    full = row_merge.to(sums).mT @ sums @ col_merge.to(sums)  # (C, k'+1, k'+1)
     grad = full[:, 1:, 1:] - full[:, :-1, 1:] - full[:, 1:, :-1] + full[:, :-1, :-1]
     return grad.unsqueeze(1)
 

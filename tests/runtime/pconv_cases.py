@@ -43,15 +43,17 @@ def relative_error(value: torch.Tensor, ref: torch.Tensor) -> float:
     return ((value.double() - ref).norm() / ref.norm().clamp_min(1e-30)).item()
 
 
-# fp32 SAT prefix sums carry eps·|S| with |S| ~ sqrt(H·W)·|x|, a few 1e-7 of the output
-# beyond what F.conv2d loses; reduced precision is dominated by the output rounding.
-SAT_SLACK = {torch.float64: 1e-12, torch.float32: 1e-6, torch.bfloat16: 1e-4, torch.float16: 1e-5}
+# Absolute slack, relative to the magnitude ||conv(|x|, |w|)|| of the terms summed: fp32 SAT
+# prefix sums carry eps·|S| with |S| up to Σ|x| over the image, about 1e-6 of that magnitude
+# beyond what F.conv2d loses; in reduced precision the output rounding dominates.
+SAT_SLACK = {torch.float64: 1e-12, torch.float32: 4e-6, torch.bfloat16: 1e-4, torch.float16: 1e-5}
 
 
 def assert_matches_reference(out: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, grid) -> None:
     """Error against the float64 reference is at most 2x plain PyTorch's in the same dtype, plus slack."""
     ref = peripheral_conv2d_reference(x.double(), weight.double(), grid)
-    torch_error = relative_error(peripheral_conv2d_reference(x, weight, grid), ref)
-    error = relative_error(out, ref)
+    magnitude = peripheral_conv2d_reference(x.double().abs(), weight.double().abs(), grid).norm().item()
+    torch_error = (peripheral_conv2d_reference(x, weight, grid).double() - ref).norm().item()
+    error = (out.double() - ref).norm().item()
     assert out.dtype == x.dtype and out.shape == x.shape
-    assert error <= 2 * torch_error + SAT_SLACK[x.dtype], (error, torch_error)
+    assert error <= 2 * torch_error + SAT_SLACK[x.dtype] * magnitude, (error, torch_error, magnitude)
