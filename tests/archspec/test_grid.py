@@ -108,7 +108,8 @@ def test_grid_rule_properties(rule):
     assert grid[middle - center // 2: middle + center // 2 + 1] == [1] * center
     if kernel // 2 >= center // 2 + base:  # room for the first exponential cell: the centre is exactly as asked
         assert SharingGrid(tuple(grid)).unshared_center == center
-        assert grid[middle + center // 2 + 1] == base
+        first_shared = grid[middle + center // 2 + 1]
+        assert first_shared == base if policy == "greedy" else first_shared >= base  # merge may add a remainder
     assert len(grid) <= k_prime_bound(kernel, center, base)
     assert k_prime_bound(kernel, center, base) == 2 * (center // 2 + math.ceil(math.log(kernel, base))) + 1
 
