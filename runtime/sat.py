@@ -11,7 +11,9 @@ which is zero padding), p the cell boundaries relative to the centre and D the
 Clamping makes taps redundant once K is large against the image: a boundary
 p <= -(H-1) always reads the zero row and is dropped; boundaries >= H all read
 row H and are merged. ``clamp_boundaries`` does this per axis, so the kernels
-below work on a compressed tap set (offsets, coefficients) that is exact.
+below work on a compressed tap set (offsets, coefficients) that is exact;
+``tap_map`` turns w_θ into those coefficients with one cached linear map (one
+small matmul per call: the host, not the GPU, limits small layers).
 
 Gradients: grad-input is the same op with the grid reversed and w_θ flipped;
 grad-weight is G[a, b] = Σ dY(h, w) · S(h + p_a, w + p_b) followed by the
@@ -43,10 +45,11 @@ def cell_boundaries(grid: Sequence[int]) -> list[int]:
     return edges
 
 
-def weight_differences(weight: torch.Tensor) -> torch.Tensor:
-    """D = 2-D difference of zero-padded w_θ: (C, 1, k', k') -> (C, k'+1, k'+1)."""
-    padded = F.pad(weight[:, 0], (1, 1, 1, 1))
-    return padded[:, :-1, :-1] - padded[:, 1:, :-1] - padded[:, :-1, 1:] + padded[:, 1:, 1:]
+def difference_matrix(cells: int) -> torch.Tensor:
+    """Δ (k'+1, k') with Δ[a, i] = [i = a-1] - [i = a]: D = Δ w_θ Δᵀ is the 2-D difference
+    of w_θ padded with zeros, D[a, b] = w[a-1, b-1] - w[a-1, b] - w[a, b-1] + w[a, b]."""
+    eye = torch.eye(cells)
+    return torch.cat([torch.zeros(1, cells), eye]) - torch.cat([eye, torch.zeros(1, cells)])
 
 
 def clamp_boundaries(grid: Sequence[int], size: int) -> tuple[list[int], torch.Tensor]:
@@ -56,13 +59,6 @@ def clamp_boundaries(grid: Sequence[int], size: int) -> tuple[list[int], torch.T
     reads the same clamped SAT index as offsets[i] for every output position;
     boundaries that always read the zero row/column have no offset.
     """
-    offsets, merge = _clamp_boundaries(tuple(grid), size, torch.device("cpu"))
-    return list(offsets), merge.clone()
-
-
-@functools.lru_cache(maxsize=1024)
-def _clamp_boundaries(grid: tuple[int, ...], size: int, device: torch.device) -> tuple[tuple[int, ...], torch.Tensor]:
-    """Cached ``clamp_boundaries`` with the merge matrix already on ``device`` (no copy per call)."""
     offsets: list[int] = []
     pairs: list[tuple[int, int]] = []
     for a, p in enumerate(cell_boundaries(grid)):
@@ -75,7 +71,23 @@ def _clamp_boundaries(grid: tuple[int, ...], size: int, device: torch.device) ->
     merge = torch.zeros(len(offsets), len(grid) + 1)
     for i, a in pairs:
         merge[i, a] = 1.0
-    return tuple(offsets), merge.to(device)
+    return offsets, merge
+
+
+@functools.lru_cache(maxsize=1024)
+def tap_map(grid: tuple[int, ...], height: int, width: int,
+            device: torch.device) -> tuple[tuple[int, ...], tuple[int, ...], torch.Tensor]:
+    """(row offsets, col offsets, L) for an (H, W) image, cached per device.
+
+    L (n_rows·n_cols, k'·k') is the whole weight -> tap-coefficient step as one
+    linear map: coeffs[c].flatten() = L @ w_θ[c].flatten(), the 2-D difference D
+    merged over clamped boundaries, i.e. kron(merge_r Δ, merge_c Δ). Its transpose
+    maps tap sums back to dL/dw_θ. Entries are small integers, exact in any dtype.
+    """
+    rows, row_merge = clamp_boundaries(grid, height)
+    cols, col_merge = clamp_boundaries(grid, width)
+    diff = difference_matrix(len(grid))
+    return tuple(rows), tuple(cols), torch.kron(row_merge @ diff, col_merge @ diff).to(device)
 
 
 def prefix_sum_2d(x: torch.Tensor) -> torch.Tensor:
@@ -134,25 +146,20 @@ TapSumsFn = Callable[[torch.Tensor, torch.Tensor, Sequence[int], Sequence[int]],
 def peripheral_conv2d_taps(x: torch.Tensor, weight: torch.Tensor, grid: Sequence[int],
                            taps: TapsFn = sat_taps) -> torch.Tensor:
     """Peripheral conv through a SAT-taps primitive: (B, C, H, W) -> (B, C, H, W) in x.dtype."""
-    height, width = x.shape[-2:]
-    row_offsets, row_merge = _clamp_boundaries(tuple(grid), height, x.device)
-    col_offsets, col_merge = _clamp_boundaries(tuple(grid), width, x.device)
+    rows, cols, linear = tap_map(tuple(grid), x.shape[-2], x.shape[-1], x.device)
     acc = accumulate_dtype(x.dtype)
-    diffs = weight_differences(weight.to(acc))
-    coeffs = row_merge.to(diffs) @ diffs @ col_merge.to(diffs).mT  # (C, n_rows, n_cols)
-    return taps(x, row_offsets, col_offsets, coeffs)
+    channels = weight.shape[0]
+    coeffs = (weight.reshape(channels, -1).to(acc) @ linear.to(acc).mT).view(channels, len(rows), len(cols))
+    return taps(x, rows, cols, coeffs)
 
 
 def peripheral_grad_weight_taps(dy: torch.Tensor, x: torch.Tensor, grid: Sequence[int],
                                 tap_sums: TapSumsFn = sat_tap_sums) -> torch.Tensor:
     """dL/dw_θ from dY and x (B, C, H, W): (C, 1, k', k') in the accumulation dtype."""
-    height, width = x.shape[-2:]
-    row_offsets, row_merge = _clamp_boundaries(tuple(grid), height, x.device)
-    col_offsets, col_merge = _clamp_boundaries(tuple(grid), width, x.device)
-    sums = tap_sums(dy, x, row_offsets, col_offsets)
-    full = row_merge.to(sums).mT @ sums @ col_merge.to(sums)  # (C, k'+1, k'+1)
-    grad = full[:, 1:, 1:] - full[:, :-1, 1:] - full[:, 1:, :-1] + full[:, :-1, :-1]
-    return grad.unsqueeze(1)
+    rows, cols, linear = tap_map(tuple(grid), x.shape[-2], x.shape[-1], x.device)
+    sums = tap_sums(dy, x, rows, cols)
+    channels, cells = x.shape[1], len(grid)
+    return (sums.reshape(channels, -1) @ linear.to(sums)).view(channels, 1, cells, cells)
 
 
 def peripheral_grad_input_taps(dy: torch.Tensor, weight: torch.Tensor, grid: Sequence[int],

@@ -7,7 +7,9 @@ from hypothesis import strategies as st
 from pconv_cases import PAPER_GRIDS, assert_matches_reference, grids, random_inputs, relative_error
 from runtime import peripheral_conv2d
 from runtime.reference import peripheral_conv2d_reference
-from runtime.sat import cell_boundaries, clamp_boundaries, weight_differences
+import torch.nn.functional as F
+
+from runtime.sat import cell_boundaries, clamp_boundaries, difference_matrix, tap_map
 
 
 def test_cell_boundaries_run_from_minus_r_to_r_plus_one():
@@ -15,11 +17,20 @@ def test_cell_boundaries_run_from_minus_r_to_r_plus_one():
     assert cell_boundaries(PAPER_GRIDS[51])[0] == -25 and cell_boundaries(PAPER_GRIDS[51])[-1] == 26
 
 
-def test_weight_differences_sum_to_zero_along_each_axis():
-    diffs = weight_differences(torch.randn(3, 1, 4, 4, dtype=torch.float64))
-    assert diffs.shape == (3, 5, 5)
-    torch.testing.assert_close(diffs.sum(1), torch.zeros(3, 5, dtype=torch.float64))
-    torch.testing.assert_close(diffs.sum(2), torch.zeros(3, 5, dtype=torch.float64))
+def test_difference_matrix_gives_the_2d_difference_of_the_zero_padded_weights():
+    weight = torch.randn(4, 4, dtype=torch.float64)
+    diff = difference_matrix(4).double()
+    padded = F.pad(weight, (1, 1, 1, 1))
+    expected = padded[:-1, :-1] - padded[1:, :-1] - padded[:-1, 1:] + padded[1:, 1:]
+    torch.testing.assert_close(diff @ weight @ diff.T, expected)
+    torch.testing.assert_close(expected.sum(0), torch.zeros(5, dtype=torch.float64))
+
+
+def test_tap_map_is_cached_and_integer():
+    rows, cols, linear = tap_map((2, 1, 2), 4, 9, torch.device("cpu"))
+    assert tap_map((2, 1, 2), 4, 9, torch.device("cpu"))[2] is linear
+    assert linear.shape == (len(rows) * len(cols), 9)
+    assert torch.equal(linear, linear.round())
 
 
 def test_clamping_drops_and_merges_boundaries_outside_the_image():
