@@ -135,6 +135,11 @@ def _plane_blocks(height: int, width: int) -> tuple[int, int]:
     return triton.next_power_of_2(height + 1), triton.next_power_of_2(width + 1)
 
 
+def _warps_for_plane(num_warps: int, plane_entries: int) -> int:
+    """At least enough warps that building a whole SAT plane takes <= 64 registers a thread."""
+    return max(num_warps, min(16, plane_entries // (64 * 32)))
+
+
 def sat_taps_triton(x: torch.Tensor, row_offsets: Sequence[int], col_offsets: Sequence[int],
                     coeffs: torch.Tensor, tile_elements: int = 256, num_warps: int = 2) -> torch.Tensor:
     """Triton twin of ``sat.sat_taps``: x (B, C, H, W), coeffs (C, n_rows, n_cols) -> (B, C, H, W).
@@ -156,7 +161,8 @@ def sat_taps_triton(x: torch.Tensor, row_offsets: Sequence[int], col_offsets: Se
         x, sat, parked, coeffs.to(acc).contiguous(), _offsets_tensor(tuple(row_offsets), x.device),
         _offsets_tensor(tuple(col_offsets), x.device), y, channels, height, width,
         len(row_offsets), len(col_offsets), ACC_FP64=acc == torch.float64,
-        BLOCK_C=block_c, BLOCK_H=block_h, BLOCK_W=block_w, TILE_H=tile_h, num_warps=num_warps)
+        BLOCK_C=block_c, BLOCK_H=block_h, BLOCK_W=block_w, TILE_H=tile_h,
+        num_warps=_warps_for_plane(num_warps, block_c * block_h * block_w))
     return y.to(x.dtype)
 
 
@@ -180,5 +186,6 @@ def sat_tap_sums_triton(dy: torch.Tensor, x: torch.Tensor, row_offsets: Sequence
         dy, x, sat, parked, _offsets_tensor(tuple(row_offsets), x.device),
         _offsets_tensor(tuple(col_offsets), x.device), partial, channels, height, width,
         len(row_offsets), len(col_offsets), ACC_FP64=acc == torch.float64,
-        BLOCK_C=block_c, BLOCK_H=block_h, BLOCK_W=block_w, num_warps=num_warps)
+        BLOCK_C=block_c, BLOCK_H=block_h, BLOCK_W=block_w,
+        num_warps=_warps_for_plane(num_warps, block_c * block_h * block_w))
     return partial.sum(0)
