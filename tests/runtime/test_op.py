@@ -133,3 +133,12 @@ def test_module_backends_agree():
         module.set_backend(backend)
         outputs.append(module(x))
     torch.testing.assert_close(outputs[0], outputs[1], rtol=1e-5, atol=1e-5)
+
+
+def test_custom_ops_pass_opcheck():
+    x, weight = random_inputs(2, 3, 5, 6, GRID, torch.float64, seed=5)
+    x.requires_grad_(), weight.requires_grad_()
+    torch.library.opcheck(torch.ops.pelk.peripheral_conv2d.default, (x, weight, list(GRID), "sat"))
+    dy = torch.randn_like(x)
+    torch.library.opcheck(torch.ops.pelk.peripheral_conv2d_grad_weight.default,
+                          (dy, x.detach(), list(GRID), "sat"))
