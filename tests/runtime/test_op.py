@@ -4,7 +4,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 import runtime
-from pconv_cases import PAPER_GRIDS, random_inputs
+from .pconv_cases import PAPER_GRIDS, random_inputs
 from runtime import BACKENDS, PeripheralConv2d, choose_backend, expand_kernel, peripheral_conv2d
 from runtime.reference import peripheral_conv2d_reference, pos_embed_term
 

@@ -3,7 +3,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pconv_cases import PAPER_GRIDS, mirror, random_inputs
+from .pconv_cases import PAPER_GRIDS, mirror, random_inputs
 from runtime.reference import (cell_index, check_grid, expand_kernel, peripheral_conv2d_reference,
                                pos_embed_term)
 

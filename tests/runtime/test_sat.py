@@ -4,7 +4,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pconv_cases import PAPER_GRIDS, assert_matches_reference, grids, random_inputs, relative_error
+from .pconv_cases import PAPER_GRIDS, assert_matches_reference, grids, random_inputs, relative_error
 from runtime import peripheral_conv2d
 from runtime.reference import peripheral_conv2d_reference
 import torch.nn.functional as F
