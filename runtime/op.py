@@ -32,8 +32,8 @@ CPU_SAT_MIN_TAP_RATIO = 6.0
 
 @functools.cache
 def _triton() -> tuple[ModuleType | None, str]:
-    """(runtime.triton_kernels or None, why not). Imported on first use, so that importing
-    runtime never imports triton (TRITON_INTERPRET must be set before triton is imported)."""
+    """(runtime.triton_kernels or None, why not): triton is optional, imported on first use;
+    its absence becomes a reason (auto) or an error (explicit triton), never an import error."""
     try:
         from runtime import triton_kernels
     except ImportError as error:  # triton is optional
@@ -50,9 +50,7 @@ class BackendChoice(NamedTuple):
 
 def sat_tap_count(grid: Sequence[int], height: int, width: int) -> int:
     """Taps per output of the SAT form after clamping to an (H, W) image."""
-    rows, _ = sat.clamp_boundaries(grid, height)
-    cols, _ = sat.clamp_boundaries(grid, width)
-    return len(rows) * len(cols)
+    return len(sat.clamped_offsets(grid, height)) * len(sat.clamped_offsets(grid, width))
 
 
 def choose_backend(device: torch.device | str, dtype: torch.dtype, channels: int, height: int,

@@ -8,7 +8,6 @@ positive ints summing to the odd kernel size K; positional embedding (C, K, K).
 """
 from __future__ import annotations
 
-import functools
 from typing import Sequence
 
 import torch
@@ -27,16 +26,19 @@ def check_grid(grid: Sequence[int]) -> tuple[int, ...]:
     return grid
 
 
+_CELL_INDEX: dict[tuple[tuple[int, ...], torch.device], torch.Tensor] = {}
+
+
 def cell_index(grid: Sequence[int], device=None) -> torch.Tensor:
-    """Cell of every kernel row: (K,) int64, ``repeat_interleave(arange(k'), grid)``."""
-    return _cell_index(tuple(grid), torch.device(device or "cpu"))
+    """Cell of every kernel row: (K,) int64, ``repeat_interleave(arange(k'), grid)``.
 
-
-@functools.lru_cache(maxsize=1024)
-def _cell_index(grid: tuple[int, ...], device: torch.device) -> torch.Tensor:
-    """Cached per device: no host-to-device copy per call."""
-    counts = torch.tensor(grid)
-    return torch.repeat_interleave(torch.arange(len(grid)), counts).to(device)
+    Cached per (grid, device) in a plain dict (no host-to-device copy per call; a dict,
+    unlike functools.lru_cache, traces cleanly under torch.compile)."""
+    key = (tuple(grid), torch.device(device or "cpu"))
+    if key not in _CELL_INDEX:
+        cells = torch.repeat_interleave(torch.arange(len(grid)), torch.tensor(key[0]))
+        _CELL_INDEX[key] = cells.to(key[1])
+    return _CELL_INDEX[key]
 
 
 def expand_kernel(weight: torch.Tensor, grid: Sequence[int]) -> torch.Tensor:

@@ -52,25 +52,20 @@ def difference_matrix(cells: int) -> torch.Tensor:
     return torch.cat([torch.zeros(1, cells), eye]) - torch.cat([eye, torch.zeros(1, cells)])
 
 
-def clamp_boundaries(grid: Sequence[int], size: int) -> tuple[list[int], torch.Tensor]:
-    """Distinct effective boundaries along an axis of length ``size``.
+def clamped_offsets(grid: Sequence[int], size: int) -> list[int]:
+    """Distinct effective boundaries along an axis of length ``size``: boundaries p <= -(size-1)
+    always read the zero row/column (dropped), all p >= size read the last one (merged)."""
+    return sorted({min(p, size) for p in cell_boundaries(grid) if p > 1 - size})
 
-    Returns (offsets (n,), merge (n, k'+1)) with merge[i, a] = 1 when boundary a
-    reads the same clamped SAT index as offsets[i] for every output position;
-    boundaries that always read the zero row/column have no offset.
-    """
-    offsets: list[int] = []
-    pairs: list[tuple[int, int]] = []
-    for a, p in enumerate(cell_boundaries(grid)):
-        if p <= 1 - size:
-            continue  # h + p <= 0 for every h < size: reads S = 0
-        p = min(p, size)  # h + p >= size for every h >= 0: reads the last row
-        if p not in offsets:
-            offsets.append(p)
-        pairs.append((offsets.index(p), a))
+
+def clamp_boundaries(grid: Sequence[int], size: int) -> tuple[list[int], torch.Tensor]:
+    """(offsets (n,), merge (n, k'+1)): ``clamped_offsets`` and merge[i, a] = 1 when boundary a
+    reads the same clamped SAT index as offsets[i] for every output position."""
+    offsets = clamped_offsets(grid, size)
     merge = torch.zeros(len(offsets), len(grid) + 1)
-    for i, a in pairs:
-        merge[i, a] = 1.0
+    for a, p in enumerate(cell_boundaries(grid)):
+        if p > 1 - size:
+            merge[offsets.index(min(p, size)), a] = 1.0
     return offsets, merge
 
 

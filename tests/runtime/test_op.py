@@ -90,8 +90,9 @@ def test_flops_count_the_equivalent_dense_conv():
     assert torch_path.get_total_flops() == dense
 
 
-def test_torch_compile_fullgraph_forward_and_backward():
-    module = PeripheralConv2d(3, GRID, bias=True, backend="sat")
+@pytest.mark.parametrize("backend", ["auto", "torch", "sat"])
+def test_torch_compile_fullgraph_forward_and_backward(backend):
+    module = PeripheralConv2d(3, GRID, bias=True, backend=backend)
     compiled = torch.compile(module, fullgraph=True, backend="aot_eager")
     x = torch.randn(2, 3, 6, 6, requires_grad=True)
     pos_embed = torch.randn(3, 9, 9)
