@@ -28,6 +28,14 @@ BACKENDS = ("auto", "torch", "sat", "triton")
 # On CPU the SAT form beats F.conv2d when the dense kernel has this many times more
 # taps than the (clamped) SAT form; measured with bench/bench_layers.py --cpu-crossover.
 CPU_SAT_MIN_TAP_RATIO = 6.0
+# On an H100 the Triton kernels beat cuDNN's dense depthwise conv once K² is at least this many
+# times the SAT tap count: K=13 on 7x7 maps (169 vs 81 taps) runs faster dense, forward and
+# backward; K=47 on 14x14 (2209 vs 121) runs 5x faster through Triton in training
+# (bench/results/2026-11-25-h100-layers-triton.md).
+CUDA_TRITON_MIN_TAP_RATIO = 4.0
+# Each Triton program holds whole SAT planes; planes up to 63x63 (a 64-wide block) were measured.
+# Larger ones (e.g. 96x96 at stage 1 of a 384² input) go to the plain-torch SAT form under auto.
+TRITON_MAX_PLANE = 63
 
 
 @functools.cache
@@ -55,14 +63,22 @@ def sat_tap_count(grid: Sequence[int], height: int, width: int) -> int:
 
 def choose_backend(device: torch.device | str, dtype: torch.dtype, channels: int, height: int,
                    width: int, grid: Sequence[int]) -> BackendChoice:
-    """The ``auto`` rule: triton on CUDA when triton imports; on CPU sat when K² is at least
-    CPU_SAT_MIN_TAP_RATIO times the SAT tap count; torch otherwise."""
+    """The ``auto`` rule. CUDA: torch (cuDNN) when K² < CUDA_TRITON_MIN_TAP_RATIO x the SAT taps,
+    else triton for planes up to TRITON_MAX_PLANE and sat beyond; torch when triton does not import.
+    CPU: sat when K² is at least CPU_SAT_MIN_TAP_RATIO times the SAT tap count, torch otherwise."""
     device = torch.device(device)
     dense, taps = sum(grid) ** 2, sat_tap_count(grid, height, width)
     if device.type == "cuda":
+        if dense < CUDA_TRITON_MIN_TAP_RATIO * taps:
+            return BackendChoice("torch", f"CUDA: K²={dense} dense taps < {CUDA_TRITON_MIN_TAP_RATIO:g} x "
+                                          f"{taps} SAT taps, cuDNN's depthwise conv is faster")
         kernels, error = _triton()
         if kernels is None:
             return BackendChoice("torch", f"CUDA tensor but triton does not import ({error})")
+        if max(height, width) > TRITON_MAX_PLANE:
+            return BackendChoice("sat", f"CUDA: {height}x{width} planes exceed the {TRITON_MAX_PLANE}x"
+                                        f"{TRITON_MAX_PLANE} the Triton kernels hold per program; SAT form "
+                                        f"in torch, {taps} taps per output instead of {dense}")
         return BackendChoice("triton", f"CUDA tensor and triton {kernels.triton.__version__} imports: "
                                        f"{taps} SAT taps per output instead of {dense}")
     if device.type == "cpu":

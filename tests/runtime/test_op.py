@@ -53,6 +53,14 @@ def test_auto_picks_triton_on_cuda_when_triton_imports():
     assert choice.name == "triton" and "triton" in choice.reason
 
 
+def test_auto_on_cuda_follows_the_measured_layer_table():
+    pytest.importorskip("triton")
+    stage4 = choose_backend("cuda", torch.float32, 374, 7, 7, PAPER_GRIDS[13])
+    assert stage4.name == "torch" and "cuDNN" in stage4.reason
+    stage1_at_384 = choose_backend("cuda", torch.float32, 62, 96, 96, PAPER_GRIDS[101])
+    assert stage1_at_384.name == "sat" and "96x96" in stage1_at_384.reason
+
+
 def test_explicit_backends_never_fall_back():
     x, weight = random_inputs(1, 2, 4, 4, GRID, torch.float32, seed=2)
     with pytest.raises(ValueError, match="backend must be one of"):
