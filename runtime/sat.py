@@ -97,20 +97,25 @@ def _clamped_index(offsets: tuple[int, ...], size: int, device: torch.device) ->
     return (torch.arange(size, device=device) + shifts[:, None]).clamp(0, size)
 
 
+def _row_gathered_sat(x: torch.Tensor, row_offsets: Sequence[int],
+                      col_offsets: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The SAT of x at every row offset, (B, C, n_rows, H, W+1), and the clamped SAT column of
+    every output for every column offset, (B, C, n_cols, H, W) (an expanded index view)."""
+    batch, channels, height, width = x.shape
+    sat = prefix_sum_2d(x.to(accumulate_dtype(x.dtype)))
+    rows = _clamped_index(tuple(row_offsets), height, x.device)
+    cols = _clamped_index(tuple(col_offsets), width, x.device)
+    return sat[:, :, rows], cols[None, None, :, None, :].expand(batch, channels, -1, height, -1)
+
+
 def sat_taps(x: torch.Tensor, row_offsets: Sequence[int], col_offsets: Sequence[int],
              coeffs: torch.Tensor) -> torch.Tensor:
     """Y[n, c, h, w] = Σ_{i,j} coeffs[c, i, j] · S[n, c, h + row_i, w + col_j] (clamped).
 
     x (B, C, H, W), coeffs (C, n_rows, n_cols) -> Y (B, C, H, W) in x.dtype.
     """
-    batch, channels, height, width = x.shape
-    acc = accumulate_dtype(x.dtype)
-    sat = prefix_sum_2d(x.to(acc))
-    rows = _clamped_index(tuple(row_offsets), height, x.device)
-    cols = _clamped_index(tuple(col_offsets), width, x.device)
-    row_gathered = sat[:, :, rows]  # (B, C, n_rows, H, W+1)
-    per_col = torch.einsum("ncihv,cij->ncjhv", row_gathered, coeffs.to(acc))
-    index = cols[None, None, :, None, :].expand(batch, channels, -1, height, -1)
+    row_gathered, index = _row_gathered_sat(x, row_offsets, col_offsets)
+    per_col = torch.einsum("ncihv,cij->ncjhv", row_gathered, coeffs.to(row_gathered.dtype))
     return per_col.gather(-1, index).sum(2).to(x.dtype)
 
 
@@ -121,14 +126,9 @@ def sat_tap_sums(dy: torch.Tensor, x: torch.Tensor, row_offsets: Sequence[int],
     dy, x (B, C, H, W); result in the accumulation dtype.
     """
     batch, channels, height, width = x.shape
-    acc = accumulate_dtype(x.dtype)
-    sat = prefix_sum_2d(x.to(acc))
-    rows = _clamped_index(tuple(row_offsets), height, x.device)
-    cols = _clamped_index(tuple(col_offsets), width, x.device)
-    row_gathered = sat[:, :, rows]  # (B, C, n_rows, H, W+1)
+    row_gathered, index = _row_gathered_sat(x, row_offsets, col_offsets)
     # Scatter dY onto the SAT column each output reads: Q[n, c, j, h, v] = Σ_{w: col(w)=v} dY[n, c, h, w].
-    index = cols[None, None, :, None, :].expand(batch, channels, -1, height, -1)
-    source = dy.to(acc)[:, :, None].expand(-1, -1, len(col_offsets), -1, -1)
+    source = dy.to(row_gathered.dtype)[:, :, None].expand(-1, -1, len(col_offsets), -1, -1)
     scattered = row_gathered.new_zeros(batch, channels, len(col_offsets), height, width + 1)
     scattered.scatter_add_(-1, index, source)
     return torch.einsum("ncihv,ncjhv->cij", row_gathered, scattered)
