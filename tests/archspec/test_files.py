@@ -1,0 +1,36 @@
+"""Atomic writes: whole files or nothing, with ordinary permissions."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from archspec.files import atomic_directory, atomic_write_text
+
+
+def test_written_files_and_directories_follow_the_umask(tmp_path):
+    old = os.umask(0o022)
+    try:
+        path = atomic_write_text(tmp_path / "a.txt", "hello")
+        with atomic_directory(tmp_path / "out") as temp:
+            (temp / "inside.txt").write_text("x")
+    finally:
+        os.umask(old)
+    assert path.read_text() == "hello"
+    assert path.stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "out").stat().st_mode & 0o777 == 0o755
+
+
+def test_a_failed_write_leaves_the_old_file_and_no_temp_file(tmp_path):
+    path = atomic_write_text(tmp_path / "a.txt", "old")
+
+    class Boom(Exception):
+        pass
+
+    with pytest.raises(Boom):
+        with atomic_directory(tmp_path / "dir") as temp:
+            (temp / "partial").write_text("half")
+            raise Boom
+    assert path.read_text() == "old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt"]
