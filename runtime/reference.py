@@ -36,8 +36,8 @@ def cell_index(grid: Sequence[int], device=None) -> torch.Tensor:
     unlike functools.lru_cache, traces cleanly under torch.compile)."""
     key = (tuple(grid), torch.device(device or "cpu"))
     if key not in _CELL_INDEX:
-        cells = torch.repeat_interleave(torch.arange(len(grid)), torch.tensor(key[0]))
-        _CELL_INDEX[key] = cells.to(key[1])
+        cells = [cell for cell, size in enumerate(key[0]) for _ in range(size)]  # no data-dependent op
+        _CELL_INDEX[key] = torch.tensor(cells, device=key[1])
     return _CELL_INDEX[key]
 
 
