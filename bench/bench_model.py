@@ -6,6 +6,7 @@ default, plus every model's ratio to the first baseline. Usage (on a GPU):
 
     python bench/bench_model.py --out results.md
     python bench/bench_model.py --models convnext_tiny,pelk_t,pelk101_t --compile --out results.md
+    python bench/bench_model.py --compile --compile-mode reduce-overhead   # CUDA graphs too
 
 Models named ``timm:NAME`` (or ``convnext_tiny``) come from timm; others are
 pelk presets or spec paths.
@@ -48,14 +49,14 @@ def time_call(step, warmup: int, iters: int) -> float:
 
 
 def throughput(model: torch.nn.Module, mode: str, dtype: torch.dtype, batch: int, resolution: int,
-               compile_model: bool, warmup: int, iters: int) -> float:
+               compile_mode: str | None, warmup: int, iters: int) -> float:
     """Images per second of one model in one mode (infer/train) and dtype."""
     device = torch.device("cuda")
     model = model.to(device)
     images = torch.randn(batch, 3, resolution, resolution, device=device)
     targets = torch.randint(0, 1000, (batch,), device=device)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16)
-    runner = torch.compile(model) if compile_model else model
+    runner = torch.compile(model, mode=compile_mode) if compile_mode else model
     if mode == "infer":
         model.eval()
 
@@ -85,6 +86,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--resolution", type=int, default=224)
     parser.add_argument("--backend", default="auto", help="pelk peripheral-conv backend")
     parser.add_argument("--compile", action="store_true", help="torch.compile every model (baseline too)")
+    parser.add_argument("--compile-mode", default="default",
+                        choices=["default", "reduce-overhead", "max-autotune"], help="torch.compile mode")
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--iters", type=int, default=20)
     parser.add_argument("--out", type=Path, help="also write the table here")
@@ -103,7 +106,8 @@ def main(argv: list[str] | None = None) -> None:
         for mode, dtype_name in columns:
             started = time.perf_counter()
             results[model_name][(mode, dtype_name)] = throughput(
-                model, mode, dtypes[dtype_name], args.batch, args.resolution, args.compile, args.warmup, args.iters)
+                model, mode, dtypes[dtype_name], args.batch, args.resolution,
+                args.compile_mode if args.compile else None, args.warmup, args.iters)
             print(f"{model_name} {mode} {dtype_name}: {results[model_name][(mode, dtype_name)]:.0f} img/s "
                   f"({time.perf_counter() - started:.1f}s)", file=sys.stderr, flush=True)
         del model
@@ -112,7 +116,7 @@ def main(argv: list[str] | None = None) -> None:
     baseline = args.models.split(",")[0]
     device = torch.cuda.get_device_name()
     lines = [f"GPU: {device}; torch {torch.__version__}; batch {args.batch}; {args.resolution}²; "
-             f"{'torch.compile' if args.compile else 'eager'}; pelk backend {args.backend}; TF32 off",
+             f"{f'torch.compile ({args.compile_mode})' if args.compile else 'eager'}; pelk backend {args.backend}; TF32 off",
              "", "| model | params | " + " | ".join(f"{m} {d} img/s" for m, d in columns) + " | "
              + " | ".join(f"{m} {d} vs {baseline}" for m, d in columns) + " |",
              "|---" * (2 + 2 * len(columns)) + "|"]
