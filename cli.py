@@ -40,7 +40,8 @@ class PelkGroup(click.Group):
         except user_errors() as error:
             raise UserError(str(error)) from None
         except OSError as error:
-            raise UserError(f"{error.filename or ''}: {error.strerror or error}") from None
+            where = f"{error.filename}: " if error.filename else ""
+            raise UserError(f"{where}{error.strerror or error}") from None
 
 
 @click.group(cls=PelkGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -72,6 +73,10 @@ def validate(specs: tuple[Path, ...]) -> None:
             failed += 1
             click.echo(str(error), err=True)
             continue
+        except user_errors() as error:  # the spec parses but its graph does not lint (e.g. an empty feature map)
+            failed += 1
+            click.echo(f"{path}: {error}", err=True)
+            continue
         click.echo(f"ok  {path}  ({compiled.spec.name}, fingerprint {compiled.fingerprint})")
     if failed:
         raise UserError(f"{failed} of {len(specs)} spec(s) invalid")
@@ -101,9 +106,9 @@ def schema(out: Path | None) -> None:
 @click.option("--png", type=click.Path(dir_okay=False, path_type=Path), help="Draw the kernel partition here.")
 def grid(kernel_size: int, center: int, base: int, policy: str, as_json: bool, png: Path | None) -> None:
     """Show the sharing grid of a K x K peripheral kernel (paper Eq. 1, 2)."""
+    shared = SharingGrid(tuple(full_grid(kernel_size, center, base, policy)))  # GridError: K or centre invalid
     if center >= kernel_size:
         raise UserError(f"--center {center} must be smaller than the kernel size {kernel_size}")
-    shared = SharingGrid(tuple(full_grid(kernel_size, center, base, policy)))
     info = dict(shared.as_dict(), center=center, base=base, policy=policy)
     if png is not None:
         from compiler.figures import draw_grid

@@ -33,6 +33,19 @@ def test_validate_reports_each_problem_and_fails(tmp_path):
     assert "Traceback" not in result.output
 
 
+def test_validate_names_a_spec_whose_graph_fails_lint_and_checks_the_rest(tmp_path):
+    """A 7x7 stride-4 stem at 32 px leaves a 7x7 map that three 2x2 downsamplings empty: a lint error."""
+    bad = tmp_path / "empty_map.yaml"
+    stage = "  - {depth: 1, dim: 8, mixer: {type: dense, kernel_size: 3}}\n"
+    bad.write_text("name: empty_map\ninput: {resolution: 32}\nstem: {kernel_size: 7, stride: 4}\nstages:\n"
+                   + stage * 4)
+    good = PRESETS_DIR / "convnext_t.yaml"
+    result = invoke("validate", str(bad), str(good))
+    assert result.exit_code == 1
+    assert f"{bad}: node 'stages.3.downsample'" in result.output and "empty feature map" in result.output
+    assert f"ok  {good}" in result.output and "1 of 2 spec(s) invalid" in result.output
+
+
 def test_validate_missing_file_is_a_clean_error(tmp_path):
     result = invoke("validate", str(tmp_path / "nope.yaml"))
     assert result.exit_code != 0
@@ -66,6 +79,12 @@ def test_grid_png_is_written(tmp_path):
     assert result.exit_code == 0
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert [path.name for path in tmp_path.iterdir()] == ["k51.png"]  # no temp files left
+
+
+def test_grid_of_an_even_kernel_says_the_kernel_is_even():
+    result = invoke("grid", "4")
+    assert result.exit_code == 1
+    assert "kernel size must be a positive odd integer, got 4" in result.output
 
 
 def test_grid_bad_arguments_are_clean_errors():
