@@ -7,6 +7,7 @@ directories are assembled in a temporary sibling and swapped in.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
 import tempfile
@@ -20,11 +21,24 @@ def _umask() -> int:
     return mask
 
 
+@contextlib.contextmanager
+def _errors_name(path: Path) -> Iterator[None]:
+    """OSErrors while preparing to write ``path`` name ``path``, not a parent or a temp file."""
+    try:
+        yield
+    except (FileExistsError, NotADirectoryError):  # mkdir met a file where a directory was needed
+        raise NotADirectoryError(errno.ENOTDIR, "cannot write here: a parent of it is a file, not a directory",
+                                 str(path)) from None
+    except OSError as error:
+        raise OSError(error.errno, f"cannot write here: {error.strerror}", str(path)) from None
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     """Write ``data`` to ``path`` via a temp file in the same directory, then rename."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    with _errors_name(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         os.chmod(temp_name, 0o666 & ~_umask())  # mkstemp makes 0600; give the file ordinary permissions
         with os.fdopen(handle, "wb") as file:
@@ -50,8 +64,9 @@ def atomic_directory(path: str | Path) -> Iterator[Path]:
     On any error the temporary directory is removed and ``path`` is untouched.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temp_dir = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    with _errors_name(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temp_dir = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
         os.chmod(temp_dir, 0o777 & ~_umask())  # mkdtemp makes 0700
         yield temp_dir

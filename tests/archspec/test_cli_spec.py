@@ -62,6 +62,15 @@ def test_schema_is_json_with_descriptions(tmp_path):
     assert json.loads(out.read_text()) == schema
 
 
+def test_an_output_path_under_a_file_is_a_clean_error(tmp_path):
+    (tmp_path / "plain").write_text("x")
+    for command in (["schema", "--out"], ["grid", "51", "--png"]):
+        target = tmp_path / "plain" / "out"
+        result = invoke(*command, str(target))
+        assert result.exit_code == 1, command
+        assert f"error: {target}: cannot write here: a parent of it is a file" in result.output, command
+
+
 def test_grid_json_and_text():
     result = invoke("grid", "51", "--json")
     info = json.loads(result.output)

@@ -34,3 +34,16 @@ def test_a_failed_write_leaves_the_old_file_and_no_temp_file(tmp_path):
             raise Boom
     assert path.read_text() == "old"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt"]
+
+
+def test_a_target_under_a_file_is_refused_naming_the_target(tmp_path):
+    (tmp_path / "plain").write_text("x")
+    target = tmp_path / "plain" / "sub" / "a.txt"
+    with pytest.raises(NotADirectoryError, match="a parent of it is a file") as caught:
+        atomic_write_text(target, "hello")
+    assert caught.value.filename == str(target)
+    with pytest.raises(NotADirectoryError) as caught:
+        with atomic_directory(tmp_path / "plain" / "dir"):
+            pass
+    assert caught.value.filename == str(tmp_path / "plain" / "dir")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["plain"]
