@@ -25,7 +25,6 @@ import torch
 
 from archspec import ModelSpec, SpecError, dump_spec, loads_spec, resolve_spec
 from archspec.files import atomic_directory, atomic_write_bytes
-from archspec.loader import Problem
 from compiler.ir import Graph, lower
 from compiler.network import LargeKernelNet, lower_to_module
 from compiler.passes import fingerprint, run_passes, stage_table, totals
@@ -132,8 +131,8 @@ def _read_payload(path: Path) -> dict:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise BuildError(f"{path}: no such weights file") from None
-    except Exception as error:  # torch raises many types for corrupt or foreign files
-        raise BuildError(f"{path}: not a pelk weights file ({type(error).__name__}: {error})") from None
+    except Exception as error:  # torch raises many types (with pages of advice) for corrupt or foreign files
+        raise BuildError(f"{path}: not a pelk weights file (torch.load: {type(error).__name__})") from None
     if not isinstance(payload, dict) or payload.get("format") != WEIGHTS_FORMAT:
         raise BuildError(f"{path}: not a pelk weights file (expected format {WEIGHTS_FORMAT!r})")
     return payload
@@ -155,9 +154,24 @@ def load_weights(model: LargeKernelNet, path: str | Path) -> LargeKernelNet:
     return model
 
 
+def build_directory(path: str | Path) -> Path:
+    """The build directory a build path names: the path itself, or the folder of its model.pt."""
+    path = Path(path)
+    return path if path.is_dir() or path.suffix != ".pt" else path.absolute().parent
+
+
+def refuse_to_replace_source(out: str | Path, source: str | Path) -> None:
+    """A command that reads a build directory must not write its output over it (the weights would be lost)."""
+    directory = build_directory(source)
+    if directory.is_dir() and Path(out).resolve() == directory.resolve():
+        raise BuildError(f"{out}: is the build directory being read; write the result to another directory")
+
+
 def load_model(path: str | Path, backend: str = "auto") -> LargeKernelNet:
     """Restore a model from a build directory (or its model.pt)."""
     path = Path(path)
+    if path.suffix in (".yaml", ".yml") and path.is_file():
+        raise BuildError(f"{path}: a spec, not a build directory (make one with `pelk build {path} --out DIR`)")
     weights = path / "model.pt" if path.is_dir() else path
     if not weights.exists():
         raise BuildError(f"{path}: not a build directory (no model.pt; make one with `pelk build SPEC --out DIR`)")
@@ -181,5 +195,6 @@ def resolve_model(source: str | Path, backend: str = "auto") -> LargeKernelNet:
     return build_model(source, backend=backend)
 
 
-__all__ = ["BuildError", "CompiledSpec", "Problem", "build_model", "compile_spec", "graph_to_json",
-           "load_model", "load_weights", "resolve_model", "save_weights", "write_build"]
+__all__ = ["BuildError", "CompiledSpec", "build_directory", "build_model", "compile_spec", "graph_to_json",
+           "load_model", "load_weights", "refuse_to_replace_source", "resolve_model", "save_weights",
+           "write_build"]

@@ -39,7 +39,7 @@ import runtime
 from archspec import SharingGrid, dump_spec
 from archspec.files import atomic_directory
 from compiler import modules
-from compiler.build import BuildError, load_model, weights_payload
+from compiler.build import BuildError, build_directory, load_model, refuse_to_replace_source, weights_payload
 from runtime import reference
 
 
@@ -250,7 +250,11 @@ def deploy_build(source: str | Path, out: str | Path | None = None, expand: bool
     and parameter counts.
     """
     source = Path(source)
-    out = Path(out) if out is not None else source.with_name(f"{source.name}-deploy")
+    if out is None:
+        directory = build_directory(source)
+        out = directory.with_name(f"{directory.name}-deploy")
+    out = Path(out)
+    refuse_to_replace_source(out, source)
     model = load_model(source).eval()
     spec = model.spec
     generator = torch.Generator().manual_seed(seed)

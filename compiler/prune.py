@@ -47,7 +47,8 @@ from torch import nn
 import runtime
 from archspec import ModelSpec
 from compiler import modules
-from compiler.build import BuildError, build_model, compile_spec, resolve_model, write_build
+from compiler.build import (BuildError, build_model, compile_spec, refuse_to_replace_source, resolve_model,
+                            write_build)
 from compiler.sparsity import weight_targets
 
 
@@ -291,6 +292,7 @@ def prune_build(source: str | Path, ratio: float, out: str | Path | None = None)
     model = resolve_model(source)
     result = prune_model(model, ratio)
     out = Path(out) if out is not None else Path(result.spec.name)
+    refuse_to_replace_source(out, source)
     before, after = compile_spec(model.spec), compile_spec(result.spec)
     write_build(after, out, result.model)
     stages = [{"stage": plan.index + 1, "dim": f"{plan.dim} -> {plan.new_dim}",

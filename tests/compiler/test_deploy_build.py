@@ -8,6 +8,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from archspec import save_spec
 from cli import main
 from compiler import BuildError, build_model, compile_spec, load_model, load_weights, save_weights, write_build
 from tests.compiler.test_deploy_equivalence import randomise_statistics
@@ -78,3 +79,32 @@ def test_weights_and_model_must_be_in_the_same_form(tmp_path):
     training_weights = save_weights(build_model(spec), tmp_path / "training.pt")
     with pytest.raises(BuildError, match="weights are in training form, the model in deploy form"):
         load_weights(build_model(spec).deploy(), training_weights)
+
+
+def test_a_spec_or_a_foreign_file_is_a_clean_error(tmp_path):
+    spec_file = save_spec(tiny_spec("pelk_t", resolution=32), tmp_path / "tiny.yaml")
+    result = runner.invoke(main, ["deploy", str(spec_file)])
+    assert result.exit_code == 1
+    assert f"error: {spec_file}: a spec, not a build directory (make one with `pelk build" in result.output
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"something": torch.zeros(1)}, foreign)
+    result = runner.invoke(main, ["deploy", str(foreign)])
+    assert result.exit_code == 1
+    assert f"error: {foreign}: not a pelk weights file" in result.output
+    assert not [path for path in tmp_path.iterdir() if path.name.endswith("-deploy")]
+
+
+@pytest.mark.parametrize("source", ["built", "built/model.pt"])
+def test_deploy_never_writes_over_the_build_it_reads(build_dir, source):
+    before = sorted(path.name for path in build_dir.iterdir())
+    result = runner.invoke(main, ["deploy", str(build_dir.parent / source), "--out", str(build_dir)])
+    assert result.exit_code == 1
+    assert "is the build directory being read" in result.output
+    assert sorted(path.name for path in build_dir.iterdir()) == before
+
+
+def test_deploying_a_model_file_writes_beside_its_build_directory(build_dir):
+    result = runner.invoke(main, ["deploy", str(build_dir / "model.pt")])
+    assert result.exit_code == 0, result.output
+    assert (build_dir.parent / "built-deploy" / "deploy.json").is_file()
+    assert not (build_dir / "model.pt-deploy").exists()

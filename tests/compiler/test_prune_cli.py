@@ -67,3 +67,12 @@ def test_missing_source_and_deployed_directories_are_refused(tmp_path):
     deployed = write_build(compile_spec(spec), tmp_path / "deployed", build_model(spec).deploy())
     result = runner.invoke(main, ["prune", str(deployed), "--ratio", "0.5"])
     assert result.exit_code == 1 and "deploy form" in result.output and "Traceback" not in result.output
+
+
+def test_prune_never_writes_over_the_build_it_reads(spec_file, tmp_path):
+    source = write_build(compile_spec(load_spec(spec_file)), tmp_path / "built")
+    weights = (source / "model.pt").read_bytes()
+    result = runner.invoke(main, ["prune", str(source), "--ratio", "0.5", "--out", str(source)])
+    assert result.exit_code == 1
+    assert "is the build directory being read" in result.output and "Traceback" not in result.output
+    assert (source / "model.pt").read_bytes() == weights
