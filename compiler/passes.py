@@ -247,9 +247,14 @@ def run_passes(graph: Graph, resolution: int | None = None) -> Graph:
     return graph
 
 
+# Config keys that only matter while training or initialising (stochastic depth, head dropout, the
+# positional embedding's and layer scale's initial values): the same weights fit either way.
+_TRAINING_ONLY = {"drop_path", "drop_rate", "pos_embed_std", "init"}
+
+
 def _signature(graph: Graph, node: str) -> str:
     data = graph.nodes[node]
-    config = {key: value for key, value in data["config"].items() if key != "drop_path"}
+    config = {key: value for key, value in data["config"].items() if key not in _TRAINING_ONLY}
     return json.dumps([data["op"], config], sort_keys=True)
 
 
@@ -257,7 +262,7 @@ def fingerprint(graph: Graph) -> str:
     """A 16-hex-digit identity of the architecture, independent of node names.
 
     Nodes are ordered by a topological sort that breaks ties by node signature
-    (op + config, training-only settings such as drop path excluded), and the
+    (op + config, training-only settings excluded: drop path, dropout, initial values), and the
     hash covers every signature with the positions of its inputs.
     """
     signatures = {node: _signature(graph, node) for node in graph}

@@ -77,6 +77,15 @@ def test_fingerprint_ignores_names_and_training_settings():
     spec = resolve_spec("pelk_t")
     same = _renamed(spec, name="another_name", description="", drop_path_rate=0.3)
     assert fingerprint(lower(spec)) == fingerprint(lower(same))
+    data = spec.model_dump()
+    data["head"]["drop_rate"] = 0.5
+    for stage in data["stages"]:
+        stage["layer_scale_init"] = 0.1
+        stage["drop_path"] = 0.2
+        stage["mixer"]["pos_embed"]["init_std"] = 1.0
+    assert fingerprint(lower(ModelSpec.model_validate(data))) == fingerprint(lower(spec))
+    data["stages"][0]["layer_scale_init"] = None  # no layer scale: one parameter fewer per block
+    assert fingerprint(lower(ModelSpec.model_validate(data))) != fingerprint(lower(spec))
 
 
 def test_fingerprint_sees_the_architecture():
