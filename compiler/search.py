@@ -301,6 +301,8 @@ def make_storage(location: str | None, heartbeat: int) -> optuna.storages.BaseSt
     """
     if location is None:
         return optuna.storages.InMemoryStorage()
+    if "://" not in location:
+        _check_journal(Path(location))
     try:
         if "://" not in location:
             Path(location).parent.mkdir(parents=True, exist_ok=True)
@@ -310,6 +312,21 @@ def make_storage(location: str | None, heartbeat: int) -> optuna.storages.BaseSt
         first_line = (str(error).splitlines() or [""])[0]
         raise SearchError(f"--storage {_redact(location)}: cannot open the study storage "
                           f"({type(error).__name__}: {first_line})") from None
+
+
+def _check_journal(path: Path) -> None:
+    """A journal path must be new, empty or an Optuna journal: never append a study to another kind of file."""
+    if not path.is_file() or path.stat().st_size == 0:
+        return
+    with path.open("rb") as file:
+        first_line = file.readline()
+    try:
+        record = json.loads(first_line)
+    except ValueError:
+        record = None
+    if not isinstance(record, dict) or "op_code" not in record:
+        raise SearchError(f"--storage {path}: exists and is not an Optuna journal file (left untouched); "
+                          f"pass a new path or an SQLAlchemy URL")
 
 
 def _rdb_storage(url: str, heartbeat: int, attempts: int = 5) -> optuna.storages.RDBStorage:

@@ -145,3 +145,13 @@ def test_user_mistakes_exit_1_with_a_message(args, message):
         return
     assert result.exit_code == 1, result.output
     assert message in result.output and "Traceback" not in result.output
+
+
+def test_a_storage_file_that_is_not_a_journal_is_refused_and_left_untouched(tmp_path):
+    notes = tmp_path / "notes.txt"
+    notes.write_text("my notes\n")
+    result = CliRunner().invoke(main, ["search", "--resolution", "224", "--space", "table7", "--trials", "1",
+                                       "--storage", str(notes)])
+    assert result.exit_code == 1, result.output
+    assert "exists and is not an Optuna journal file" in result.output and "Traceback" not in result.output
+    assert notes.read_text() == "my notes\n"
