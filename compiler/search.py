@@ -107,10 +107,13 @@ def parse_objectives(text: str | None) -> list[Objective]:
 
 def parse_quantity(text: str) -> float:
     """``"30M"`` -> 3e7; suffixes K, M, G, T (case-insensitive)."""
-    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:e[0-9]+)?)\s*([kmgtKMGT]?)\s*", text)
+    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([kmgtKMGT]?)\s*", text)
     if not match:
         raise SearchError(f"{text!r} is not a number with an optional K/M/G/T suffix (e.g. 30M)")
-    return float(match.group(1)) * _SUFFIXES[match.group(2).upper()]
+    value = float(match.group(1)) * _SUFFIXES[match.group(2).upper()]
+    if not math.isfinite(value):
+        raise SearchError(f"{text!r} is too large to be a limit")
+    return value
 
 
 def parse_budget(text: str | None) -> dict[str, float]:

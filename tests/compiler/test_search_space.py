@@ -91,14 +91,16 @@ def test_an_impossible_combination_is_a_validation_error():
         apply_choices(resolve_spec("pelk_t"), choices, 224, "probe")
 
 
-@pytest.mark.parametrize("text, value", [("30M", 30e6), ("6g", 6e9), ("1.5K", 1500), ("42", 42), ("2e3", 2000)])
+@pytest.mark.parametrize("text, value", [("30M", 30e6), ("6g", 6e9), ("1.5K", 1500), ("42", 42), ("2e3", 2000),
+                                         ("1E9", 1e9), ("2.5e-3G", 2.5e6)])
 def test_quantities_take_k_m_g_t_suffixes(text, value):
     assert parse_quantity(text) == value
 
 
 @pytest.mark.parametrize("text, message", [
     ("params", "is not KEY=VALUE"), ("latency=3", "is not KEY=VALUE"), ("params=lots", "not a number"),
-    ("params=0", "must be positive"), ("params=1M,params=2M", "given twice")])
+    ("params=0", "must be positive"), ("params=1M,params=2M", "given twice"),
+    ("params=1e400", "too large to be a limit")])
 def test_bad_budgets_say_what_is_wrong(text, message):
     with pytest.raises(SearchError, match=message):
         parse_budget(text)
