@@ -252,6 +252,8 @@ def plot() -> None:
 def scaling(kernels: str, out: Path) -> None:
     """Parameters of ConvNeXt-T with every kernel replaced, dense vs stripe vs peripheral (paper Fig. 6)."""
     from compiler.plots import FORMS, KernelRangeError, parse_kernels, scaling_table_rows, write_scaling
+    if out.suffix.lower() != ".png":
+        raise UserError(f"--out {out}: give a .png path (the figure is a PNG; its table goes beside it as .csv)")
     try:
         sizes = parse_kernels(kernels)
     except KernelRangeError as error:

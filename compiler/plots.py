@@ -33,6 +33,7 @@ from compiler.passes import human
 FORMS = ("dense", "stripe", "peripheral")
 DEFAULT_KERNELS = "7..151"
 SMALLEST_KERNEL = 7  # the stripe's short side 5 and the peripheral 5 x 5 centre must be smaller than K
+MAX_KERNEL_COUNT = 1000  # about 15 s of compiling; 7..151 is 73
 
 
 class KernelRangeError(ValueError):
@@ -42,10 +43,11 @@ class KernelRangeError(ValueError):
 def parse_kernels(text: str) -> list[int]:
     """Kernel sizes from ``A..B`` (odd A..B, step 2), ``A..B:S`` (step S) or ``A,B,C``; sorted, unique.
 
-    Every size must be odd and at least 7.
+    Every size must be odd and at least 7; at most 1000 sizes.
     """
     text = text.strip()
     kernels: list[int] = []
+    too_many = KernelRangeError(f"{text!r}: more than {MAX_KERNEL_COUNT} kernel sizes; use a larger step")
     for part in filter(None, (piece.strip() for piece in text.split(","))):
         match = re.fullmatch(r"(\d+)\.\.(\d+)(?::(\d+))?", part)
         if match:
@@ -55,6 +57,8 @@ def parse_kernels(text: str) -> list[int]:
             if step < 1 or step % 2:
                 raise KernelRangeError(f"{part!r}: the step must be a positive even number "
                                        f"(kernels are odd), got {step}")
+            if (stop - start) // step + 1 > MAX_KERNEL_COUNT:
+                raise too_many
             kernels.extend(range(start, stop + 1, step))
         elif part.isdigit():
             kernels.append(int(part))
@@ -63,6 +67,8 @@ def parse_kernels(text: str) -> list[int]:
                                    f"or a range with a step (7..151:4)")
     if not kernels:
         raise KernelRangeError(f"{text!r}: no kernel sizes given")
+    if len(set(kernels)) > MAX_KERNEL_COUNT:
+        raise too_many
     bad = sorted({kernel for kernel in kernels if kernel % 2 == 0 or kernel < SMALLEST_KERNEL})
     if bad:
         raise KernelRangeError(f"{text!r}: kernel sizes must be odd and at least {SMALLEST_KERNEL} "

@@ -59,12 +59,14 @@ def test_ranges_give_odd_kernels_from_start_to_stop(start, length, step):
 
 def test_lists_and_ranges_mix_sorted_without_repeats():
     assert parse_kernels("51, 7..11, 9,101") == [7, 9, 11, 51, 101]
+    assert len(parse_kernels("7..2005,7..2005")) == 1000  # the limit counts distinct sizes
 
 
 @pytest.mark.parametrize("text, message", [
     ("8..20", "must be odd and at least 7"), ("3,5,7", "must be odd and at least 7"),
     ("51..7", "ends (7) before it starts (51)"), ("7..21:3", "positive even number"),
     ("7..21:0", "positive even number"), ("seven", "expected a kernel size"), (" , ", "no kernel sizes"),
+    ("7..2007", "more than 1000 kernel sizes"), ("7..99999999999999999999", "more than 1000 kernel sizes"),
 ])
 def test_bad_kernel_lists_are_explained(text, message):
     with pytest.raises(KernelRangeError, match=message.replace("(", r"\(").replace(")", r"\)")):
@@ -89,3 +91,11 @@ def test_cli_refuses_a_bad_range_without_traceback(tmp_path):
     assert result.exit_code == 1
     assert "error: --kernels '6..150:4'" in result.output and "Traceback" not in result.output
     assert not (tmp_path / "x.png").exists()
+
+
+@pytest.mark.parametrize("name", ["scaling.csv", "scaling"])
+def test_cli_wants_a_png_path_so_the_table_cannot_overwrite_the_figure(tmp_path, name):
+    result = CliRunner().invoke(main, ["plot", "scaling", "--kernels", "7", "--out", str(tmp_path / name)])
+    assert result.exit_code == 1
+    assert "give a .png path" in result.output and "Traceback" not in result.output
+    assert list(tmp_path.iterdir()) == []
