@@ -110,20 +110,31 @@ def save_weights(model: LargeKernelNet, path: str | Path) -> Path:
     return atomic_write_bytes(path, buffer.getvalue())
 
 
-def write_build(compiled: CompiledSpec, out_dir: str | Path, model: LargeKernelNet | None = None,
-                backend: str = "auto") -> Path:
-    """Write a build directory atomically (assembled aside, then swapped in)."""
-    model = model or build_model(compiled.spec, backend=backend)
+def write_model_directory(out_dir: str | Path, model: LargeKernelNet, files: dict[str, str]) -> Path:
+    """Write spec.yaml (the model's spec), model.pt and ``files`` (name -> text) as one directory, atomically
+    (assembled aside, then swapped in): the directory layout shared by build and deploy directories."""
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise BuildError(f"{out_dir}: exists and is not a directory")
     with atomic_directory(out_dir) as temp:
-        (temp / "spec.yaml").write_text(dump_spec(compiled.spec), encoding="utf-8")
+        (temp / "spec.yaml").write_text(dump_spec(model.spec), encoding="utf-8")
         torch.save(weights_payload(model), temp / "model.pt")
-        (temp / "ir.json").write_text(graph_to_json(compiled.graph), encoding="utf-8")
-        nx.write_graphml(_graphml_ready(compiled.graph), temp / "ir.graphml")
-        (temp / "summary.json").write_text(json.dumps(compiled.summary(), indent=2), encoding="utf-8")
+        for name, text in files.items():
+            (temp / name).write_text(text, encoding="utf-8")
     return out_dir
+
+
+def write_build(compiled: CompiledSpec, out_dir: str | Path, model: LargeKernelNet | None = None) -> Path:
+    """Write a build directory atomically; ``model`` (default: a fresh one) must be the compiled architecture."""
+    if model is None:
+        model = build_model(compiled.spec)
+    elif model.fingerprint != compiled.fingerprint:
+        raise BuildError(f"{out_dir}: the model ({model.spec.name}, fingerprint {model.fingerprint}) is not the "
+                         f"compiled spec ({compiled.spec.name}, fingerprint {compiled.fingerprint})")
+    graphml = "\n".join(["<?xml version='1.0' encoding='utf-8'?>",
+                         *nx.generate_graphml(_graphml_ready(compiled.graph))])
+    return write_model_directory(out_dir, model, {"ir.json": graph_to_json(compiled.graph), "ir.graphml": graphml,
+                                                  "summary.json": json.dumps(compiled.summary(), indent=2)})
 
 
 def _read_payload(path: Path) -> dict:
@@ -197,4 +208,4 @@ def resolve_model(source: str | Path, backend: str = "auto") -> LargeKernelNet:
 
 __all__ = ["BuildError", "CompiledSpec", "build_directory", "build_model", "compile_spec", "graph_to_json",
            "load_model", "load_weights", "refuse_to_replace_source", "resolve_model", "save_weights",
-           "write_build"]
+           "write_build", "write_model_directory"]

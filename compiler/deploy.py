@@ -36,10 +36,10 @@ import torch.nn.functional as F
 from torch import nn
 
 import runtime
-from archspec import SharingGrid, dump_spec
-from archspec.files import atomic_directory
+from archspec import SharingGrid
 from compiler import modules
-from compiler.build import BuildError, build_directory, load_model, refuse_to_replace_source, weights_payload
+from compiler.build import (BuildError, build_directory, load_model, refuse_to_replace_source,
+                            write_model_directory)
 from runtime import reference
 
 
@@ -235,10 +235,6 @@ def mixer_and_model_outputs(model: nn.Module, image: torch.Tensor) -> list[torch
     return outputs + [logits]
 
 
-def _count(model: nn.Module) -> int:
-    return sum(parameter.numel() for parameter in model.parameters())
-
-
 @torch.no_grad()
 def deploy_build(source: str | Path, out: str | Path | None = None, expand: bool = False,
                  seed: int = 0) -> dict:
@@ -259,22 +255,17 @@ def deploy_build(source: str | Path, out: str | Path | None = None, expand: bool
     spec = model.spec
     generator = torch.Generator().manual_seed(seed)
     image = torch.randn(1, spec.input.channels, spec.input.resolution, spec.input.resolution, generator=generator)
-    before, params_before = mixer_and_model_outputs(model, image), _count(model)
+    before, params_before = mixer_and_model_outputs(model, image), modules.count_params(model)
     deploy(model, expand=expand)
     after = mixer_and_model_outputs(model, image)
     difference = max((new - old).abs().max().item() for new, old in zip(after, before))
     summary = {"deployed": True, "expand": expand, "source": str(source), "name": spec.name,
                "fingerprint": model.fingerprint, "params_training_form": params_before,
-               "params_deploy_form": _count(model),
+               "params_deploy_form": modules.count_params(model),
                "check": {"input": list(image.shape), "compared": "every mixer output and the logits",
                          "max_abs_diff": difference,
                          "max_abs_output": max(output.abs().max().item() for output in before)}}
-    if out.exists() and not out.is_dir():
-        raise BuildError(f"{out}: exists and is not a directory")
-    with atomic_directory(out) as temp:
-        (temp / "spec.yaml").write_text(dump_spec(spec), encoding="utf-8")
-        torch.save(weights_payload(model), temp / "model.pt")
-        (temp / "deploy.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
+    write_model_directory(out, model, {"deploy.json": json.dumps(summary, indent=2)})
     summary["out"] = str(out)
     return summary
 

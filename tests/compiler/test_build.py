@@ -11,7 +11,7 @@ from click.testing import CliRunner
 
 from archspec import save_spec
 from cli import main
-from compiler import BuildError, build_model, load_model, load_weights, save_weights
+from compiler import BuildError, build_model, compile_spec, load_model, load_weights, save_weights, write_build
 from tests.conftest import tiny_spec
 
 runner = CliRunner()
@@ -81,11 +81,17 @@ def test_a_failed_build_leaves_the_old_directory_untouched(tmp_path, tiny_spec_f
     def explode(*args, **kwargs):
         raise RuntimeError("disk on fire")
 
-    monkeypatch.setattr("compiler.build.nx.write_graphml", explode)
+    monkeypatch.setattr("compiler.build.torch.save", explode)  # fails inside the half-written directory
     result = runner.invoke(main, ["build", str(tiny_spec_file), "--out", str(out), "--resolution", "128"])
     assert result.exit_code != 0
     assert (out / "summary.json").read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["built", "tiny.yaml"]
+
+
+def test_a_model_of_another_architecture_is_not_written_as_the_build(tmp_path):
+    with pytest.raises(BuildError, match="is not the compiled spec"):
+        write_build(compile_spec(tiny_spec("pelk_t")), tmp_path / "built", build_model(tiny_spec("convnext_t")))
+    assert not (tmp_path / "built").exists()
 
 
 def test_building_pelk_t_takes_seconds(tmp_path):
