@@ -266,12 +266,15 @@ def model_label(source: str | Path) -> str:
 
 
 def unique_labels(sources: Sequence[str | Path]) -> list[str]:
-    """One label per source, with -2, -3, ... added where two would collide."""
-    labels, seen = [], {}
+    """One distinct label per source, with -2, -3, ... added where two would collide."""
+    labels: list[str] = []
     for source in sources:
-        label = model_label(source)
-        seen[label] = seen.get(label, 0) + 1
-        labels.append(label if seen[label] == 1 else f"{label}-{seen[label]}")
+        label = name = model_label(source)
+        number = 1
+        while label in labels:
+            number += 1
+            label = f"{name}-{number}"
+        labels.append(label)
     return labels
 
 

@@ -153,3 +153,4 @@ def test_sizes_below_the_total_stride_are_refused():
 def test_labels_are_file_names_made_unique():
     assert unique_labels(["pelk_t", "runs/a/", "specs/b.yaml", "other/a", "pelk_t"]) == \
         ["pelk_t", "a", "b", "a-2", "pelk_t-2"]
+    assert unique_labels(["a", "x/a", "a-2"]) == ["a", "a-2", "a-2-2"]  # every model keeps its own files
