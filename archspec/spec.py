@@ -213,7 +213,6 @@ class StripeMixer(SpecModel):
 
 
 Mixer = Annotated[Union[PeripheralMixer, DenseMixer, StripeMixer], Field(discriminator="type")]
-MIXER_TYPES = ("peripheral", "dense", "stripe")
 
 
 class StageSpec(SpecModel):

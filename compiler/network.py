@@ -55,7 +55,6 @@ class LargeKernelNet(nn.Module):
     def __init__(self, graph: Graph, backend: str = "auto", spec: Any = None):
         super().__init__()
         self.spec = spec
-        self.graph_name = graph.graph["name"]
         self.in_channels = graph.graph["in_channels"]
         self.backend = backend
         stage_parts: dict[int, dict] = {}
