@@ -31,7 +31,6 @@ from compiler.build import compile_spec
 from compiler.passes import human
 
 FORMS = ("dense", "stripe", "peripheral")
-DEFAULT_KERNELS = "7..151"
 SMALLEST_KERNEL = 7  # the stripe's short side 5 and the peripheral 5 x 5 centre must be smaller than K
 MAX_KERNEL_COUNT = 1000  # about 15 s of compiling; 7..151 is 73
 
@@ -163,5 +162,5 @@ def scaling_table_rows(rows: list[ScalingRow]) -> list[dict]:
              "peripheral/dense": f"{row.params['peripheral'] / row.params['dense']:.3f}"} for row in rows]
 
 
-__all__ = ["DEFAULT_KERNELS", "FORMS", "KernelRangeError", "ScalingRow", "draw_scaling", "parse_kernels",
+__all__ = ["FORMS", "KernelRangeError", "ScalingRow", "draw_scaling", "parse_kernels",
            "scaled_spec", "scaling_csv", "scaling_study", "scaling_table_rows", "table_path", "write_scaling"]
