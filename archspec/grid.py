@@ -157,24 +157,17 @@ class SharingGrid:
         return list(self.grid[: self.k_prime // 2 + 1])
 
     @property
-    def is_symmetric(self) -> bool:
-        return self.grid == self.grid[::-1]
-
-    @property
     def param_ratio(self) -> float:
         return param_ratio(self.grid)
 
     @property
     def unshared_center(self) -> int:
-        """Side of the largest centred square whose positions each own one parameter."""
-        if not self.is_symmetric:
-            return 1
-        ones = 0
-        for cell in self.grid[self.k_prime // 2 + 1:]:
-            if cell != 1:
-                break
-            ones += 1
-        return 2 * ones + 1
+        """Side of the largest centred square whose positions each own one parameter (0: the centre
+        position shares its cell, e.g. grid [3, 3, 3])."""
+        index, centre, radius = cell_index(self.grid), self.kernel_size // 2, 0
+        while radius <= centre and self.grid[index[centre - radius]] == 1 == self.grid[index[centre + radius]]:
+            radius += 1
+        return 2 * radius - 1 if radius else 0
 
     def as_dict(self) -> dict:
         return {"grid": list(self.grid), "half_grid": self.half, "kernel_size": self.kernel_size,

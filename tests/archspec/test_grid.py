@@ -52,6 +52,14 @@ def test_table6_central_area_ratio(center, share):
     assert round(grid.unshared_center ** 2 / 51 ** 2, 4) == share
 
 
+@pytest.mark.parametrize("grid, unshared", [
+    ((3, 3, 3), 0), ((3, 1, 1), 0), ((2, 1, 2), 1), ((1, 1, 1), 3), ((5, 1, 1, 1, 5), 3), ((4, 1, 1, 1, 2), 1),
+])
+def test_unshared_centre_of_explicit_grids(grid, unshared):
+    """The centred square whose every position owns a parameter: none when the centre position shares its cell."""
+    assert SharingGrid(grid).unshared_center == unshared
+
+
 def test_merge_policy_folds_a_small_remainder_inward():
     assert half_grid(69, 7, policy="greedy") == [1, 16, 8, 4, 2, 1, 1, 1, 1]
     assert half_grid(69, 7, policy="merge") == [17, 8, 4, 2, 1, 1, 1, 1]

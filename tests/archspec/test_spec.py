@@ -72,6 +72,8 @@ def test_defaults_fill_a_minimal_spec():
      "spec.yaml:5: stages[0].mixer: sharing.grid: grid [1, 2, 3] sums to 6, not to the kernel size 13"),
     (MINIMAL.replace("kernel_size: 13", "kernel_size: 13\n      small_kernel: 7"),
      "small_kernel 7 is wider than the unshared centre 5x5 of grid [2, 2, 1, 1, 1, 1, 1, 2, 2]"),
+    (MINIMAL.replace("kernel_size: 13", "kernel_size: 9\n      small_kernel: 1\n      sharing: {grid: [3, 3, 3]}"),
+     "small_kernel 1 is wider than the unshared centre 0x0 of grid [3, 3, 3]"),
     (MINIMAL.replace("kernel_size: 13", "kernel_size: 13\n      partial_ratio: 0.01"),
      "partial_ratio 0.01 of dim 32 leaves 0 channels"),
     (MINIMAL.replace("depth: 1", "depth: many"), "spec.yaml:3: stages[0].depth: Input should be a valid integer"),
