@@ -224,13 +224,12 @@ def _erf_image_options(command):
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def erf(sources: tuple[str, ...], images: Path | None, num_images: int | None, size: int, backend: str,
         device: str, out: Path, quiet: bool) -> None:
-    from compiler.erf import ErfError, measure_erf, ratio_rows, unique_labels, write_erf
+    from compiler.erf import ErfError, measure_erfs, ratio_rows, write_erf
     paths, device = _erf_inputs(images, num_images, device, backend)
     click.echo(f"{len(paths)} image(s) from {images or 'scikit-image (shipped photographs)'}, size {size}x{size}, "
                f"on {device}")
     try:
-        results = [measure_erf(source, paths, size, backend, label, progress=not quiet, device=device)
-                   for source, label in zip(sources, unique_labels(sources))]
+        results = measure_erfs(sources, paths, size, backend, progress=not quiet, device=device)
         written = write_erf(results, out)
     except ErfError as error:
         raise UserError(str(error)) from None

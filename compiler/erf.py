@@ -238,12 +238,18 @@ def resolve_device(device: str = "auto", backend: str = "auto") -> torch.device:
     return torch.device(device)
 
 
-def measure_erf(source: str | Path, images: Sequence[str | Path], size: int = 1024, backend: str = "auto",
-                label: str | None = None, progress: bool = True, device: str = "cpu") -> ErfResult:
-    """ERF of a build directory (its trained weights) or a spec / preset (fresh weights), on ``device``."""
+def measure_erfs(sources: Sequence[str | Path], images: Sequence[str | Path], size: int = 1024,
+                 backend: str = "auto", progress: bool = True, device: str = "cpu") -> list[ErfResult]:
+    """ERFs of build directories (their trained weights) or specs / presets (fresh weights), on ``device``,
+    labelled by `unique_labels`. Every source is loaded before any is measured: a mistake in the last one
+    fails at once, not after the others' minutes of measuring."""
     from compiler.build import resolve_model
-    model = resolve_model(source, backend=backend).to(resolve_device(device, backend))
-    return model_erf(model, str(source), images, size, label or model_label(source), progress)
+    models = [resolve_model(source, backend=backend) for source in sources]
+    for model in models:
+        check_size(model, size)
+    target = resolve_device(device, backend)
+    return [model_erf(model.to(target), str(source), images, size, label, progress)
+            for model, source, label in zip(models, sources, unique_labels(sources))]
 
 
 def model_erf(model: torch.nn.Module, source: str, images: Sequence[str | Path], size: int, label: str,
@@ -328,5 +334,5 @@ def ratio_rows(results: Sequence[ErfResult]) -> list[dict]:
 
 __all__ = ["ErfError", "ErfResult", "IMAGENET_MEAN", "IMAGENET_STD", "SHIPPED_PHOTOS", "THRESHOLDS", "area_ratio",
            "area_ratios", "display_map", "erf_title", "find_images", "input_gradient", "load_image",
-           "mean_contribution", "measure_erf", "model_erf", "model_label", "ratio_rows", "resolve_device",
+           "mean_contribution", "measure_erfs", "model_erf", "model_label", "ratio_rows", "resolve_device",
            "shipped_photos", "unique_labels", "write_erf"]

@@ -9,7 +9,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from archspec import save_spec
+from archspec import ModelSpec, save_spec
 from cli import main
 from compiler import compile_spec, write_build
 from tests.conftest import tiny_spec
@@ -92,3 +92,21 @@ def test_an_unknown_model_is_named(tmp_path):
 def test_asking_for_cuda_without_it_is_explained(tmp_path, tiny_specs):
     result = run(str(tiny_specs[0]), "--device", "cuda", "--out", str(tmp_path / "out"))
     assert result.exit_code == 1 and "--device cuda: no CUDA device is available" in result.output
+
+
+@pytest.mark.parametrize("last_source, message", [
+    ("no_such_preset", "no_such_preset: no spec file or preset"),
+    ("pelk_t", "--size 48 is smaller than the model's total stride 64"),
+])
+def test_every_source_is_checked_before_any_is_measured(tmp_path, tiny_specs, monkeypatch, last_source, message):
+    import compiler.erf
+    measured = []
+    monkeypatch.setattr(compiler.erf, "mean_contribution", lambda *args, **kwargs: measured.append(args))
+    if last_source == "pelk_t":  # a spec whose total stride (64) exceeds the size that suits the first model
+        data = tiny_spec("pelk_t", dim=8).model_dump()
+        data["stem"]["stride"] = 8
+        last_source = str(tmp_path / "stride64.yaml")
+        save_spec(ModelSpec.model_validate(data), last_source)
+    result = run(str(tiny_specs[0]), last_source, "--num-images", "1", "--size", "48", "--out", str(tmp_path / "out"))
+    assert result.exit_code == 1 and message in result.output and "Traceback" not in result.output
+    assert measured == [] and not (tmp_path / "out").exists()

@@ -11,7 +11,7 @@ from hypothesis.extra.numpy import arrays
 
 from compiler import build_model, compile_spec, write_build
 from compiler.erf import (IMAGENET_MEAN, IMAGENET_STD, SHIPPED_PHOTOS, ErfError, area_ratio, area_ratios,
-                          display_map, find_images, input_gradient, load_image, mean_contribution, measure_erf,
+                          display_map, find_images, input_gradient, load_image, mean_contribution, measure_erfs,
                           model_erf, unique_labels)
 from tests.conftest import tiny_spec
 
@@ -136,7 +136,7 @@ def test_a_build_directory_is_measured_with_its_own_weights(tmp_path):
                 block.gamma.fill_(1.0)
     build_dir = write_build(compile_spec(spec), tmp_path / "trained", trained)
     images = find_images(None, 2)
-    from_dir = measure_erf(build_dir, images, 64, progress=False)
+    [from_dir] = measure_erfs([build_dir], images, 64, progress=False)
     expected = model_erf(trained, "in memory", images, 64, "trained", progress=False)
     np.testing.assert_allclose(from_dir.scores, expected.scores, rtol=1e-5, atol=1e-12)
     fresh = model_erf(build_model(spec), "fresh", images, 64, "fresh", progress=False)
