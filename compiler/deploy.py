@@ -121,14 +121,6 @@ def depthwise_conv(weight: torch.Tensor, bias: torch.Tensor) -> nn.Conv2d:
     return conv
 
 
-def centre_cells(grid: tuple[int, ...], small: int) -> list[int] | None:
-    """Shared-weight rows of the ``small`` central kernel rows, when each is a cell of size 1; else None."""
-    index = reference.cell_index(grid).tolist()
-    centre = sum(grid) // 2
-    cells = [index[row] for row in range(centre - small // 2, centre + small // 2 + 1)]
-    return cells if all(grid[cell] == 1 for cell in cells) else None
-
-
 def _deploy_peripheral(mixer: modules.PeripheralMixer, pos_embed: torch.Tensor | None, expand: bool,
                        name: str) -> DeployedMixer:
     conv, grid = mixer.conv, mixer.grid
@@ -149,17 +141,16 @@ def _deploy_peripheral(mixer: modules.PeripheralMixer, pos_embed: torch.Tensor |
         branch: nn.Module = depthwise_conv(kernel, bias)
     else:
         if small_weight is not None:
-            size = small_weight.shape[-1]
-            cells = centre_cells(grid, size)
-            if cells is None:
-                unshared = SharingGrid(grid).unshared_center
+            size, unshared = small_weight.shape[-1], SharingGrid(grid).unshared_center
+            if size > unshared:
                 raise DeployError(
                     f"{name}: the {size}x{size} small kernel cannot be folded into the peripheral weights: "
                     f"grid {list(grid)} has an unshared centre of {unshared}x{unshared} (cells of size 1), "
                     f"smaller than {size}x{size}; deploy with expand=True (`pelk deploy --expand`) to get a "
                     f"dense K x K kernel instead")
+            first = int(reference.cell_index(grid)[mixer.kernel_size // 2 - size // 2])  # then size cells of 1
             weight = weight.clone()
-            weight[:, :, cells[0]:cells[-1] + 1, cells[0]:cells[-1] + 1] += small_weight
+            weight[:, :, first:first + size, first:first + size] += small_weight
         branch = runtime.PeripheralConv2d(mixer.channels, grid, bias=True, backend=conv.backend).to(weight)
         branch.weight.copy_(weight)
         branch.bias.copy_(bias)
@@ -270,5 +261,5 @@ def deploy_build(source: str | Path, out: str | Path | None = None, expand: bool
     return summary
 
 
-__all__ = ["DeployError", "DeployedMixer", "centre_cells", "deploy", "deploy_build", "deploy_mixer",
+__all__ = ["DeployError", "DeployedMixer", "deploy", "deploy_build", "deploy_mixer",
            "fold_conv_norm", "mixer_and_model_outputs", "norm_affine", "pad_kernel"]
