@@ -161,6 +161,9 @@ class SearchSpace(SpecModel):
             lengths = {len(kernels) for kernels in self.kernel_sets}
             if len(lengths) != 1:
                 raise ValueError(f"kernel_sets: every set needs one kernel per stage, got lengths {sorted(lengths)}")
+            if self.stages is not None and len(self.stages) not in lengths:
+                raise ValueError(f"stages: {len(self.stages)} entries, but the kernel_sets describe "
+                                 f"{lengths.pop()} stages")
             even = [kernels for kernels in self.kernel_sets if any(k % 2 == 0 or k < 1 for k in kernels)]
             if even:
                 raise ValueError(f"kernel_sets: kernels must be positive and odd, got {even}")

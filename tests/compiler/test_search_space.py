@@ -31,6 +31,8 @@ def _problems(text: str) -> list[str]:
     ("name: s\npartial_ratio: [0.5, 1.5]\n", "partial_ratio: every value must lie in (0, 1]"),
     ("name: s\nkernel_sets: [[51, 49], [101, 69, 67]]\n", "every set needs one kernel per stage"),
     ("name: s\nkernel_sets: [[51]]\nstages:\n  - kernel_size: 31\n", "either as kernel_sets or per stage"),
+    ("name: s\nkernel_sets: [[51, 13]]\nstages:\n  - center: 5\n", "stages: 1 entries, but the kernel_sets "
+                                                                   "describe 2 stages"),
     ("name: s\nstages:\n  - kernel_size: {low: 9, high: 3}\n", "space.yaml:3: stages[0].kernel_size"),
     ("name: s\nwidth_factor: 'wide'\n", "space.yaml:2: width_factor:"),
     ("name: s\nkernels: [51]\n", "space.yaml:2: kernels: unknown key"),
