@@ -322,7 +322,7 @@ def _check_journal(path: Path) -> None:
     if not path.is_file() or path.stat().st_size == 0:
         return
     with path.open("rb") as file:
-        first_line = file.readline()
+        first_line = file.readline(1 << 16)  # a journal starts with a short create-study record
     try:
         record = json.loads(first_line)
     except ValueError:
