@@ -94,6 +94,7 @@ def verify_onnx(model: LargeKernelNet, path: str | Path, batch: int = 2, resolut
     """Run the ONNX file in onnxruntime (CPU) and ``model`` in PyTorch on one random batch; compare.
 
     ``ok`` when max |onnx - torch| <= 1e-4 * (1 + max |torch|) (fp32, different summation orders).
+    The model runs in eval mode and is left in the mode it was in.
     """
     import onnxruntime
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
@@ -101,7 +102,9 @@ def verify_onnx(model: LargeKernelNet, path: str | Path, batch: int = 2, resolut
     resolution = resolution or image_input.shape[-1]
     generator = torch.Generator().manual_seed(seed)
     image = torch.randn(batch, model.in_channels, resolution, resolution, generator=generator)
+    was_training = model.training
     expected = model.eval()(image).float()
+    model.train(was_training)
     [got] = session.run(None, {image_input.name: image.numpy()})
     difference = (torch.from_numpy(got) - expected).abs().max().item()
     scale = expected.abs().max().item()

@@ -70,8 +70,10 @@ def test_a_model_without_classifier_exports_its_features_at_another_resolution(t
 def test_verification_catches_a_file_of_another_model(tmp_path):
     spec = tiny_spec("pelk_t", resolution=64)
     path = export_onnx(_trained_looking(spec, seed=0), tmp_path / "a.onnx")
-    check = verify_onnx(_trained_looking(spec, seed=1), path)
+    other = _trained_looking(spec, seed=1).train()
+    check = verify_onnx(other, path)
     assert not check["ok"] and check["max_abs_diff"] > check["tolerance"]
+    assert other.training, "the model is left in the mode it was in"
 
 
 def test_pelk_export_of_build_and_deploy_directories(tmp_path):
