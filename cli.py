@@ -277,6 +277,8 @@ def report(source: str, out: Path, resolution: int | None, with_erf: bool, image
            num_images: int | None, size: int, backend: str, device: str, quiet: bool) -> None:
     from compiler.erf import ErfError
     from compiler.report import write_report
+    if not with_erf and (images is not None or num_images is not None):
+        raise UserError("--images and --num-images choose the ERF's images: add --erf")
     paths, device = _erf_inputs(images, num_images, device, backend) if with_erf else (None, "cpu")
     try:
         path, compiled, result = write_report(source, out, resolution, paths, size, backend, progress=not quiet,

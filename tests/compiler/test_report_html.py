@@ -126,6 +126,7 @@ def test_cli_report_of_a_spec_file_at_another_resolution(tmp_path):
 @pytest.mark.parametrize("arguments, message", [
     (["no_such_preset"], "no_such_preset"),
     (["pelk_t", "--erf", "--images", "{tmp}/nowhere"], "nowhere: not a directory of images"),
+    (["pelk_t", "--num-images", "2"], "--images and --num-images choose the ERF's images: add --erf"),
 ])
 def test_cli_mistakes_are_explained(tmp_path, arguments, message):
     arguments = [argument.replace("{tmp}", str(tmp_path)) for argument in arguments]
