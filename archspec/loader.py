@@ -20,6 +20,7 @@ from archspec.spec import ModelSpec
 
 FieldPath = tuple[Any, ...]
 _ALLOWED_TAGS = {f"tag:yaml.org,2002:{name}" for name in ("str", "int", "float", "bool", "null", "map", "seq")}
+_MAX_VALUES = 100_000  # far beyond any spec; stops aliases that expand without bound ("billion laughs")
 
 
 @dataclass(frozen=True)
@@ -60,16 +61,40 @@ class _LocatedData:
         self.lines: dict[FieldPath, int] = {}
         self.problems: list[Problem] = []
         self._scalars = yaml.SafeLoader("")
+        self._open: set[int] = set()  # the mappings and lists being built: an alias to one is a cycle
+        self._values = 0
 
     def build(self, node: yaml.Node, path: FieldPath = ()) -> Any:
-        self.lines.setdefault(path, node.start_mark.line + 1)
+        line = node.start_mark.line + 1
+        self.lines.setdefault(path, line)
+        self._values += 1
+        if self._values > _MAX_VALUES:
+            raise SpecError([Problem(self.file, line, format_field(path),
+                                     f"invalid YAML: more than {_MAX_VALUES} values (aliases expanding without end?)")])
         if node.tag not in _ALLOWED_TAGS:
-            self.problems.append(Problem(self.file, node.start_mark.line + 1, format_field(path),
+            self.problems.append(Problem(self.file, line, format_field(path),
                                          f"invalid YAML: tag {node.tag!r} is not allowed in specs"))
             return None
+        if id(node) in self._open:
+            self.problems.append(Problem(self.file, line, format_field(path),
+                                         "invalid YAML: an alias refers to the mapping or list that contains it"))
+            return None
+        if isinstance(node, yaml.ScalarNode):
+            return self._scalars.construct_object(node, deep=True)
+        self._open.add(id(node))
+        try:
+            return self._build_collection(node, path)
+        finally:
+            self._open.discard(id(node))
+
+    def _build_collection(self, node: yaml.Node, path: FieldPath) -> Any:
         if isinstance(node, yaml.MappingNode):
             result: dict[Any, Any] = {}
             for key_node, value_node in node.value:
+                if not isinstance(key_node, yaml.ScalarNode):
+                    self.problems.append(Problem(self.file, key_node.start_mark.line + 1, format_field(path),
+                                                 "invalid YAML: a key must be a plain value, not a mapping or list"))
+                    continue
                 key = self._scalars.construct_object(key_node, deep=True)
                 if key == "<<":
                     self.problems.append(Problem(self.file, key_node.start_mark.line + 1, format_field(path),
@@ -83,9 +108,7 @@ class _LocatedData:
                 self.lines[path + (key,)] = key_node.start_mark.line + 1
                 result[key] = self.build(value_node, path + (key,))
             return result
-        if isinstance(node, yaml.SequenceNode):
-            return [self.build(item, path + (index,)) for index, item in enumerate(node.value)]
-        return self._scalars.construct_object(node, deep=True)
+        return [self.build(item, path + (index,)) for index, item in enumerate(node.value)]
 
     def line_of(self, path: FieldPath) -> int:
         """Line of the deepest existing prefix of ``path`` (a missing key points at its parent)."""

@@ -86,6 +86,11 @@ def test_defaults_fill_a_minimal_spec():
     ("", "spec.yaml:1: the spec is empty"),
     ("- a\n- b\n", "a spec is a mapping of fields, got a list"),
     ("name: x\nstages: !!python/object:os.system {}\n", "invalid YAML"),
+    ("? [a, b]\n: 1\nname: x\n", "spec.yaml:1: invalid YAML: a key must be a plain value"),
+    ("name: x\nstages: &s [*s]\n", "spec.yaml:2: stages[0]: invalid YAML: an alias refers to the mapping or list"),
+    ("a: &a [1, 1, 1, 1, 1, 1, 1, 1, 1, 1]\n" + "".join(  # "billion laughs": 10^9 values from 9 lines
+        f"{new}: &{new} [{', '.join([f'*{old}'] * 10)}]\n" for old, new in zip("abcdefgh", "bcdefghi")),
+     "invalid YAML: more than 100000 values"),
 ])
 def test_bad_specs_fail_with_file_line_field_and_values(text, expected):
     problems = errors_of(text)
