@@ -63,7 +63,7 @@ from pydantic import ValidationError
 
 from archspec import ModelSpec, resolve_spec, save_spec
 from archspec.files import atomic_directory, atomic_write_text
-from compiler.build import compile_spec
+from compiler.build import build_model, compile_spec
 from compiler.space import FloatRange, IntRange, SearchSpace, knob_values, resolve_space
 
 
@@ -234,14 +234,13 @@ def ir_metrics(spec: ModelSpec, coverage_stages: list[int]) -> dict[str, Any]:
             "receptive_field": graph.nodes[output]["meta"]["receptive_field"][0]}
 
 
-def measure_latency(spec: ModelSpec, repeats: int = 5) -> float:
-    """Median ms of one forward (batch 1, eval, no grad) on CUDA when available, else the CPU."""
+def measure_latency(model, resolution: int, repeats: int = 5) -> float:
+    """Median ms of one forward of ``model`` (batch 1, R x R, eval, no grad) on CUDA when available, else
+    the CPU."""
     import torch
-
-    from compiler.build import build_model
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model = build_model(spec).eval().to(device)
-    image = torch.randn(1, spec.input.channels, spec.input.resolution, spec.input.resolution, device=device)
+    model = model.eval().to(device)
+    image = torch.randn(1, model.in_channels, resolution, resolution, device=device)
     timings = []
     with torch.no_grad():
         model(image)  # warm-up: kernels compiled, caches filled
@@ -256,13 +255,11 @@ def measure_latency(spec: ModelSpec, repeats: int = 5) -> float:
     return statistics.median(timings)
 
 
-def measure_erf_ratio(spec: ModelSpec, num_images: int = 2) -> float:
-    """ERF area ratio at the 20% threshold at the spec's resolution (0.0 when no square reaches 20%)."""
+def measure_erf_ratio(model, resolution: int, num_images: int = 2) -> float:
+    """ERF area ratio of ``model`` at the 20% threshold at R x R (0.0 when no square reaches 20%)."""
     from compiler import erf
-    from compiler.build import build_model
-    model = build_model(spec)
-    result = erf.model_erf(model, spec.name, erf.shipped_photos()[:num_images], spec.input.resolution,
-                           spec.name, progress=False)
+    name = model.spec.name
+    result = erf.model_erf(model, name, erf.shipped_photos()[:num_images], resolution, name, progress=False)
     found = result.ratios.get("20%")
     return found["ratio"] if found else 0.0
 
@@ -430,10 +427,13 @@ def _objective_function(config: SearchConfig, study: optuna.Study) -> Callable[[
         if duplicate is not None:
             trial.set_user_attr("duplicate_of", duplicate)
             raise optuna.TrialPruned(f"architecture {metrics['fingerprint']} is trial {duplicate}'s")
-        if any(objective.name == "latency" for objective in config.objectives):
-            metrics["latency"] = measure_latency(spec)
-        if any(objective.name == "erf" for objective in config.objectives):
-            metrics["erf"] = measure_erf_ratio(spec)
+        if any(objective.builds_model for objective in config.objectives):
+            model = build_model(spec)  # fresh weights, one model for every slow objective
+            names = {objective.name for objective in config.objectives}
+            if "latency" in names:
+                metrics["latency"] = measure_latency(model, config.resolution)
+            if "erf" in names:
+                metrics["erf"] = measure_erf_ratio(model, config.resolution)
         trial.set_user_attr("metrics", metrics)
         return tuple(metrics[objective.name] for objective in config.objectives)
 
