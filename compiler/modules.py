@@ -204,12 +204,8 @@ class Head(nn.Module):
 
 
 def init_weights(module: nn.Module) -> None:
-    """ConvNeXt's initialisation: trunc-normal(0.02) for conv and linear weights, zero biases."""
-    if isinstance(module, (nn.Conv2d, nn.Linear)):
-        nn.init.trunc_normal_(module.weight, std=0.02)
-        if module.bias is not None:
-            nn.init.zeros_(module.bias)
-    elif isinstance(module, runtime.PeripheralConv2d):
+    """ConvNeXt's initialisation: trunc-normal(0.02) for conv (peripheral too) and linear weights, zero biases."""
+    if isinstance(module, (nn.Conv2d, nn.Linear, runtime.PeripheralConv2d)):
         nn.init.trunc_normal_(module.weight, std=0.02)
         if module.bias is not None:
             nn.init.zeros_(module.bias)
