@@ -179,10 +179,13 @@ ERF_HELP_WEIGHTS = ("Freshly initialised PeLK/ConvNeXt models (layer scale 1e-6)
                     "`pelk build --out DIR`) are what the paper's Fig. 4 shows.")
 
 
-def _erf_inputs(images: Path | None, num_images: int | None, device: str, backend: str) -> tuple[list[Path], str]:
-    """The images and the concrete device for an ERF, or a UserError saying what is wrong."""
-    from compiler.erf import ErfError, find_images, resolve_device
+def _erf_inputs(images: Path | None, num_images: int | None, device: str, backend: str,
+                out: Path) -> tuple[list[Path], str]:
+    """The images and the concrete device for an ERF, or a UserError saying what is wrong (also when ``out``
+    cannot be written: found before measuring, not after)."""
+    from compiler.erf import ErfError, check_output, find_images, resolve_device
     try:
+        check_output(out)
         return find_images(images, num_images), resolve_device(device, backend).type
     except ErfError as error:
         raise UserError(str(error)) from None
@@ -225,7 +228,7 @@ def _erf_image_options(command):
 def erf(sources: tuple[str, ...], images: Path | None, num_images: int | None, size: int, backend: str,
         device: str, out: Path, quiet: bool) -> None:
     from compiler.erf import ErfError, measure_erfs, ratio_rows, write_erf
-    paths, device = _erf_inputs(images, num_images, device, backend)
+    paths, device = _erf_inputs(images, num_images, device, backend, out)
     click.echo(f"{len(paths)} image(s) from {images or 'scikit-image (shipped photographs)'}, size {size}x{size}, "
                f"on {device}")
     try:
@@ -279,7 +282,7 @@ def report(source: str, out: Path, resolution: int | None, with_erf: bool, image
     from compiler.report import write_report
     if not with_erf and (images is not None or num_images is not None):
         raise UserError("--images and --num-images choose the ERF's images: add --erf")
-    paths, device = _erf_inputs(images, num_images, device, backend) if with_erf else (None, "cpu")
+    paths, device = _erf_inputs(images, num_images, device, backend, out) if with_erf else (None, "cpu")
     try:
         path, compiled, result = write_report(source, out, resolution, paths, size, backend, progress=not quiet,
                                               device=device)

@@ -27,6 +27,7 @@ import contextlib
 import importlib.resources
 import io
 import json
+import os
 import re
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -84,6 +85,18 @@ def find_images(directory: str | Path | None, num_images: int | None) -> list[Pa
     if wanted > len(paths):
         raise ErfError(f"--num-images {wanted}: only {len(paths)} images in {where}")
     return paths[:wanted]
+
+
+def check_output(path: str | Path) -> None:
+    """Refuse, before minutes of measuring, an output ``path`` (file or folder) that cannot be written:
+    a parent of it is a file, or the folder that would hold it is not writable."""
+    path = Path(path).absolute()
+    existing = next(candidate for candidate in (path, *path.parents) if candidate.exists())
+    if existing != path and not existing.is_dir():
+        raise ErfError(f"{path}: cannot write here: {existing} is a file, not a directory")
+    folder = existing if existing.is_dir() else existing.parent
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise ErfError(f"{path}: cannot write here: {folder} is not writable")
 
 
 def load_image(path: str | Path, size: int) -> torch.Tensor:
@@ -333,6 +346,6 @@ def ratio_rows(results: Sequence[ErfResult]) -> list[dict]:
 
 
 __all__ = ["ErfError", "ErfResult", "IMAGENET_MEAN", "IMAGENET_STD", "SHIPPED_PHOTOS", "THRESHOLDS", "area_ratio",
-           "area_ratios", "display_map", "erf_title", "find_images", "input_gradient", "load_image",
+           "area_ratios", "check_output", "display_map", "erf_title", "find_images", "input_gradient", "load_image",
            "mean_contribution", "measure_erfs", "model_erf", "model_label", "ratio_rows", "resolve_device",
            "shipped_photos", "unique_labels", "write_erf"]

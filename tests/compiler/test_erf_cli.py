@@ -110,3 +110,14 @@ def test_every_source_is_checked_before_any_is_measured(tmp_path, tiny_specs, mo
     result = run(str(tiny_specs[0]), last_source, "--num-images", "1", "--size", "48", "--out", str(tmp_path / "out"))
     assert result.exit_code == 1 and message in result.output and "Traceback" not in result.output
     assert measured == [] and not (tmp_path / "out").exists()
+
+
+def test_an_output_under_a_file_is_refused_before_measuring(tmp_path, tiny_specs, monkeypatch):
+    import compiler.erf
+    measured = []
+    monkeypatch.setattr(compiler.erf, "mean_contribution", lambda *args, **kwargs: measured.append(args))
+    (tmp_path / "notes").write_text("a file")
+    result = run(str(tiny_specs[0]), "--num-images", "1", "--size", "64", "--out", str(tmp_path / "notes" / "erf"))
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert f"cannot write here: {tmp_path / 'notes'} is a file, not a directory" in result.output
+    assert measured == []

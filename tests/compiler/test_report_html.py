@@ -134,3 +134,14 @@ def test_cli_mistakes_are_explained(tmp_path, arguments, message):
     assert result.exit_code == 1
     assert message in result.output and "Traceback" not in result.output
     assert not (tmp_path / "r.html").exists()
+
+
+def test_cli_refuses_an_output_under_a_file_before_measuring_the_erf(tmp_path, monkeypatch):
+    import compiler.erf
+    measured = []
+    monkeypatch.setattr(compiler.erf, "mean_contribution", lambda *args, **kwargs: measured.append(args))
+    (tmp_path / "notes").write_text("a file")
+    out = tmp_path / "notes" / "r.html"
+    result = CliRunner().invoke(main, ["report", "pelk_t", "--erf", "--num-images", "1", "--out", str(out)])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert "is a file, not a directory" in result.output and measured == []
