@@ -157,18 +157,27 @@ def load_weights(model: LargeKernelNet, path: str | Path) -> LargeKernelNet:
         saved = loads_spec(payload["spec_yaml"], f"{path}:spec")
         raise BuildError(f"{path}: weights are for {saved.name!r} (fingerprint {payload['fingerprint']}), "
                          f"not for {model.spec.name!r} (fingerprint {model.fingerprint}): the architectures differ")
+    return _load_state(model, payload, path)
+
+
+def _load_state(model: LargeKernelNet, payload: dict, path: Path) -> LargeKernelNet:
+    """The payload's state dict into ``model``: same form (training or deploy), every name and shape."""
     saved_form, model_form = payload.get("deployed"), getattr(model, "deploy_form", None)
     if saved_form != model_form:
         describe = lambda form: f"deploy form {form}" if form else "training form"  # noqa: E731
         raise BuildError(f"{path}: the weights are in {describe(saved_form)}, the model in {describe(model_form)}")
-    model.load_state_dict(payload["state_dict"])
+    try:
+        model.load_state_dict(payload["state_dict"])
+    except RuntimeError as error:
+        raise BuildError(f"{path}: the weights do not fit the model: {error}") from None
     return model
 
 
 def build_directory(path: str | Path) -> Path:
     """The build directory a build path names: the path itself, or the folder of its model.pt."""
     path = Path(path)
-    return path if path.is_dir() or path.suffix != ".pt" else path.absolute().parent
+    directory = path if path.is_dir() or path.suffix != ".pt" else path.parent
+    return directory.resolve() if directory.name in ("", "..") else directory  # "." and ".." have no name
 
 
 def refuse_to_replace_source(out: str | Path, source: str | Path) -> None:
@@ -195,7 +204,9 @@ def load_model(path: str | Path, backend: str = "auto") -> LargeKernelNet:
     if payload.get("deployed"):
         from compiler.deploy import deploy
         deploy(model, **payload["deployed"])
-    return load_weights(model, weights)
+    # The architecture is the embedded spec's, so the weights need no fingerprint check: they must fit
+    # name by name and shape by shape (a model.pt from a pelk with another fingerprint rule still loads).
+    return _load_state(model, payload, weights)
 
 
 def resolve_model(source: str | Path, backend: str = "auto") -> LargeKernelNet:

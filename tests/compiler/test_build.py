@@ -52,6 +52,23 @@ def test_a_built_model_reloads_identically(tmp_path, tiny_spec_file):
         assert torch.equal(model(x), again(x))
 
 
+def test_a_build_keeps_loading_when_the_fingerprint_rule_changes(tmp_path):
+    """load_model builds the spec stored with the weights; only names and shapes must fit."""
+    spec = tiny_spec("pelk_t")
+    model = build_model(spec).eval()
+    out = write_build(compile_spec(spec), tmp_path / "built", model)
+    payload = torch.load(out / "model.pt", weights_only=True)
+    torch.save(dict(payload, fingerprint="0123456789abcdef"), out / "model.pt")  # an older pelk's fingerprint
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(load_model(out).eval()(x), model(x))
+    state = dict(payload["state_dict"])
+    state["head.fc.weight"] = state["head.fc.weight"][:5]
+    torch.save(dict(payload, state_dict=state), out / "model.pt")
+    with pytest.raises(BuildError, match=r"(?s)the weights do not fit the model: .*head.fc.weight"):
+        load_model(out)
+
+
 def test_weights_for_another_architecture_are_refused(tmp_path):
     weights = save_weights(build_model(tiny_spec("pelk_t")), tmp_path / "pelk.pt")
     other = build_model(tiny_spec("convnext_t"))

@@ -103,8 +103,11 @@ def test_deploy_never_writes_over_the_build_it_reads(build_dir, source):
     assert sorted(path.name for path in build_dir.iterdir()) == before
 
 
-def test_deploying_a_model_file_writes_beside_its_build_directory(build_dir):
-    result = runner.invoke(main, ["deploy", str(build_dir / "model.pt")])
+@pytest.mark.parametrize("source", ["model.pt", "."])
+def test_deploying_from_inside_a_build_directory_writes_beside_it(build_dir, monkeypatch, source):
+    monkeypatch.chdir(build_dir)
+    result = runner.invoke(main, ["deploy", source])
     assert result.exit_code == 0, result.output
     assert (build_dir.parent / "built-deploy" / "deploy.json").is_file()
-    assert not (build_dir / "model.pt-deploy").exists()
+    assert sorted(path.name for path in build_dir.iterdir()) == ["ir.graphml", "ir.json", "model.pt", "spec.yaml",
+                                                                 "summary.json"]
