@@ -63,7 +63,9 @@ def atomic_directory(path: str | Path) -> Iterator[Path]:
 
     On any error the temporary directory is removed and ``path`` is untouched.
     """
-    path = Path(path)
+    path = Path(os.path.abspath(path))  # "." or "dir/.." name the folder itself, not a sibling to create in it
+    if path == Path.cwd() or path in Path.cwd().parents:
+        raise OSError(errno.EBUSY, "cannot replace the current directory or a folder that holds it", str(path))
     with _errors_name(path):
         path.parent.mkdir(parents=True, exist_ok=True)
         temp_dir = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
@@ -72,9 +74,15 @@ def atomic_directory(path: str | Path) -> Iterator[Path]:
         yield temp_dir
         if path.exists():
             backup = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
-            os.replace(path, backup / "old")
-            os.replace(temp_dir, path)
-            shutil.rmtree(backup, ignore_errors=True)
+            try:
+                os.replace(path, backup / "old")
+                try:
+                    os.replace(temp_dir, path)
+                except BaseException:
+                    os.replace(backup / "old", path)  # the swap failed: the old directory goes back
+                    raise
+            finally:
+                shutil.rmtree(backup, ignore_errors=True)
         else:
             os.replace(temp_dir, path)
     except BaseException:

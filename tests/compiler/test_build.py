@@ -105,6 +105,18 @@ def test_a_failed_build_leaves_the_old_directory_untouched(tmp_path, tiny_spec_f
     assert sorted(p.name for p in tmp_path.iterdir()) == ["built", "tiny.yaml"]
 
 
+def test_a_directory_holding_other_files_is_not_replaced_by_a_build(tmp_path, tiny_spec_file):
+    """--out replaces a build directory whole; a folder of other files (here the spec itself) is refused."""
+    result = runner.invoke(main, ["build", str(tiny_spec_file), "--out", str(tmp_path)])
+    assert result.exit_code == 1
+    assert "a directory with other files in it (no model.pt" in result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny.yaml"]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert runner.invoke(main, ["build", str(tiny_spec_file), "--out", str(empty)]).exit_code == 0
+    assert (empty / "model.pt").is_file()
+
+
 def test_a_model_of_another_architecture_is_not_written_as_the_build(tmp_path):
     with pytest.raises(BuildError, match="is not the compiled spec"):
         write_build(compile_spec(tiny_spec("pelk_t")), tmp_path / "built", build_model(tiny_spec("convnext_t")))
