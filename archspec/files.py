@@ -64,7 +64,8 @@ def atomic_directory(path: str | Path) -> Iterator[Path]:
     On any error the temporary directory is removed and ``path`` is untouched.
     """
     path = Path(os.path.abspath(path))  # "." or "dir/.." name the folder itself, not a sibling to create in it
-    if path == Path.cwd() or path in Path.cwd().parents:
+    real, cwd = Path(os.path.realpath(path)), Path.cwd()  # getcwd() has symlinks resolved
+    if real == cwd or real in cwd.parents:
         raise OSError(errno.EBUSY, "cannot replace the current directory or a folder that holds it", str(path))
     with _errors_name(path):
         path.parent.mkdir(parents=True, exist_ok=True)
