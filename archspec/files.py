@@ -58,15 +58,23 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
 
 
 @contextlib.contextmanager
-def atomic_directory(path: str | Path) -> Iterator[Path]:
+def atomic_directory(path: str | Path, marker: str | None = None) -> Iterator[Path]:
     """Yield a temporary directory; on success it replaces ``path`` whole.
 
     On any error the temporary directory is removed and ``path`` is untouched.
+    ``marker`` names the file every directory of this kind holds: an existing,
+    non-empty ``path`` without it was not written by pelk and is refused, since
+    it would be replaced whole.
     """
     path = Path(os.path.abspath(path))  # "." or "dir/.." name the folder itself, not a sibling to create in it
     real, cwd = Path(os.path.realpath(path)), Path.cwd()  # getcwd() has symlinks resolved
     if real == cwd or real in cwd.parents:
         raise OSError(errno.EBUSY, "cannot replace the current directory or a folder that holds it", str(path))
+    if path.exists() and not path.is_dir():
+        raise OSError(errno.ENOTDIR, "exists and is not a directory", str(path))
+    if marker and path.is_dir() and any(path.iterdir()) and not (path / marker).is_file():
+        raise OSError(errno.ENOTEMPTY, f"a directory with other files in it (no {marker}: not written by pelk); "
+                                       f"it would be replaced whole, so pick a new or empty directory", str(path))
     with _errors_name(path):
         path.parent.mkdir(parents=True, exist_ok=True)
         temp_dir = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))

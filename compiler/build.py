@@ -114,12 +114,7 @@ def write_model_directory(out_dir: str | Path, model: LargeKernelNet, files: dic
     """Write spec.yaml (the model's spec), model.pt and ``files`` (name -> text) as one directory, atomically
     (assembled aside, then swapped in): the directory layout shared by build and deploy directories."""
     out_dir = Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise BuildError(f"{out_dir}: exists and is not a directory")
-    if out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / "model.pt").is_file():
-        raise BuildError(f"{out_dir}: a directory with other files in it (no model.pt: not a build or deploy "
-                         f"directory); it would be replaced whole, so pick a new or empty directory")
-    with atomic_directory(out_dir) as temp:
+    with atomic_directory(out_dir, marker="model.pt") as temp:
         (temp / "spec.yaml").write_text(dump_spec(model.spec), encoding="utf-8")
         torch.save(weights_payload(model), temp / "model.pt")
         for name, text in files.items():

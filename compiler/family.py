@@ -184,15 +184,13 @@ def manifest_csv(members: list[dict]) -> str:
 
 
 def write_family(family: Family, out_dir: str | Path) -> Path:
-    """The folder (replaced whole, atomically): NAME.yaml per member, manifest.csv, manifest.json."""
+    """The folder (replaced whole, atomically; a non-empty folder without manifest.json is refused):
+    NAME.yaml per member, manifest.csv, manifest.json."""
     if not family.members:
         raise FamilyError("no valid variant to write: " + "; ".join(
             f"{item['variant']}: {item['reason']}" for item in family.invalid))
-    out_dir = Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise FamilyError(f"--out {out_dir}: exists and is not a directory")
     manifest = [{key: member[key] for key in MANIFEST_FIELDS} for member in family.members]
-    with atomic_directory(out_dir) as temp:
+    with atomic_directory(out_dir, marker="manifest.json") as temp:
         for member in family.members:
             (temp / member["file"]).write_text(member["spec"], encoding="utf-8")
         (temp / "manifest.csv").write_text(manifest_csv(family.members), encoding="utf-8")

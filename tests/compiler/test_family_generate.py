@@ -109,3 +109,15 @@ def test_sizes_need_four_stages():
     spec["stages"] = spec["stages"][:3]
     with pytest.raises(FamilyError, match="sizes describe 4 stages, 'pelk_t' has 3"):
         generate(ModelSpec.model_validate(spec), sizes="t")
+
+
+def test_family_refuses_to_replace_a_folder_it_did_not_write(tmp_path):
+    from click.testing import CliRunner
+
+    from cli import main
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    result = CliRunner().invoke(main, ["family", "pelk_t", "--kernels", "51-49-47-13", "--out", str(mine)])
+    assert result.exit_code != 0 and "no manifest.json: not written by pelk" in result.output
+    assert (mine / "notes.txt").read_text() == "keep me"
