@@ -319,11 +319,15 @@ class ModelSpec(SpecModel):
                 raise ValueError(
                     f"stages[{index}]: partial_ratio {stage.mixer.partial_ratio} of dim {dim} "
                     f"leaves 0 channels for the {stage.mixer.type} kernel")
-        reduction = self.stem.stride * self.downsample.stride ** (len(self.stages) - 1)
+        reduction = self.total_reduction()
         if self.input.resolution < reduction:
             raise ValueError(f"input.resolution {self.input.resolution} is smaller than the total "
                              f"reduction {reduction} of stem and {len(self.stages) - 1} downsamplings")
         return self
+
+    def total_reduction(self) -> int:
+        """Input pixels per last-stage pixel along a side: the stem's stride times every downsampling's."""
+        return self.stem.stride * self.downsample.stride ** (len(self.stages) - 1)
 
     def stage_dims(self) -> list[int]:
         """Channels of every stage after the width factor."""

@@ -48,15 +48,11 @@ def timm_name(spec_name: str, prefix: str = "") -> str:
     return re.sub(r"[^A-Za-z0-9_]", "_", prefix + spec_name)
 
 
-def _total_reduction(spec: ModelSpec) -> int:
-    return spec.stem.stride * spec.downsample.stride ** (len(spec.stages) - 1)
-
-
 def pretrained_cfg(spec: ModelSpec) -> dict:
     """timm's pretrained cfg of a spec: input size and pool size at the spec's resolution, ImageNet stats."""
     resolution = spec.input.resolution
     return {"url": "", "num_classes": spec.head.num_classes, "input_size": (spec.input.channels, resolution, resolution),
-            "pool_size": (max(1, resolution // _total_reduction(spec)),) * 2,
+            "pool_size": (max(1, resolution // spec.total_reduction()),) * 2,
             "crop_pct": 0.875 if resolution <= 224 else 1.0, "interpolation": "bicubic",
             "mean": IMAGENET_DEFAULT_MEAN, "std": IMAGENET_DEFAULT_STD, "first_conv": "stem.0",
             "classifier": "head.fc", "description": spec.description or spec.name,
