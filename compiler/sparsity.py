@@ -169,11 +169,12 @@ class DynamicSparsity:
         if not self.weights:
             raise ValueError(f"sparsity.targets {settings.targets} selects no weight of this model: nothing to mask")
         self.steps = 0
+        self._optimizer_stepped = False
         self.generator = torch.Generator().manual_seed(seed)
         self.masks = self._initial_masks(batch, loss_fn)
         self._broadcast_masks()
         self.apply_masks()
-        self._hook = optimizer.register_step_post_hook(lambda *_: self.apply_masks())
+        self._hook = optimizer.register_step_post_hook(lambda *_: self._after_optimizer_step())
 
     # ----------------------------------------------------------------- masks
     def _initial_masks(self, batch: Batch | None, loss_fn) -> dict[str, torch.Tensor]:
@@ -216,8 +217,18 @@ class DynamicSparsity:
         progress = min(step, self.total_steps) / self.total_steps
         return self.settings.prune_rate * 0.5 * (1.0 + math.cos(math.pi * progress))
 
+    def _after_optimizer_step(self) -> None:
+        self._optimizer_stepped = True
+        self.apply_masks()
+
     def step(self) -> bool:
-        """Call after every optimizer step; prunes and regrows when an update is due. True if it did."""
+        """Call after every optimizer step; prunes and regrows when an update is due. True if it did.
+
+        A step the optimizer did not take (GradScaler skips it on inf/NaN gradients) does not count.
+        """
+        if not self._optimizer_stepped:
+            return False
+        self._optimizer_stepped = False
         self.steps += 1
         if self.steps % self.settings.update_interval or self.steps >= self.total_steps:
             return False

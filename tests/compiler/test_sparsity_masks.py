@@ -216,3 +216,20 @@ def test_targets_limit_which_weights_carry_masks():
     _, _, sparsity = setup(spec)
     assert {layer["target"] for layer in sparsity.density_report()["layers"].values()} == {"mlp", "large_kernel"}
     assert sparsity.density_report()["nonzero_params"] == compile_spec(spec).totals["params"]["nonzero"]
+
+
+def test_a_step_the_grad_scaler_skips_does_not_count():
+    model, optimizer, sparsity = setup(sparse_spec())
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 8)
+    images, labels = batch()
+    scaler.scale(F.cross_entropy(model(images), labels)).backward()
+    next(model.parameters()).grad.fill_(float("inf"))  # the scaler finds an inf and skips optimizer.step
+    scaler.step(optimizer)
+    scaler.update()
+    assert sparsity.step() is False and sparsity.steps == 0
+    optimizer.zero_grad()
+    scaler.scale(F.cross_entropy(model(images), labels)).backward()
+    scaler.step(optimizer)
+    scaler.update()
+    sparsity.step()
+    assert sparsity.steps == 1
