@@ -18,7 +18,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from archspec.files import atomic_write_bytes  # noqa: E402
-from archspec.grid import SharingGrid, cell_boundaries, region_map  # noqa: E402
+from archspec.grid import SharingGrid, cell_boundaries  # noqa: E402
 
 
 def figure_png(figure: plt.Figure, dpi: int = 150) -> bytes:
@@ -39,21 +39,20 @@ def grid_axes(axes: plt.Axes, grid: Sequence[int], title: str | None = None) -> 
     grid = list(grid)
     size = sum(grid)
     cell = np.array(grid)
-    index = np.repeat(np.arange(len(grid)), grid)
-    area = cell[index][:, None] * cell[index][None, :]
-    regions = region_map(grid)
-    axes.imshow(np.log2(area), cmap="Blues", vmin=0, vmax=max(1.0, np.log2(area.max())),
-                extent=(0, size, size, 0), interpolation="nearest")
-    for boundary in cell_boundaries(grid):
-        axes.axhline(boundary, color="#1f3b73", linewidth=0.6)
-        axes.axvline(boundary, color="#1f3b73", linewidth=0.6)
+    area = np.log2(np.outer(cell, cell))  # one value per shared weight (k' x k'), not per kernel position
+    boundaries = cell_boundaries(grid)
+    axes.pcolormesh(boundaries, boundaries, area, cmap="Blues", vmin=0, vmax=max(1.0, area.max()),
+                    edgecolors="#1f3b73", linewidth=0.6)
+    axes.set_xlim(0, size)
+    axes.set_ylim(size, 0)
+    axes.set_aspect("equal")
     shared = SharingGrid(tuple(grid))
     center = shared.unshared_center
     low = (size - center) / 2
     axes.add_patch(plt.Rectangle((low, low), center, center, fill=False, edgecolor="#d62728", linewidth=1.5))
     axes.set_xticks([])
     axes.set_yticks([])
-    axes.set_title(title or f"K={size}, k'={len(grid)} ({regions.max() + 1} params/channel, "
+    axes.set_title(title or f"K={size}, k'={len(grid)} ({len(grid) ** 2} params/channel, "
                             f"{shared.param_ratio:.1%} of dense)", fontsize=8)
 
 
