@@ -127,21 +127,6 @@ def grid(kernel_size: int, center: int, base: int, policy: str, as_json: bool, p
         click.echo(f"wrote {png}")
 
 
-def _format_stage_rows(stages: list[dict]) -> list[dict]:
-    from compiler.passes import human
-    rows = []
-    for stage in stages:
-        grid_text = SharingGrid(tuple(stage["grid"])).half if stage.get("grid") else "-"
-        rows.append({"stage": stage["stage"], "depth": stage["depth"], "mixer": stage["mixer"],
-                     "kernel": stage["kernel"], "grid": grid_text, "k'": stage.get("k_prime") or "-",
-                     "dim": stage["dim"], "channels": stage["channels"],
-                     "map": f"{stage['feature_map']}x{stage['feature_map']}",
-                     "covers": f"{'yes' if stage['covers'] else 'no'} ({stage['coverage']:.2f})",
-                     "dense": human(stage["params_dense"]), "nonzero": human(stage["params_nonzero"]),
-                     "macs": human(stage["macs_at_density"])})
-    return rows
-
-
 @main.command()
 @click.argument("spec")
 @click.option("--resolution", type=click.IntRange(min=8), help="Input resolution for shapes and MACs "
@@ -153,13 +138,11 @@ def _format_stage_rows(stages: list[dict]) -> list[dict]:
 def build(spec: str, resolution: int | None, out: Path | None, backend: str) -> None:
     """Compile SPEC (a YAML file or preset name): stage table, counts, and optionally a build directory."""
     from compiler import build_model, compile_spec, write_build
-    from compiler.passes import human
+    from compiler.passes import STAGE_HEADERS, human, stage_table_text
     started = time.perf_counter()
     compiled = compile_spec(spec, resolution)
     click.echo(f"{compiled.spec.name}  fingerprint {compiled.fingerprint}  resolution {compiled.totals['resolution']}")
-    columns = [(key, key) for key in ("stage", "depth", "mixer", "kernel", "grid", "k'", "dim", "channels",
-                                      "map", "covers", "dense", "nonzero", "macs")]
-    echo_table(_format_stage_rows(compiled.stages), columns)
+    echo_table([dict(enumerate(row)) for row in stage_table_text(compiled.stages)], list(enumerate(STAGE_HEADERS)))
     totals = compiled.totals
     click.echo(f"params   dense {totals['params']['dense']:,} ({human(totals['params']['dense'])}, positional "
                f"embedding {human(totals['params']['pos_embed'])} included)  |  non-zero "

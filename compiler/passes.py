@@ -23,6 +23,7 @@ import json
 
 import networkx as nx
 
+from archspec.grid import SharingGrid
 from compiler.ir import Graph
 
 Shape = tuple[int, int, int]
@@ -313,6 +314,26 @@ def stage_table(graph: Graph) -> list[dict]:
     return [rows[stage] for stage in sorted(rows)]
 
 
+STAGE_HEADERS = ["stage", "depth", "mixer", "kernel", "grid (half)", "k'", "dim", "channels g",
+                 "feature map", "covers map", "params dense", "params non-zero", "MACs at density"]
+
+
+def stage_table_text(stages: list[dict], exact_params: bool = False) -> list[list[str]]:
+    """``stage_table`` rows as text cells under STAGE_HEADERS (parameters exact with separators, or human)."""
+    def params(count: int) -> str:
+        return f"{count:,}" if exact_params else human(count)
+
+    rows = []
+    for stage in stages:
+        grid = str(SharingGrid(tuple(stage["grid"])).half) if stage.get("grid") else "-"
+        rows.append([str(stage["stage"]), str(stage["depth"]), stage["mixer"], f"{stage['kernel']}x{stage['kernel']}", grid,
+                     str(stage.get("k_prime") or "-"), str(stage["dim"]), str(stage["channels"]),
+                     f"{stage['feature_map']}x{stage['feature_map']}",
+                     f"{'yes' if stage['covers'] else 'no'} ({stage['coverage']:.2f})",
+                     params(stage["params_dense"]), params(stage["params_nonzero"]), human(stage["macs_at_density"])])
+    return rows
+
+
 def human(number: float, unit: str = "") -> str:
     """1234567 -> '1.23M'."""
     for scale, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "K")):
@@ -321,5 +342,5 @@ def human(number: float, unit: str = "") -> str:
     return f"{number:.0f}{unit}"
 
 
-__all__ = ["LintError", "fingerprint", "human", "lint", "macs_pass", "param_pass", "receptive_field_pass",
-           "run_passes", "shape_pass", "stage_table", "totals"]
+__all__ = ["STAGE_HEADERS", "LintError", "fingerprint", "human", "lint", "macs_pass", "param_pass", "receptive_field_pass",
+           "run_passes", "shape_pass", "stage_table", "stage_table_text", "totals"]

@@ -20,7 +20,7 @@ from archspec import SharingGrid, dump_spec
 from archspec.files import atomic_write_text
 from compiler.build import CompiledSpec, compile_spec
 from compiler.erf import ErfResult
-from compiler.passes import human
+from compiler.passes import STAGE_HEADERS, human, stage_table_text
 
 STYLE = """
 body { font-family: -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; margin: 2em auto; max-width: 1100px;
@@ -91,21 +91,9 @@ def _table(headers: list[str], rows: list[list[str]], text_columns: int = 1) -> 
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-STAGE_HEADERS = ["stage", "depth", "mixer", "kernel", "grid (half)", "k'", "dim", "channels g",
-                 "feature map", "covers map", "params dense", "params non-zero", "MACs at density"]
-
-
 def stage_rows(compiled: CompiledSpec) -> list[list[str]]:
-    """The stage table as text cells (the columns of ``pelk build``)."""
-    rows = []
-    for stage in compiled.stages:
-        grid = str(SharingGrid(tuple(stage["grid"])).half) if stage.get("grid") else "-"
-        rows.append([str(stage["stage"]), str(stage["depth"]), stage["mixer"], f"{stage['kernel']}x{stage['kernel']}",
-                     grid, str(stage.get("k_prime") or "-"), str(stage["dim"]), str(stage["channels"]),
-                     f"{stage['feature_map']}x{stage['feature_map']}",
-                     f"{'yes' if stage['covers'] else 'no'} ({stage['coverage']:.2f})",
-                     f"{stage['params_dense']:,}", f"{stage['params_nonzero']:,}", human(stage["macs_at_density"])])
-    return rows
+    """The stage table as text cells (the columns of ``pelk build``, exact parameter counts)."""
+    return stage_table_text(compiled.stages, exact_params=True)
 
 
 def totals_rows(compiled: CompiledSpec) -> list[list[str]]:
