@@ -76,35 +76,6 @@ class DeployedMixer(modules.PartialMixer):
         return y
 
 
-def norm_affine(norm: nn.Module, channels: int, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(scale, shift), each (C,), of an eval-mode BatchNorm (identity for ``nn.Identity``)."""
-    if isinstance(norm, nn.Identity):
-        return torch.ones(channels, dtype=like.dtype, device=like.device), like.new_zeros(channels)
-    if not isinstance(norm, nn.BatchNorm2d) or norm.running_var is None:
-        raise DeployError(f"cannot fold {type(norm).__name__}: only BatchNorm2d with running statistics folds")
-    scale = norm.running_var.add(norm.eps).rsqrt()
-    if norm.weight is not None:
-        scale = scale * norm.weight
-    shift = -norm.running_mean * scale
-    if norm.bias is not None:
-        shift = shift + norm.bias
-    return scale, shift
-
-
-def fold_conv_norm(weight: torch.Tensor, bias: torch.Tensor | None,
-                   norm: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
-    """norm(conv(x; weight, bias)) as one conv: weight (C, 1, kh, kw) -> (folded weight, bias (C,))."""
-    scale, shift = norm_affine(norm, weight.shape[0], weight)
-    folded_bias = shift if bias is None else shift + scale * bias
-    return weight * scale.view(-1, 1, 1, 1), folded_bias
-
-
-def fold_conv_norm_pair(branch: modules.ConvNorm) -> tuple[torch.Tensor, torch.Tensor]:
-    """A ``ConvNorm`` (depthwise conv, BN or identity) as (weight (C, 1, kh, kw), bias (C,))."""
-    conv, norm = branch[0], branch[1]
-    return fold_conv_norm(conv.weight, conv.bias, norm)
-
-
 def pad_kernel(kernel: torch.Tensor, height: int, width: int) -> torch.Tensor:
     """Centre a (C, 1, kh, kw) kernel in a zero (C, 1, height, width) one."""
     top, left = (height - kernel.shape[-2]) // 2, (width - kernel.shape[-1]) // 2
@@ -123,51 +94,47 @@ def depthwise_conv(weight: torch.Tensor, bias: torch.Tensor) -> nn.Conv2d:
 
 def _deploy_peripheral(mixer: modules.PeripheralMixer, pos_embed: torch.Tensor | None, expand: bool,
                        name: str) -> DeployedMixer:
-    conv, grid = mixer.conv, mixer.grid
-    weight, bias = fold_conv_norm(conv.weight, conv.bias, mixer.norm)
+    if not expand and not mixer.folds_small_kernel:
+        size, unshared = mixer.small[0].kernel_size[0], SharingGrid(mixer.grid).unshared_center
+        raise DeployError(
+            f"{name}: the {size}x{size} small kernel cannot be folded into the peripheral weights: "
+            f"grid {list(mixer.grid)} has an unshared centre of {unshared}x{unshared} (cells of size 1), "
+            f"smaller than {size}x{size}; deploy with expand=True (`pelk deploy --expand`) to get a "
+            f"dense K x K kernel instead")
+    grid = mixer.grid
+    scaled, bias = mixer.folded_branch()  # BN-scaled shared weights: the positional term multiplies these
     valid_weight = valid_embed = None
     if pos_embed is not None and mixer.pos_mode == "padded":
-        bias = bias + reference.pos_embed_padded(weight, grid, pos_embed).flatten()
+        bias = bias + reference.pos_embed_padded(scaled, grid, pos_embed).flatten()
     elif pos_embed is not None:
-        valid_weight, valid_embed = weight.clone(), pos_embed.detach().clone()
-    small_weight = None
-    if mixer.small is not None:
-        small_weight, small_bias = fold_conv_norm_pair(mixer.small)
-        bias = bias + small_bias
+        valid_weight, valid_embed = scaled.clone(), pos_embed.detach().clone()
     if expand:
-        kernel = reference.expand_kernel(weight, grid)
-        if small_weight is not None:
+        kernel = reference.expand_kernel(scaled, grid)
+        if mixer.small is not None:
+            small_weight, small_bias = modules.fold_conv_norm_pair(mixer.small)
             kernel = kernel + pad_kernel(small_weight, mixer.kernel_size, mixer.kernel_size)
+            bias = bias + small_bias
         branch: nn.Module = depthwise_conv(kernel, bias)
     else:
-        if small_weight is not None:
-            size, unshared = small_weight.shape[-1], SharingGrid(grid).unshared_center
-            if size > unshared:
-                raise DeployError(
-                    f"{name}: the {size}x{size} small kernel cannot be folded into the peripheral weights: "
-                    f"grid {list(grid)} has an unshared centre of {unshared}x{unshared} (cells of size 1), "
-                    f"smaller than {size}x{size}; deploy with expand=True (`pelk deploy --expand`) to get a "
-                    f"dense K x K kernel instead")
-            first = int(reference.cell_index(grid)[mixer.kernel_size // 2 - size // 2])  # then size cells of 1
-            weight = weight.clone()
-            weight[:, :, first:first + size, first:first + size] += small_weight
-        branch = runtime.PeripheralConv2d(mixer.channels, grid, bias=True, backend=conv.backend).to(weight)
+        weight, small_bias = mixer.fold_small_kernel(scaled)
+        bias = bias + small_bias
+        branch = runtime.PeripheralConv2d(mixer.channels, grid, bias=True, backend=mixer.conv.backend).to(weight)
         branch.weight.copy_(weight)
         branch.bias.copy_(bias)
     return DeployedMixer(mixer.dim, mixer.channels, [branch], grid, valid_weight, valid_embed)
 
 
 def _deploy_dense(mixer: modules.DenseMixer) -> DeployedMixer:
-    weight, bias = fold_conv_norm_pair(mixer.large)
+    weight, bias = modules.fold_conv_norm_pair(mixer.large)
     if mixer.small is not None:
-        small_weight, small_bias = fold_conv_norm_pair(mixer.small)
+        small_weight, small_bias = modules.fold_conv_norm_pair(mixer.small)
         weight = weight + pad_kernel(small_weight, *weight.shape[-2:])
         bias = bias + small_bias
     return DeployedMixer(mixer.dim, mixer.channels, [depthwise_conv(weight, bias)])
 
 
 def _deploy_stripe(mixer: modules.StripeMixer, expand: bool) -> DeployedMixer:
-    parts = [fold_conv_norm_pair(branch) for branch in (mixer.vertical, mixer.horizontal, mixer.small)
+    parts = [modules.fold_conv_norm_pair(branch) for branch in (mixer.vertical, mixer.horizontal, mixer.small)
              if branch is not None]
     if not expand:
         return DeployedMixer(mixer.dim, mixer.channels, [depthwise_conv(weight, bias) for weight, bias in parts])
@@ -261,5 +228,5 @@ def deploy_build(source: str | Path, out: str | Path | None = None, expand: bool
     return summary
 
 
-__all__ = ["DeployError", "DeployedMixer", "deploy", "deploy_build", "deploy_mixer",
-           "fold_conv_norm", "mixer_and_model_outputs", "norm_affine", "pad_kernel"]
+__all__ = ["DeployError", "DeployedMixer", "deploy", "deploy_build", "deploy_mixer", "mixer_and_model_outputs",
+           "pad_kernel"]

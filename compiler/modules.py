@@ -20,6 +20,8 @@ import torch.nn.functional as F
 from torch import nn
 
 import runtime
+from archspec.grid import SharingGrid
+from runtime import reference
 
 
 class LayerNorm2d(nn.LayerNorm):
@@ -67,6 +69,36 @@ class ConvNorm(nn.Sequential):
         super().__init__(conv, make_norm2d(norm, channels))
 
 
+def norm_affine(norm: nn.Module, channels: int, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(scale, shift), each (C,), of an eval-mode BatchNorm (identity for ``nn.Identity``)."""
+    if isinstance(norm, nn.Identity):
+        return torch.ones(channels, dtype=like.dtype, device=like.device), like.new_zeros(channels)
+    if not isinstance(norm, nn.BatchNorm2d) or norm.running_var is None:
+        raise TypeError(f"cannot fold {type(norm).__name__}: only BatchNorm2d with running statistics folds")
+    scale = norm.running_var.add(norm.eps).rsqrt()
+    if norm.weight is not None:
+        scale = scale * norm.weight
+    shift = -norm.running_mean * scale
+    if norm.bias is not None:
+        shift = shift + norm.bias
+    return scale, shift
+
+
+def fold_conv_norm(weight: torch.Tensor, bias: torch.Tensor | None,
+                   norm: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+    """norm(conv(x; weight, bias)) as one conv: weight (C, 1, kh, kw) -> (folded weight, bias (C,))."""
+    scale, shift = norm_affine(norm, weight.shape[0], weight)
+    folded_bias = shift if bias is None else shift + scale * bias
+    return weight * scale.view(-1, 1, 1, 1), folded_bias
+
+
+def fold_conv_norm_pair(branch: ConvNorm) -> tuple[torch.Tensor, torch.Tensor]:
+    """A ``ConvNorm`` (depthwise conv, BN or identity) as (weight (C, 1, kh, kw), bias (C,))."""
+    conv, norm = branch[0], branch[1]
+    return fold_conv_norm(conv.weight, conv.bias, norm)
+
+
+
 class PartialMixer(nn.Module):
     """Base of the mixers: the kernel branches see the first ``channels`` channels, the rest pass through."""
 
@@ -89,6 +121,11 @@ class PeripheralMixer(PartialMixer):
 
     y[:, :g] = BN(pconv(x[:, :g]; h)) + BN(small(x[:, :g])),  y[:, g:] = x[:, g:]
     with g = ``channels`` and h the stage's positional embedding (g, K, K).
+
+    In eval mode everything but the conv itself is linear and is folded on the
+    fly into one peripheral conv with bias (the small kernel lands on the
+    unshared centre): the same output within fp32 rounding, one op instead of
+    five. Training uses the branches as written (BN needs batch statistics).
     """
 
     def __init__(self, dim: int, channels: int, grid: tuple[int, ...], small_kernel: int | None,
@@ -99,11 +136,34 @@ class PeripheralMixer(PartialMixer):
         self.conv = runtime.PeripheralConv2d(channels, self.grid, bias=norm == "none", backend=backend)
         self.norm = make_norm2d(norm, channels)
         self.small = ConvNorm(channels, (small_kernel, small_kernel), norm) if small_kernel else None
+        self.folds_small_kernel = small_kernel is None or small_kernel <= SharingGrid(self.grid).unshared_center
+        cell_of_row = [cell for cell, size in enumerate(self.grid) for _ in range(size)]
+        # The shared-weight row of the small kernel's first row (size-1 cells from there on when it folds).
+        self.small_first_cell = cell_of_row[self.kernel_size // 2 - (small_kernel or 1) // 2]
+
+    def folded_branch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The eval-mode BN folded into the conv: shared weights (g, 1, k', k') and bias (g,)."""
+        return fold_conv_norm(self.conv.weight, self.conv.bias, self.norm)
+
+    def fold_small_kernel(self, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``weight`` (g, 1, k', k') with the BN-folded small kernel added on its unshared centre cells,
+        and the small branch's bias (g,); zeros without a small kernel."""
+        if self.small is None:
+            return weight, weight.new_zeros(self.channels)
+        small_weight, small_bias = fold_conv_norm_pair(self.small)
+        first = self.small_first_cell
+        after = len(self.grid) - first - small_weight.shape[-1]
+        return weight + F.pad(small_weight, (first, after, first, after)), small_bias
 
     def mix(self, x: torch.Tensor, pos_embed: torch.Tensor | None) -> torch.Tensor:
-        y = self.norm(self.conv(x, pos_embed=pos_embed, pos_mode=self.pos_mode))
-        if self.small is not None:
-            y = y + self.small(x)
+        if self.training or not self.folds_small_kernel:
+            y = self.norm(self.conv(x, pos_embed=pos_embed, pos_mode=self.pos_mode))
+            return y + self.small(x) if self.small is not None else y
+        scaled, bias = self.folded_branch()
+        weight, small_bias = self.fold_small_kernel(scaled)
+        y = runtime.peripheral_conv2d(x, weight, self.grid, bias + small_bias, backend=self.conv.backend)
+        if pos_embed is not None:  # the positional term multiplies the peripheral weights only
+            y = y + reference.pos_embed_term(scaled, self.grid, pos_embed, self.pos_mode, *x.shape[-2:]).to(y.dtype)
         return y
 
 

@@ -58,9 +58,10 @@ def test_full_pelk_t_module_numel():
 @pytest.mark.parametrize("name", ["pelk_t", "convnext_t", "slak_t", "pelk_b101"])
 def test_ir_macs_match_torch_flop_counter(name):
     """FlopCounterMode counts convolutions and matmuls (2 FLOPs per MAC); the peripheral op registers a
-    dense-K x K-depthwise formula, so conv + linear MACs of the IR must agree exactly."""
+    dense-K x K-depthwise formula, so conv + linear MACs of the IR must agree exactly. The IR counts the
+    training form (small kernels included, as the paper does), which train mode runs."""
     spec = tiny_spec(name, resolution=64)
-    model = build_model(spec, backend="torch").eval()
+    model = build_model(spec, backend="torch").train()
     with FlopCounterMode(display=False) as counter, torch.no_grad():
         model(torch.randn(1, 3, 64, 64))
     by_kind = compile_spec(spec).totals["macs"]["by_kind"]
