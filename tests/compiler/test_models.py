@@ -125,3 +125,23 @@ def test_eval_mode_folds_the_mixer_into_one_conv_with_the_same_output(name, mode
             written = mixer.norm(mixer.conv(x, pos_embed=stage.pos_embed, pos_mode=mixer.pos_mode)) + mixer.small(x)
         error = (folded - written).abs().max()
         assert error <= 1e-5 * written.abs().max(), error  # fp32 rounding of sums over up to K² taps
+
+
+@pytest.mark.parametrize("train", [True, False])
+def test_switching_backend_keeps_outputs_and_gradients_within_fp32_tolerance(train):
+    """Compiled models run the runtime op; torch (reference) and sat (summed-area form) agree on the
+    whole network, forward and backward, in training and in eval form."""
+    torch.manual_seed(0)
+    model = build_model(tiny_spec("pelk101_t", resolution=96), backend="torch").train(train)
+    x = torch.randn(2, 3, 96, 96)
+    results = {}
+    for backend in ("torch", "sat"):
+        model.set_backend(backend)
+        model.zero_grad(set_to_none=True)
+        logits = model(x)
+        logits.square().sum().backward()
+        weight_grad = model.stages[0].blocks[0].mixer.conv.weight.grad.clone()
+        results[backend] = (logits.detach(), weight_grad)
+    (reference_logits, reference_grad), (logits, grad) = results["torch"], results["sat"]
+    assert (logits - reference_logits).abs().max() <= 1e-5 * reference_logits.abs().max()
+    assert (grad - reference_grad).abs().max() <= 1e-4 * reference_grad.abs().max()
