@@ -128,3 +128,15 @@ def test_building_pelk_t_takes_seconds(tmp_path):
     result = runner.invoke(main, ["build", "pelk_t", "--out", str(tmp_path / "pelk_t")])
     assert result.exit_code == 0
     assert time.perf_counter() - started < 30
+
+
+def test_backends_reports_the_auto_choice_and_reason_per_stage():
+    pytest.importorskip("triton")
+    result = runner.invoke(main, ["backends", "pelk_t", "--device", "cuda"])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert "triton" in lines[3] and "196 SAT taps per output instead of 2601" in lines[3]  # stage 1
+    assert "torch" in lines[6] and "cuDNN" in lines[6]  # stage 4: K=13 on 7x7
+    cpu = runner.invoke(main, ["backends", "pelk_b101", "--device", "cpu"]).output
+    assert "sat" in cpu and "the measured crossover" in cpu
+    assert runner.invoke(main, ["backends", "no_such_spec"]).exit_code != 0
