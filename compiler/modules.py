@@ -21,7 +21,6 @@ from torch import nn
 
 import runtime
 from archspec.grid import SharingGrid
-from runtime import reference
 
 
 class LayerNorm2d(nn.LayerNorm):
@@ -121,11 +120,7 @@ class PeripheralMixer(PartialMixer):
 
     y[:, :g] = BN(pconv(x[:, :g]; h)) + BN(small(x[:, :g])),  y[:, g:] = x[:, g:]
     with g = ``channels`` and h the stage's positional embedding (g, K, K).
-
-    In eval mode everything but the conv itself is linear and is folded on the
-    fly into one peripheral conv with bias (the small kernel lands on the
-    unshared centre): the same output within fp32 rounding, one op instead of
-    five. Training uses the branches as written (BN needs batch statistics).
+    ``folded_branch`` and ``fold_small_kernel`` give the eval-mode fold the deploy form uses.
     """
 
     def __init__(self, dim: int, channels: int, grid: tuple[int, ...], small_kernel: int | None,
@@ -156,15 +151,8 @@ class PeripheralMixer(PartialMixer):
         return weight + F.pad(small_weight, (first, after, first, after)), small_bias
 
     def mix(self, x: torch.Tensor, pos_embed: torch.Tensor | None) -> torch.Tensor:
-        if self.training or not self.folds_small_kernel:
-            y = self.norm(self.conv(x, pos_embed=pos_embed, pos_mode=self.pos_mode))
-            return y + self.small(x) if self.small is not None else y
-        scaled, bias = self.folded_branch()
-        weight, small_bias = self.fold_small_kernel(scaled)
-        y = runtime.peripheral_conv2d(x, weight, self.grid, bias + small_bias, backend=self.conv.backend)
-        if pos_embed is not None:  # the positional term multiplies the peripheral weights only
-            y = y + reference.pos_embed_term(scaled, self.grid, pos_embed, self.pos_mode, *x.shape[-2:]).to(y.dtype)
-        return y
+        y = self.norm(self.conv(x, pos_embed=pos_embed, pos_mode=self.pos_mode))
+        return y + self.small(x) if self.small is not None else y
 
 
 class DenseMixer(PartialMixer):

@@ -98,35 +98,6 @@ def test_models_trace_into_one_graph_for_torch_compile(name):
     assert explanation.graph_break_count == 0, [b.reason for b in explanation.break_reasons]
 
 
-@pytest.mark.parametrize("mode", ["padded", "valid"])
-@pytest.mark.parametrize("name", ["pelk_t", "pelk101_t"])
-def test_eval_mode_folds_the_mixer_into_one_conv_with_the_same_output(name, mode):
-    """In eval mode the peripheral mixer folds BN, the small kernel and BN into one peripheral conv;
-    the output equals the branches computed as written (the training formula with running statistics)."""
-    data = tiny_spec(name).model_dump()
-    for stage in data["stages"]:
-        stage["mixer"]["pos_embed"]["mode"] = mode
-    from archspec import ModelSpec
-    model = build_model(ModelSpec.model_validate(data), backend="torch")
-    generator = torch.Generator().manual_seed(0)
-    for module in model.modules():  # non-trivial running statistics and affine parameters
-        if isinstance(module, torch.nn.BatchNorm2d):
-            module.running_mean.normal_(generator=generator)
-            module.running_var.uniform_(0.5, 2.0, generator=generator)
-            module.weight.data.normal_(generator=generator)
-            module.bias.data.normal_(generator=generator)
-    model.eval()
-    for stage in model.stages:
-        mixer = stage.blocks[0].mixer
-        mixer.conv.weight.data.normal_(generator=generator)
-        x = torch.randn(2, mixer.channels, 9, 11, generator=generator)
-        with torch.no_grad():
-            folded = mixer.mix(x, stage.pos_embed)
-            written = mixer.norm(mixer.conv(x, pos_embed=stage.pos_embed, pos_mode=mixer.pos_mode)) + mixer.small(x)
-        error = (folded - written).abs().max()
-        assert error <= 1e-5 * written.abs().max(), error  # fp32 rounding of sums over up to K² taps
-
-
 @pytest.mark.parametrize("train", [True, False])
 def test_switching_backend_keeps_outputs_and_gradients_within_fp32_tolerance(train):
     """Compiled models run the runtime op; torch (reference) and sat (summed-area form) agree on the
