@@ -162,15 +162,11 @@ def build(spec: str, resolution: int | None, out: Path | None, backend: str) -> 
 @click.option("--device", default="cuda", show_default=True, type=click.Choice(["cuda", "cpu"]),
               help="Device to decide for (no such device needs to be present).")
 @click.option("--resolution", type=click.IntRange(min=8), help="Input resolution (default: the spec's).")
-@click.option("--dtype", default="fp32", show_default=True, type=click.Choice(["fp32", "bf16", "fp16"]))
-def backends(spec: str, device: str, resolution: int | None, dtype: str) -> None:
+def backends(spec: str, device: str, resolution: int | None) -> None:
     """Which peripheral-conv backend `auto` runs for each stage of SPEC, and why."""
-    import torch
-
     import runtime
     from compiler import compile_spec
     compiled = compile_spec(spec, resolution)
-    torch_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[dtype]
     rows = []
     for stage in compiled.stages:
         if stage["mixer"] != "peripheral":
@@ -178,10 +174,10 @@ def backends(spec: str, device: str, resolution: int | None, dtype: str) -> None
                          "reason": f"{stage['mixer']} mixer: plain torch convolutions"})
             continue
         size = stage["feature_map"]
-        choice = runtime.choose_backend(device, torch_dtype, stage["channels"], size, size, stage["grid"])
+        choice = runtime.choose_backend(device, size, size, stage["grid"])
         rows.append({"stage": stage["stage"], "kernel": stage["kernel"], "map": f"{size}x{size}",
                      "backend": choice.name, "reason": choice.reason})
-    click.echo(f"{compiled.spec.name} at {compiled.totals['resolution']}, {device}, {dtype}")
+    click.echo(f"{compiled.spec.name} at {compiled.totals['resolution']}, {device}")
     echo_table(rows, [("stage", "stage"), ("kernel", "kernel"), ("map", "map"), ("backend", "backend"),
                       ("reason", "reason")])
 

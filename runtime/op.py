@@ -61,8 +61,7 @@ def sat_tap_count(grid: Sequence[int], height: int, width: int) -> int:
     return len(sat.clamped_offsets(grid, height)) * len(sat.clamped_offsets(grid, width))
 
 
-def choose_backend(device: torch.device | str, dtype: torch.dtype, channels: int, height: int,
-                   width: int, grid: Sequence[int]) -> BackendChoice:
+def choose_backend(device: torch.device | str, height: int, width: int, grid: Sequence[int]) -> BackendChoice:
     """The ``auto`` rule. CUDA: torch (cuDNN) when K² < CUDA_TRITON_MIN_TAP_RATIO x the SAT taps,
     else triton for planes up to TRITON_MAX_PLANE and sat beyond; torch when triton does not import.
     CPU: sat when K² is at least CPU_SAT_MIN_TAP_RATIO times the SAT tap count, torch otherwise."""
@@ -95,7 +94,7 @@ def resolve_backend(backend: str, x: torch.Tensor, grid: Sequence[int]) -> str:
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if backend == "auto":
-        return choose_backend(x.device, x.dtype, x.shape[1], x.shape[2], x.shape[3], grid).name
+        return choose_backend(x.device, x.shape[2], x.shape[3], grid).name
     if backend == "triton":
         kernels, error = _triton()
         if kernels is None:

@@ -40,24 +40,24 @@ def test_gradients_reach_weight_and_pos_embed_through_sat(mode):
 
 
 def test_auto_explains_its_choice():
-    small = choose_backend("cpu", torch.float32, 8, 14, 14, (1, 1, 1))
-    large = choose_backend("cpu", torch.float32, 46, 56, 56, PAPER_GRIDS[101])
+    small = choose_backend("cpu", 14, 14, (1, 1, 1))
+    large = choose_backend("cpu", 56, 56, PAPER_GRIDS[101])
     assert (small.name, large.name) == ("torch", "sat")
     assert "K²=9" in small.reason and "K²=10201" in large.reason
-    assert choose_backend("meta", torch.float32, 8, 14, 14, (3,)).name == "torch"
+    assert choose_backend("meta", 14, 14, (3,)).name == "torch"
 
 
 def test_auto_picks_triton_on_cuda_when_triton_imports():
     pytest.importorskip("triton")
-    choice = choose_backend("cuda", torch.bfloat16, 46, 56, 56, PAPER_GRIDS[51])
+    choice = choose_backend("cuda", 56, 56, PAPER_GRIDS[51])
     assert choice.name == "triton" and "triton" in choice.reason
 
 
 def test_auto_on_cuda_follows_the_measured_layer_table():
     pytest.importorskip("triton")
-    stage4 = choose_backend("cuda", torch.float32, 374, 7, 7, PAPER_GRIDS[13])
+    stage4 = choose_backend("cuda", 7, 7, PAPER_GRIDS[13])
     assert stage4.name == "torch" and "cuDNN" in stage4.reason
-    stage1_at_384 = choose_backend("cuda", torch.float32, 62, 96, 96, PAPER_GRIDS[101])
+    stage1_at_384 = choose_backend("cuda", 96, 96, PAPER_GRIDS[101])
     assert stage1_at_384.name == "sat" and "96x96" in stage1_at_384.reason
 
 
