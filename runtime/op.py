@@ -8,9 +8,14 @@ with fake (meta) implementations, an autograd formula and a FLOP formula, so
 one op. The ``torch`` backend is the reference itself (plain autograd).
 
 Backends: ``torch`` (expand + F.conv2d), ``sat`` (SAT form in plain torch, any
-device), ``triton`` (SAT kernels; CUDA, or CPU under TRITON_INTERPRET=1), and
-``auto`` = ``choose_backend``. An explicit backend that cannot run raises; it
-never falls back to another one.
+device), ``triton`` (CUDA, or CPU under TRITON_INTERPRET=1), and ``auto`` =
+``choose_backend``. The triton backend has two kernel families and picks one per
+call and per direction (``triton_forms``): the Toeplitz form on tensor cores
+(toeplitz.py; small images, reduced precision) or the SAT form (sat.py). An
+explicit backend that cannot run raises; it never falls back to another one.
+
+Under autocast, the custom op (unlike F.conv2d) is not cast by torch, so the
+public function casts x to the autocast dtype itself, as F.conv2d would.
 """
 from __future__ import annotations
 
@@ -21,21 +26,25 @@ from typing import NamedTuple, Sequence
 import torch
 from torch.utils.flop_counter import register_flop_formula
 
-from runtime import reference, sat
+from runtime import reference, sat, toeplitz
 
 BACKENDS = ("auto", "torch", "sat", "triton")
 
 # On CPU the SAT form beats F.conv2d when the dense kernel has this many times more
 # taps than the (clamped) SAT form; measured with bench/bench_layers.py --cpu-crossover.
 CPU_SAT_MIN_TAP_RATIO = 6.0
-# On an H100 the Triton kernels beat cuDNN's dense depthwise conv once K² is at least this many
-# times the SAT tap count: K=13 on 7x7 maps (169 vs 81 taps) runs faster dense, forward and
-# backward; K=47 on 14x14 (2209 vs 121) runs 5x faster through Triton in training
-# (bench/results/2026-11-25-h100-layers-triton.md).
+# On an H100 the SAT kernels beat cuDNN's dense depthwise conv once K² is at least this many
+# times the SAT tap count (bench/results/2026-11-25-h100-layers-triton.md). Only asked when
+# the Toeplitz form does not apply.
 CUDA_TRITON_MIN_TAP_RATIO = 4.0
-# Each Triton program holds whole SAT planes; planes up to 63x63 (a 64-wide block) were measured.
-# Larger ones (e.g. 96x96 at stage 1 of a 384² input) go to the plain-torch SAT form under auto.
+# Each SAT program holds whole SAT planes; planes up to 63x63 (a 64-wide block) were measured.
 TRITON_MAX_PLANE = 63
+# The Toeplitz form does H·W tensor-core multiply-adds per output (forward) and about
+# (2H-1)(2W-1) per input pixel (grad-weight, padded to powers of two), the SAT form n_rows·n_cols
+# FMAs. It is chosen when its count is at most this many times the SAT tap count, per input
+# precision ("16" = bf16/fp16 on native tensor cores, "32" = fp32 as three TF32 products, fp64).
+TOEPLITZ_TAP_RATIO = {"16": 32.0, "32": 6.0}
+LAG_TAP_RATIO = {"16": 32.0, "32": 10.0}
 
 
 @functools.cache
@@ -61,25 +70,60 @@ def sat_tap_count(grid: Sequence[int], height: int, width: int) -> int:
     return len(sat.clamped_offsets(grid, height)) * len(sat.clamped_offsets(grid, width))
 
 
-def choose_backend(device: torch.device | str, height: int, width: int, grid: Sequence[int]) -> BackendChoice:
-    """The ``auto`` rule. CUDA: torch (cuDNN) when K² < CUDA_TRITON_MIN_TAP_RATIO x the SAT taps,
-    else triton for planes up to TRITON_MAX_PLANE and sat beyond; torch when triton does not import.
+class TritonForms(NamedTuple):
+    """Kernel family the triton backend runs: ``conv`` (forward and grad-input) is 'toeplitz' or
+    'sat', ``grad_weight`` is 'lag' (Toeplitz form) or 'sat'."""
+
+    conv: str
+    grad_weight: str
+
+
+def _next_power_of_2(value: int) -> int:
+    return 1 << (value - 1).bit_length()
+
+
+def triton_forms(height: int, width: int, grid: Sequence[int], dtype: torch.dtype) -> TritonForms:
+    """Which Triton kernels run for an (H, W) image in ``dtype``: the cheaper by the tap-ratio rule
+    (TOEPLITZ_TAP_RATIO, LAG_TAP_RATIO); always Toeplitz beyond the SAT kernels' TRITON_MAX_PLANE."""
+    taps = sat_tap_count(grid, height, width)
+    precision = "16" if dtype in (torch.bfloat16, torch.float16) else "32"
+    too_big_for_sat = max(height, width) > TRITON_MAX_PLANE
+    lag_macs = _next_power_of_2(2 * height - 1) * _next_power_of_2(2 * width - 1)
+    conv = too_big_for_sat or height * width <= TOEPLITZ_TAP_RATIO[precision] * taps
+    grad_weight = too_big_for_sat or lag_macs <= LAG_TAP_RATIO[precision] * taps
+    return TritonForms("toeplitz" if conv else "sat", "lag" if grad_weight else "sat")
+
+
+def choose_backend(device: torch.device | str, height: int, width: int, grid: Sequence[int],
+                   dtype: torch.dtype = torch.float32) -> BackendChoice:
+    """The ``auto`` rule for a (B, C, H, W) input of ``dtype`` (after autocast).
+
+    CUDA: triton when its Toeplitz form applies (``triton_forms``); otherwise torch (cuDNN) when
+    K² < CUDA_TRITON_MIN_TAP_RATIO x the SAT taps, sat beyond TRITON_MAX_PLANE, else triton's SAT
+    kernels; torch when triton does not import.
     CPU: sat when K² is at least CPU_SAT_MIN_TAP_RATIO times the SAT tap count, torch otherwise."""
     device = torch.device(device)
     dense, taps = sum(grid) ** 2, sat_tap_count(grid, height, width)
     if device.type == "cuda":
-        if dense < CUDA_TRITON_MIN_TAP_RATIO * taps:
-            return BackendChoice("torch", f"CUDA: K²={dense} dense taps < {CUDA_TRITON_MIN_TAP_RATIO:g} x "
-                                          f"{taps} SAT taps, cuDNN's depthwise conv is faster")
         kernels, error = _triton()
         if kernels is None:
             return BackendChoice("torch", f"CUDA tensor but triton does not import ({error})")
+        forms = triton_forms(height, width, grid, dtype)
+        weight_part = ("grad-weight as a lag GEMM" if forms.grad_weight == "lag"
+                       else f"grad-weight by {taps} SAT taps")
+        if forms.conv == "toeplitz":
+            return BackendChoice("triton", f"CUDA, triton {kernels.triton.__version__}: Toeplitz GEMM on tensor "
+                                           f"cores, {height * width} MACs per output instead of K²={dense} "
+                                           f"(SAT: {taps} taps); {weight_part}")
+        if dense < CUDA_TRITON_MIN_TAP_RATIO * taps:
+            return BackendChoice("torch", f"CUDA: K²={dense} dense taps < {CUDA_TRITON_MIN_TAP_RATIO:g} x "
+                                          f"{taps} SAT taps, cuDNN's depthwise conv is faster")
         if max(height, width) > TRITON_MAX_PLANE:
             return BackendChoice("sat", f"CUDA: {height}x{width} planes exceed the {TRITON_MAX_PLANE}x"
-                                        f"{TRITON_MAX_PLANE} the Triton kernels hold per program; SAT form "
+                                        f"{TRITON_MAX_PLANE} the SAT kernels hold per program; SAT form "
                                         f"in torch, {taps} taps per output instead of {dense}")
-        return BackendChoice("triton", f"CUDA tensor and triton {kernels.triton.__version__} imports: "
-                                       f"{taps} SAT taps per output instead of {dense}")
+        return BackendChoice("triton", f"CUDA, triton {kernels.triton.__version__}: SAT kernels, "
+                                       f"{taps} taps per output instead of K²={dense}; {weight_part}")
     if device.type == "cpu":
         if dense >= CPU_SAT_MIN_TAP_RATIO * taps:
             return BackendChoice("sat", f"CPU: K²={dense} dense taps >= {CPU_SAT_MIN_TAP_RATIO:g} x "
@@ -94,7 +138,7 @@ def resolve_backend(backend: str, x: torch.Tensor, grid: Sequence[int]) -> str:
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if backend == "auto":
-        return choose_backend(x.device, x.shape[2], x.shape[3], grid).name
+        return choose_backend(x.device, x.shape[2], x.shape[3], grid, x.dtype).name
     if backend == "triton":
         kernels, error = _triton()
         if kernels is None:
@@ -107,19 +151,35 @@ def resolve_backend(backend: str, x: torch.Tensor, grid: Sequence[int]) -> str:
     return backend
 
 
-def _primitives(backend: str):
+def _conv_impl(x: torch.Tensor, weight: torch.Tensor, grid: tuple[int, ...], backend: str) -> torch.Tensor:
     if backend == "sat":
-        return sat.sat_taps, sat.sat_tap_sums
-    if backend == "triton":
-        kernels, _ = _triton()
-        return kernels.sat_taps_triton, kernels.sat_tap_sums_triton
-    raise ValueError(f"pelk::peripheral_conv2d runs the 'sat' or 'triton' backend, got {backend!r}")
+        return sat.peripheral_conv2d_taps(x, weight, grid, sat.sat_taps)
+    if backend != "triton":
+        raise ValueError(f"pelk::peripheral_conv2d runs the 'sat' or 'triton' backend, got {backend!r}")
+    kernels, _ = _triton()
+    height, width = x.shape[-2:]
+    if triton_forms(height, width, grid, x.dtype).conv == "sat":
+        return sat.peripheral_conv2d_taps(x, weight, grid, kernels.sat_taps_triton)
+    reach = toeplitz.lag_reach(grid, height)
+    return toeplitz.peripheral_conv2d_lags(
+        x, weight, grid, lambda images, kernel: kernels.toeplitz_conv_triton(images, kernel, reach))
+
+
+def _grad_weight_impl(dy: torch.Tensor, x: torch.Tensor, grid: tuple[int, ...], backend: str) -> torch.Tensor:
+    if backend == "sat":
+        return sat.peripheral_grad_weight_taps(dy, x, grid, sat.sat_tap_sums)
+    if backend != "triton":
+        raise ValueError(f"pelk::peripheral_conv2d_grad_weight runs 'sat' or 'triton', got {backend!r}")
+    kernels, _ = _triton()
+    if triton_forms(x.shape[-2], x.shape[-1], grid, x.dtype).grad_weight == "sat":
+        return sat.peripheral_grad_weight_taps(dy, x, grid, kernels.sat_tap_sums_triton)
+    return toeplitz.peripheral_grad_weight_lags(dy, x, grid, kernels.lag_correlation_triton)
 
 
 @torch.library.custom_op("pelk::peripheral_conv2d", mutates_args=())
 def _conv(x: torch.Tensor, weight: torch.Tensor, grid: list[int], backend: str) -> torch.Tensor:
     """x (B, C, H, W), weight (C, 1, k', k') -> (B, C, H, W) in x.dtype."""
-    return sat.peripheral_conv2d_taps(x, weight, grid, _primitives(backend)[0])
+    return _conv_impl(x, weight, tuple(grid), backend)
 
 
 @_conv.register_fake
@@ -130,7 +190,7 @@ def _conv_fake(x, weight, grid, backend):
 @torch.library.custom_op("pelk::peripheral_conv2d_grad_weight", mutates_args=())
 def _grad_weight(dy: torch.Tensor, x: torch.Tensor, grid: list[int], backend: str) -> torch.Tensor:
     """dy, x (B, C, H, W) -> dL/dw_θ (C, 1, k', k') in fp32 (fp64 for fp64 x)."""
-    return sat.peripheral_grad_weight_taps(dy, x, grid, _primitives(backend)[1])
+    return _grad_weight_impl(dy, x, tuple(grid), backend)
 
 
 @_grad_weight.register_fake
@@ -186,6 +246,14 @@ def _check_inputs(x: torch.Tensor, weight: torch.Tensor, grid: tuple[int, ...],
                          f"got {tuple(pos_embed.shape)}")
 
 
+def _autocast_input(x: torch.Tensor) -> torch.Tensor:
+    """x cast to the autocast dtype where autocast is on for x's device (as F.conv2d would be)."""
+    device_type = x.device.type
+    if x.dtype == torch.float32 and device_type in ("cuda", "cpu") and torch.is_autocast_enabled(device_type):
+        return x.to(torch.get_autocast_dtype(device_type))
+    return x
+
+
 def peripheral_conv2d(x: torch.Tensor, weight: torch.Tensor, grid: Sequence[int],
                       bias: torch.Tensor | None = None, pos_embed: torch.Tensor | None = None,
                       pos_mode: str = "padded", backend: str = "auto") -> torch.Tensor:
@@ -197,6 +265,7 @@ def peripheral_conv2d(x: torch.Tensor, weight: torch.Tensor, grid: Sequence[int]
     """
     grid = reference.check_grid(grid)
     _check_inputs(x, weight, grid, pos_embed, pos_mode)
+    x = _autocast_input(x)
     name = resolve_backend(backend, x, grid)
     if name == "torch":
         y = reference.peripheral_conv2d_reference(x, weight, grid)

@@ -1,16 +1,22 @@
-"""Triton kernels for the SAT form of peripheral convolution (see sat.py).
+"""Triton kernels for peripheral convolution: the SAT form (sat.py) and the Toeplitz form (toeplitz.py).
 
-Two launchers, twins of ``sat.sat_taps`` and ``sat.sat_tap_sums``:
+Four launchers, twins of the plain-torch primitives with the same signatures:
 
-* ``sat_taps_triton(x, row_offsets, col_offsets, coeffs)``: forward and grad-input.
-* ``sat_tap_sums_triton(dy, x, row_offsets, col_offsets)``: grad-weight.
+* ``sat_taps_triton(x, row_offsets, col_offsets, coeffs)``: SAT forward and grad-input.
+* ``sat_tap_sums_triton(dy, x, row_offsets, col_offsets)``: SAT grad-weight.
+* ``toeplitz_conv_triton(x, lag_kernel)``: Toeplitz forward and grad-input (tensor cores).
+* ``lag_correlation_triton(dy, x)``: Toeplitz grad-weight (tensor cores).
 
-A program owns BLOCK_C whole (H, W) planes of one image. It builds their
+SAT: a program owns BLOCK_C whole (H, W) planes of one image. It builds their
 exclusive SAT in registers (two ``tl.cumsum``) and parks it in an fp32
 scratch (rows of BLOCK_W, so every row starts 16-byte aligned) that stays hot
 in L1/L2. The taps then never gather per tap: one pass combines whole aligned
 SAT rows (vector loads) and parks the result, a second reads it back with one
 column shift, so a gather costs one load per column offset, not per tap.
+
+Toeplitz: per channel, a GEMM over flattened pixels whose Toeplitz operand is
+gathered on the fly from the (2H-1, 2W-1) lag kernel; see each kernel.
+
 Inputs fp32/bf16/fp16 accumulate in fp32, fp64 in fp64. When
 TRITON_INTERPRET=1 is set before triton is imported, the kernels run through
 Triton's interpreter, CPU tensors included; that is how CI tests them.
@@ -121,6 +127,82 @@ def _tap_sums_kernel(dy_ptr, x_ptr, sat_ptr, q_ptr, row_off_ptr, col_off_ptr, ou
         tl.debug_barrier()
 
 
+@triton.jit
+def _toeplitz_kernel(x_ptr, kc_ptr, y_ptr, B, C, H, W, LAG_LO, LAG_HI, PRECISION: tl.constexpr,
+                     UPCAST: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """y[n, c, p] = Σ_q x[n, c, q] · kc[c, q - p] over flattened pixels p, q (see toeplitz.py).
+
+    Program = BLOCK_M images x BLOCK_N output pixels of channel c: a GEMM whose B operand
+    (BLOCK_K x BLOCK_N of the Toeplitz matrix) is gathered from the channel's lag kernel
+    (2H-1, 2W-1), which stays in L1/L2. Only input rows within the kernel's vertical reach
+    [LAG_LO, LAG_HI] of the tile's output rows are visited.
+    """
+    pid_n, c, pid_m = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    hw = H * W
+    lag_w = 2 * W - 1
+    images = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    p = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    # Lag index q - p = u[q] - v[p] + centre, with u, v the pixels' positions in the lag grid.
+    v = (p // W) * lag_w + p % W
+    kernel = kc_ptr + c.to(tl.int64) * ((2 * H - 1) * lag_w) + (H - 1) * lag_w + (W - 1)
+    x_rows = x_ptr + (images.to(tl.int64) * C + c) * hw
+    first_row = (pid_n * BLOCK_N) // W
+    last_row = tl.minimum(pid_n * BLOCK_N + BLOCK_N - 1, hw - 1) // W
+    q_begin = (tl.maximum(first_row + LAG_LO, 0) * W) // BLOCK_K * BLOCK_K
+    q_end = tl.minimum(last_row + LAG_HI + 1, H) * W
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float64 if PRECISION == "ieee" else tl.float32)
+    for q0 in range(q_begin, q_end, BLOCK_K):
+        q = q0 + tl.arange(0, BLOCK_K)
+        u = (q // W) * lag_w + q % W
+        a = tl.load(x_rows[:, None] + q[None, :], mask=(images < B)[:, None] & (q < hw)[None, :], other=0.0)
+        b = tl.load(kernel + (u[:, None] - v[None, :]), mask=(q < hw)[:, None] & (p < hw)[None, :], other=0.0)
+        if UPCAST:  # the interpreter's dot mishandles bf16/fp16; their products are exact in fp32
+            a, b = a.to(tl.float32), b.to(tl.float32)
+        acc = tl.dot(a, b, acc, input_precision=PRECISION)
+    tl.store(y_ptr + (images.to(tl.int64) * C + c)[:, None] * hw + p[None, :], acc.to(y_ptr.dtype.element_ty),
+             mask=(images < B)[:, None] & (p < hw)[None, :])
+
+
+@triton.jit
+def _lag_correlation_kernel(dy_ptr, x_ptr, out_ptr, B, C, H, W, PER_SPLIT, PRECISION: tl.constexpr,
+                            UPCAST: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                            BLOCK_K: tl.constexpr):
+    """out[s, c, H-1+δh, W-1+δw] = Σ_{k in split s} dy[n, c, h-δh, w] · x[n, c, h, w+δw], k = (n, h, w).
+
+    Program = channel c, one BLOCK_M x BLOCK_N tile of lags, one split of the B·H·W reduction:
+    a GEMM (lag rows x k) @ (k x lag cols) whose operands are row-shifted dY and column-shifted
+    x, gathered with zero padding.
+    """
+    c, split, tile = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    hw = H * W
+    lags_h, lags_w = 2 * H - 1, 2 * W - 1
+    tiles_w = tl.cdiv(lags_w, BLOCK_N)
+    lag_h = (tile // tiles_w) * BLOCK_M + tl.arange(0, BLOCK_M)
+    lag_w = (tile % tiles_w) * BLOCK_N + tl.arange(0, BLOCK_N)
+    shift_h = lag_h - (H - 1)
+    shift_w = lag_w - (W - 1)
+    k_begin = split * PER_SPLIT
+    k_end = tl.minimum(k_begin + PER_SPLIT, B * hw)
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float64 if PRECISION == "ieee" else tl.float32)
+    for k0 in range(k_begin, k_end, BLOCK_K):
+        k = k0 + tl.arange(0, BLOCK_K)
+        n, t = k // hw, k % hw
+        h, w = t // W, t % W
+        planes = (n.to(tl.int64) * C + c) * hw
+        inside = k < k_end
+        rows = h[None, :] - shift_h[:, None]
+        a = tl.load(dy_ptr + planes[None, :] + rows * W + w[None, :],
+                    mask=inside[None, :] & (rows >= 0) & (rows < H), other=0.0)
+        cols = w[:, None] + shift_w[None, :]
+        b = tl.load(x_ptr + planes[:, None] + h[:, None] * W + cols,
+                    mask=inside[:, None] & (cols >= 0) & (cols < W), other=0.0)
+        if UPCAST:  # the interpreter's dot mishandles bf16/fp16; their products are exact in fp32
+            a, b = a.to(tl.float32), b.to(tl.float32)
+        acc = tl.dot(a, b, acc, input_precision=PRECISION)
+    out = out_ptr + (split * C + c).to(tl.int64) * (lags_h * lags_w) + lag_h[:, None] * lags_w + lag_w[None, :]
+    tl.store(out, acc, mask=(lag_h < lags_h)[:, None] & (lag_w < lags_w)[None, :])
+
+
 INTERPRETED = not isinstance(_taps_kernel, triton.runtime.JITFunction)
 """True when TRITON_INTERPRET=1 was set before triton was imported: kernels run on CPU tensors too."""
 
@@ -140,6 +222,21 @@ def _warps_for_plane(num_warps: int, plane_entries: int) -> int:
     return max(num_warps, min(16, plane_entries // (64 * 32)))
 
 
+def _output_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Triton's interpreter truncates fp32 -> bf16/fp16 instead of rounding: there, kernels write fp32."""
+    return accumulate_dtype(dtype) if INTERPRETED else dtype
+
+
+def _upcast(dtype: torch.dtype) -> bool:
+    return INTERPRETED and dtype in (torch.bfloat16, torch.float16)
+
+
+def _dot_precision(dtype: torch.dtype) -> str:
+    """tl.dot input precision: fp32 as three TF32 products (about fp32-exact), fp64 exact,
+    bf16/fp16 native tensor cores (exact products, fp32 sums)."""
+    return {torch.float32: "tf32x3", torch.float64: "ieee"}.get(dtype, "tf32")
+
+
 def sat_taps_triton(x: torch.Tensor, row_offsets: Sequence[int], col_offsets: Sequence[int],
                     coeffs: torch.Tensor, tile_elements: int = 256, num_warps: int = 2) -> torch.Tensor:
     """Triton twin of ``sat.sat_taps``: x (B, C, H, W), coeffs (C, n_rows, n_cols) -> (B, C, H, W).
@@ -155,8 +252,7 @@ def sat_taps_triton(x: torch.Tensor, row_offsets: Sequence[int], col_offsets: Se
     programs = batch * triton.cdiv(channels, block_c)
     sat = torch.empty(batch * channels * (height + 1) * block_w, device=x.device, dtype=acc)
     parked = torch.empty(programs * block_c * tile_h * block_w, device=x.device, dtype=acc)
-    # Triton's interpreter truncates fp32 -> bf16/fp16 instead of rounding: there, write fp32.
-    y = torch.empty_like(x, dtype=acc if INTERPRETED else x.dtype)
+    y = torch.empty_like(x, dtype=_output_dtype(x.dtype))
     _taps_kernel[(programs,)](
         x, sat, parked, coeffs.to(acc).contiguous(), _offsets_tensor(tuple(row_offsets), x.device),
         _offsets_tensor(tuple(col_offsets), x.device), y, channels, height, width,
@@ -188,4 +284,47 @@ def sat_tap_sums_triton(dy: torch.Tensor, x: torch.Tensor, row_offsets: Sequence
         len(row_offsets), len(col_offsets), ACC_FP64=acc == torch.float64,
         BLOCK_C=block_c, BLOCK_H=block_h, BLOCK_W=block_w,
         num_warps=_warps_for_plane(num_warps, block_c * block_h * block_w))
+    return partial.sum(0)
+
+
+def toeplitz_conv_triton(x: torch.Tensor, kernel: torch.Tensor, lag_reach: tuple[int, int] | None = None,
+                         block_m: int = 64, block_n: int = 64, block_k: int = 32, num_warps: int = 4,
+                         num_stages: int = 3) -> torch.Tensor:
+    """Triton twin of ``toeplitz.toeplitz_conv``: x (B, C, H, W), Kc (C, 2H-1, 2W-1) in x.dtype -> (B, C, H, W).
+
+    ``lag_reach`` (lo, hi): the vertical lags where Kc is non-zero (default all); rows beyond are skipped.
+    """
+    x = x.contiguous()
+    batch, channels, height, width = x.shape
+    lo, hi = lag_reach or (1 - height, height - 1)
+    block_m = max(16, min(block_m, triton.next_power_of_2(batch)))
+    y = torch.empty_like(x, dtype=_output_dtype(x.dtype))
+    launch = (triton.cdiv(height * width, block_n), channels, triton.cdiv(batch, block_m))
+    _toeplitz_kernel[launch](x, kernel.to(x.dtype).contiguous(), y, batch, channels, height, width, lo, hi,
+                             PRECISION=_dot_precision(x.dtype), UPCAST=_upcast(x.dtype), BLOCK_M=block_m,
+                             BLOCK_N=block_n, BLOCK_K=block_k, num_warps=num_warps, num_stages=num_stages)
+    return y.to(x.dtype)
+
+
+def lag_correlation_triton(dy: torch.Tensor, x: torch.Tensor, block_k: int = 64, max_block: int = 64,
+                           num_warps: int = 4, programs: int = 1024) -> torch.Tensor:
+    """Triton twin of ``toeplitz.lag_correlation``: dy, x (B, C, H, W) -> (C, 2H-1, 2W-1) in fp32 (fp64).
+
+    Lags are tiled by up to ``max_block`` a side; the B·H·W reduction is split so that about
+    ``programs`` programs run, and torch adds the partial sums (deterministic, no atomics).
+    """
+    x, dy = x.contiguous(), dy.contiguous().to(x.dtype)
+    batch, channels, height, width = x.shape
+    block_m = max(16, min(max_block, triton.next_power_of_2(2 * height - 1)))
+    block_n = max(16, min(max_block, triton.next_power_of_2(2 * width - 1)))
+    tiles = triton.cdiv(2 * height - 1, block_m) * triton.cdiv(2 * width - 1, block_n)
+    total = batch * height * width
+    splits = max(1, min(triton.cdiv(programs, channels * tiles), triton.cdiv(total, block_k)))
+    per_split = triton.cdiv(triton.cdiv(total, splits), block_k) * block_k
+    splits = triton.cdiv(total, per_split)
+    partial = torch.empty(splits, channels, 2 * height - 1, 2 * width - 1, device=x.device,
+                          dtype=accumulate_dtype(x.dtype))
+    _lag_correlation_kernel[(channels, splits, tiles)](
+        dy, x, partial, batch, channels, height, width, per_split, PRECISION=_dot_precision(x.dtype),
+        UPCAST=_upcast(x.dtype), BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=num_warps)
     return partial.sum(0)

@@ -6,6 +6,7 @@ from torch.utils.flop_counter import FlopCounterMode
 import runtime
 from .pconv_cases import PAPER_GRIDS, random_inputs
 from runtime import BACKENDS, PeripheralConv2d, choose_backend, expand_kernel, peripheral_conv2d
+from runtime.op import triton_forms
 from runtime.reference import peripheral_conv2d_reference, pos_embed_term
 
 GRID = (2, 1, 3, 1, 2)  # K = 9, asymmetric
@@ -56,9 +57,19 @@ def test_auto_picks_triton_on_cuda_when_triton_imports():
 def test_auto_on_cuda_follows_the_measured_layer_table():
     pytest.importorskip("triton")
     stage4 = choose_backend("cuda", 7, 7, PAPER_GRIDS[13])
-    assert stage4.name == "torch" and "cuDNN" in stage4.reason
-    stage1_at_384 = choose_backend("cuda", 96, 96, PAPER_GRIDS[101])
-    assert stage1_at_384.name == "sat" and "96x96" in stage1_at_384.reason
+    assert stage4.name == "triton" and "Toeplitz GEMM" in stage4.reason and "lag GEMM" in stage4.reason
+    stage1_fp32 = choose_backend("cuda", 56, 56, PAPER_GRIDS[101])
+    assert stage1_fp32.name == "triton" and "SAT kernels" in stage1_fp32.reason
+    stage1_bf16 = choose_backend("cuda", 56, 56, PAPER_GRIDS[101], torch.bfloat16)
+    assert "Toeplitz GEMM" in stage1_bf16.reason and "SAT taps" in stage1_bf16.reason
+
+
+def test_triton_forms_follow_the_tap_ratios():
+    assert triton_forms(7, 7, PAPER_GRIDS[13], torch.float32) == ("toeplitz", "lag")
+    assert triton_forms(56, 56, PAPER_GRIDS[101], torch.float32) == ("sat", "sat")
+    assert triton_forms(56, 56, PAPER_GRIDS[101], torch.bfloat16).conv == "toeplitz"
+    # Planes beyond what a SAT program holds always take the Toeplitz form.
+    assert triton_forms(96, 96, PAPER_GRIDS[101], torch.float32) == ("toeplitz", "lag")
 
 
 def test_explicit_backends_never_fall_back():

@@ -1,0 +1,105 @@
+"""Kernel-level calibration of the triton backend's two forms (GPU).
+
+For every PeLK-T large-kernel layer shape (bench_layers.SHAPES) and dtype, times
+side by side in one run, CUDA-graph replays (``do_bench_cudagraph``, no host cost):
+
+* forward: dense cuDNN, the SAT kernels (``sat_taps_triton`` + coefficient map) and the
+  Toeplitz kernel (``toeplitz_conv_triton`` + lag kernel) at each block config of ``--configs``;
+* grad-weight: the SAT tap-sums kernel and the lag-correlation kernel.
+
+``runtime.op.TOEPLITZ_TAP_RATIO`` / ``LAG_TAP_RATIO`` are read off this table. It also checks
+each Toeplitz result against the SAT result of the same shape (relative error column).
+
+    python3 bench/bench_forms.py --out forms.md
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from bench.bench_layers import DTYPES, SHAPES, copy_bandwidth, dense  # noqa: E402
+from runtime import sat, toeplitz, triton_kernels  # noqa: E402
+from runtime.op import sat_tap_count, triton_forms  # noqa: E402
+
+# (block_m, block_n, block_k, num_warps, num_stages) for toeplitz_conv_triton.
+CONFIGS = [(64, 64, 32, 4, 3), (64, 128, 32, 4, 3), (64, 64, 64, 4, 3), (64, 128, 64, 8, 3), (32, 64, 32, 4, 2)]
+
+
+def relative_error(value: torch.Tensor, ref: torch.Tensor) -> float:
+    return ((value.double() - ref.double()).norm() / ref.double().norm()).item()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", help="write the markdown here")
+    parser.add_argument("--batch", type=int, default=64)
+    args = parser.parse_args()
+    import triton
+    import triton.testing
+
+    def timed(fn):
+        fn()
+        return triton.testing.do_bench_cudagraph(fn, rep=50, return_mode="median")
+
+    device = torch.device("cuda")
+    torch.manual_seed(0)
+    bandwidth = copy_bandwidth(device)
+    header = ["stage", "H", "K", "taps", "dtype", "floor", "dense fwd", "sat fwd"]
+    header += [f"toeplitz {c[0]}x{c[1]}x{c[2]} w{c[3]} s{c[4]}" for c in CONFIGS]
+    header += ["toeplitz err vs sat", "sat grad-w", "lag grad-w k32", "lag grad-w k64", "lag err vs sat",
+               "auto forms"]
+    lines = [f"{torch.cuda.get_device_name()}, torch {torch.__version__}, triton {triton.__version__}, batch "
+             f"{args.batch}; ms, CUDA-graph medians; copy bandwidth {bandwidth / 1e12:.2f} TB/s", "",
+             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    print("\n".join(lines), flush=True)
+    for stage, channels, size, grid in SHAPES:
+        grid = tuple(grid)
+        cells = len(grid)
+        for dtype_name, dtype in DTYPES.items():
+            x = torch.randn(args.batch, channels, size, size, device=device, dtype=dtype)
+            w = (torch.randn(channels, 1, cells, cells, device=device) / sum(grid)).to(dtype)
+            dy = torch.randn_like(x)
+            reach = toeplitz.lag_reach(grid, size)
+
+            def sat_fwd():
+                return sat.peripheral_conv2d_taps(x, w, grid, triton_kernels.sat_taps_triton)
+
+            def toeplitz_fwd(config):
+                block_m, block_n, block_k, warps, stages = config
+                return toeplitz.peripheral_conv2d_lags(x, w, grid, lambda images, kernel: (
+                    triton_kernels.toeplitz_conv_triton(images, kernel, reach, block_m, block_n, block_k,
+                                                        warps, stages)))
+
+            def lag_grad(block_k):
+                return toeplitz.peripheral_grad_weight_lags(dy, x, grid, lambda d, images: (
+                    triton_kernels.lag_correlation_triton(d, images, block_k=block_k)))
+
+            def sat_grad():
+                return sat.peripheral_grad_weight_taps(dy, x, grid, triton_kernels.sat_tap_sums_triton)
+
+            row = [stage, size, sum(grid), sat_tap_count(grid, size, size), dtype_name,
+                   f"{2 * x.numel() * x.element_size() / bandwidth * 1e3:.4f}",
+                   f"{timed(lambda: dense(x, w, grid)):.3f}", f"{timed(sat_fwd):.3f}"]
+            for config in CONFIGS:
+                try:
+                    row.append(f"{timed(lambda: toeplitz_fwd(config)):.3f}")
+                except Exception as error:  # a config that does not compile at this shape
+                    row.append(f"fail ({type(error).__name__})")
+            row.append(f"{relative_error(toeplitz_fwd(CONFIGS[0]), sat_fwd()):.1e}")
+            row += [f"{timed(sat_grad):.3f}", f"{timed(lambda: lag_grad(32)):.3f}",
+                    f"{timed(lambda: lag_grad(64)):.3f}", f"{relative_error(lag_grad(64), sat_grad()):.1e}"]
+            row.append("/".join(triton_forms(size, size, grid, dtype)))
+            lines.append("| " + " | ".join(str(v) for v in row) + " |")
+            print(lines[-1], flush=True)
+    text = "\n".join(lines) + "\n"
+    if args.out:
+        with open(args.out, "w") as handle:
+            handle.write(text)
+
+
+if __name__ == "__main__":
+    main()
