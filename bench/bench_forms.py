@@ -5,9 +5,9 @@ side by side in one run, CUDA-graph replays (``do_bench_cudagraph``, no host cos
 
 * forward: dense cuDNN, the SAT kernels (``sat_taps_triton`` + coefficient map) and the
   Toeplitz kernel (``toeplitz_conv_triton`` + lag kernel) at each block config of ``--configs``;
-* grad-weight: the SAT tap-sums kernel and the lag-correlation kernel.
+* grad-weight: the SAT tap-sums kernel and the box-products kernel (+ prefix and cell sums).
 
-``runtime.op.TOEPLITZ_TAP_RATIO`` / ``LAG_TAP_RATIO`` are read off this table. It also checks
+``runtime.op.TOEPLITZ_TAP_RATIO`` / ``BOX_TAP_RATIO`` are read off this table. It also checks
 each Toeplitz result against the SAT result of the same shape (relative error column).
 
     python3 bench/bench_forms.py --out forms.md
@@ -26,7 +26,8 @@ from runtime import sat, toeplitz, triton_kernels  # noqa: E402
 from runtime.op import sat_tap_count, triton_forms  # noqa: E402
 
 # (block_m, block_n, block_k, num_warps, num_stages) for toeplitz_conv_triton.
-CONFIGS = [(64, 64, 32, 4, 3), (64, 128, 32, 4, 3), (64, 64, 64, 4, 3), (64, 128, 64, 8, 3), (32, 64, 32, 4, 2)]
+CONFIGS = [(64, 64, 32, 4, 3), (64, 128, 32, 4, 3), (64, 128, 32, 8, 4), (64, 256, 32, 8, 3),
+           (32, 64, 32, 4, 2), (32, 64, 32, 4, 3), (32, 32, 32, 4, 2), (16, 64, 32, 4, 2), (32, 128, 32, 8, 2)]
 
 
 def relative_error(value: torch.Tensor, ref: torch.Tensor) -> float:
@@ -50,7 +51,7 @@ def main() -> None:
     bandwidth = copy_bandwidth(device)
     header = ["stage", "H", "K", "taps", "dtype", "floor", "dense fwd", "sat fwd"]
     header += [f"toeplitz {c[0]}x{c[1]}x{c[2]} w{c[3]} s{c[4]}" for c in CONFIGS]
-    header += ["toeplitz err vs sat", "sat grad-w", "lag grad-w k32", "lag grad-w k64", "lag err vs sat",
+    header += ["toeplitz err vs sat", "sat grad-w", "box grad-w k32", "box grad-w k64", "box err vs sat",
                "auto forms"]
     lines = [f"{torch.cuda.get_device_name()}, torch {torch.__version__}, triton {triton.__version__}, batch "
              f"{args.batch}; ms, CUDA-graph medians; copy bandwidth {bandwidth / 1e12:.2f} TB/s", "",
@@ -74,9 +75,9 @@ def main() -> None:
                     triton_kernels.toeplitz_conv_triton(images, kernel, reach, block_m, block_n, block_k,
                                                         warps, stages)))
 
-            def lag_grad(block_k):
-                return toeplitz.peripheral_grad_weight_lags(dy, x, grid, lambda d, images: (
-                    triton_kernels.lag_correlation_triton(d, images, block_k=block_k)))
+            def box_grad(block_k):
+                return toeplitz.peripheral_grad_weight_boxes(dy, x, grid, lambda d, images, cells: (
+                    triton_kernels.box_products_triton(d, images, cells, block_k=block_k)))
 
             def sat_grad():
                 return sat.peripheral_grad_weight_taps(dy, x, grid, triton_kernels.sat_tap_sums_triton)
@@ -90,8 +91,8 @@ def main() -> None:
                 except Exception as error:  # a config that does not compile at this shape
                     row.append(f"fail ({type(error).__name__})")
             row.append(f"{relative_error(toeplitz_fwd(CONFIGS[0]), sat_fwd()):.1e}")
-            row += [f"{timed(sat_grad):.3f}", f"{timed(lambda: lag_grad(32)):.3f}",
-                    f"{timed(lambda: lag_grad(64)):.3f}", f"{relative_error(lag_grad(64), sat_grad()):.1e}"]
+            row += [f"{timed(sat_grad):.3f}", f"{timed(lambda: box_grad(32)):.3f}",
+                    f"{timed(lambda: box_grad(64)):.3f}", f"{relative_error(box_grad(64), sat_grad()):.1e}"]
             row.append("/".join(triton_forms(size, size, grid, dtype)))
             lines.append("| " + " | ".join(str(v) for v in row) + " |")
             print(lines[-1], flush=True)

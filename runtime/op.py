@@ -39,12 +39,12 @@ CPU_SAT_MIN_TAP_RATIO = 6.0
 CUDA_TRITON_MIN_TAP_RATIO = 4.0
 # Each SAT program holds whole SAT planes; planes up to 63x63 (a 64-wide block) were measured.
 TRITON_MAX_PLANE = 63
-# The Toeplitz form does H·W tensor-core multiply-adds per output (forward) and about
-# (2H-1)(2W-1) per input pixel (grad-weight, padded to powers of two), the SAT form n_rows·n_cols
-# FMAs. It is chosen when its count is at most this many times the SAT tap count, per input
+# The Toeplitz form does H·W tensor-core multiply-adds per output (forward) and its grad-weight
+# k'·W per input pixel (W padded to a power of two >= 16), the SAT form n_rows·n_cols FMAs. The
+# Toeplitz kernels run when their count is at most this many times the SAT tap count, per input
 # precision ("16" = bf16/fp16 on native tensor cores, "32" = fp32 as three TF32 products, fp64).
 TOEPLITZ_TAP_RATIO = {"16": 32.0, "32": 6.0}
-LAG_TAP_RATIO = {"16": 32.0, "32": 10.0}
+BOX_TAP_RATIO = {"16": 8.0, "32": 8.0}
 
 
 @functools.cache
@@ -72,7 +72,7 @@ def sat_tap_count(grid: Sequence[int], height: int, width: int) -> int:
 
 class TritonForms(NamedTuple):
     """Kernel family the triton backend runs: ``conv`` (forward and grad-input) is 'toeplitz' or
-    'sat', ``grad_weight`` is 'lag' (Toeplitz form) or 'sat'."""
+    'sat', ``grad_weight`` is 'box' (the Toeplitz family's box products) or 'sat'."""
 
     conv: str
     grad_weight: str
@@ -84,14 +84,14 @@ def _next_power_of_2(value: int) -> int:
 
 def triton_forms(height: int, width: int, grid: Sequence[int], dtype: torch.dtype) -> TritonForms:
     """Which Triton kernels run for an (H, W) image in ``dtype``: the cheaper by the tap-ratio rule
-    (TOEPLITZ_TAP_RATIO, LAG_TAP_RATIO); always Toeplitz beyond the SAT kernels' TRITON_MAX_PLANE."""
+    (TOEPLITZ_TAP_RATIO, BOX_TAP_RATIO); always Toeplitz beyond the SAT kernels' TRITON_MAX_PLANE."""
     taps = sat_tap_count(grid, height, width)
     precision = "16" if dtype in (torch.bfloat16, torch.float16) else "32"
     too_big_for_sat = max(height, width) > TRITON_MAX_PLANE
-    lag_macs = _next_power_of_2(2 * height - 1) * _next_power_of_2(2 * width - 1)
+    box_macs = len(grid) * max(16, _next_power_of_2(width))
     conv = too_big_for_sat or height * width <= TOEPLITZ_TAP_RATIO[precision] * taps
-    grad_weight = too_big_for_sat or lag_macs <= LAG_TAP_RATIO[precision] * taps
-    return TritonForms("toeplitz" if conv else "sat", "lag" if grad_weight else "sat")
+    grad_weight = too_big_for_sat or box_macs <= BOX_TAP_RATIO[precision] * taps
+    return TritonForms("toeplitz" if conv else "sat", "box" if grad_weight else "sat")
 
 
 def choose_backend(device: torch.device | str, height: int, width: int, grid: Sequence[int],
@@ -109,7 +109,7 @@ def choose_backend(device: torch.device | str, height: int, width: int, grid: Se
         if kernels is None:
             return BackendChoice("torch", f"CUDA tensor but triton does not import ({error})")
         forms = triton_forms(height, width, grid, dtype)
-        weight_part = ("grad-weight as a lag GEMM" if forms.grad_weight == "lag"
+        weight_part = ("grad-weight as box-product GEMMs" if forms.grad_weight == "box"
                        else f"grad-weight by {taps} SAT taps")
         if forms.conv == "toeplitz":
             return BackendChoice("triton", f"CUDA, triton {kernels.triton.__version__}: Toeplitz GEMM on tensor "
@@ -173,7 +173,7 @@ def _grad_weight_impl(dy: torch.Tensor, x: torch.Tensor, grid: tuple[int, ...], 
     kernels, _ = _triton()
     if triton_forms(x.shape[-2], x.shape[-1], grid, x.dtype).grad_weight == "sat":
         return sat.peripheral_grad_weight_taps(dy, x, grid, kernels.sat_tap_sums_triton)
-    return toeplitz.peripheral_grad_weight_lags(dy, x, grid, kernels.lag_correlation_triton)
+    return toeplitz.peripheral_grad_weight_boxes(dy, x, grid, kernels.box_products_triton)
 
 
 @torch.library.custom_op("pelk::peripheral_conv2d", mutates_args=())

@@ -8,19 +8,27 @@ per channel the conv is one matrix product over the flattened image:
 
     Y[n, p] = Σ_q X[n, q] · Kc[q - p]          (forward; grad-input is the same product with
                                                 the flipped w_θ over the reversed grid, i.e. Kc[p - q])
-    dKc[δ]  = Σ_{n, p} dY[n, p] · X[n, p + δ]   (grad-weight, then summed per cell)
 
 That is B·C·(HW)² multiply-adds (HW per output, whatever K is), all on tensor
 cores, and exact in bf16/fp16: every entry of Kc is one shared weight, so casting
 Kc to the input dtype rounds exactly as the dense reference does. It wins where
 the image is small against the kernel (PeLK stages 2-4) and at reduced precision.
+
+Grad-weight sums the lag correlation dKc[δ] = Σ_{n,p} dY[n, p] · X[n, p + δ] over each
+cell. Summing the vertical lags of cell a first gives the box-filtered input
+X_a[n, h, w] = Σ_{δh in cell a} X[n, h + δh, w] (two lookups into a column prefix sum), and
+
+    R_a[w, v] = Σ_{n, h} dY[n, h, w] · X_a[n, h, v]      (a (W x W) GEMM over the B·H rows)
+    dL/dw_θ[a, b] = Σ_{w, v: v - w in cell b} R_a[w, v]
+
+which is k'·W multiply-adds per input pixel.
 """
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
-_LAG_TABLES: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+_TABLES: dict[tuple, torch.Tensor] = {}  # index tensors per (what, grid, shape, device); a dict traces under compile
 
 
 def lag_cells(grid: tuple[int, ...], size: int) -> list[int]:
@@ -38,41 +46,26 @@ def lag_reach(grid: tuple[int, ...], size: int) -> tuple[int, int]:
     return max(-radius, 1 - size), min(sum(grid) - 1 - radius, size - 1)
 
 
-def lag_tables(grid: tuple[int, ...], height: int, width: int,
-               device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """(gather index ((2H-1)·(2W-1),), cell one-hots (E_h (2H-1, k'), E_w (2W-1, k'))) cached per device.
-
-    The index picks Kc from w_θ (C, k'·k') with one zero column appended (index k'·k');
-    E maps lag gradients back to cells: dL/dw_θ = E_hᵀ dKc E_w.
-    """
-    key = (grid, height, width, torch.device(device))
-    if key not in _LAG_TABLES:
+def lag_kernel_index(grid: tuple[int, ...], height: int, width: int, device: torch.device) -> torch.Tensor:
+    """((2H-1)·(2W-1),) positions in w_θ (C, k'·k') with one zero column appended (index k'·k')
+    that make up the lag kernel, cached per device."""
+    key = ("lag kernel", grid, height, width, torch.device(device))
+    if key not in _TABLES:
         cells = len(grid)
         rows, cols = torch.tensor(lag_cells(grid, height)), torch.tensor(lag_cells(grid, width))
         inside = (rows[:, None] < cells) & (cols[None, :] < cells)
-        index = torch.where(inside, rows[:, None] * cells + cols[None, :], cells * cells).flatten()
-        one_hots = tuple(F.one_hot(lags, cells + 1)[:, :cells].double() for lags in (rows, cols))
-        _LAG_TABLES[key] = index.to(key[3]), tuple(t.to(key[3]) for t in one_hots)
-    return _LAG_TABLES[key]
+        _TABLES[key] = torch.where(inside, rows[:, None] * cells + cols[None, :], cells * cells).flatten().to(key[4])
+    return _TABLES[key]
 
 
 def lag_kernel(weight: torch.Tensor, grid: tuple[int, ...], height: int, width: int,
                dtype: torch.dtype) -> torch.Tensor:
     """w_θ (C, 1, k', k') -> Kc (C, 2H-1, 2W-1) in ``dtype``; Kc[c, H-1+δh, W-1+δw] = w[c, i, j]
     of the expanded kernel at i = δh + K//2, j = δw + K//2 (0 where that is outside K x K)."""
-    index, _ = lag_tables(tuple(grid), height, width, weight.device)
+    index = lag_kernel_index(tuple(grid), height, width, weight.device)
     channels = weight.shape[0]
     flat = F.pad(weight.reshape(channels, -1).to(dtype), (0, 1))
     return flat[:, index].view(channels, 2 * height - 1, 2 * width - 1)
-
-
-def lag_grad_to_weight(lag_grad: torch.Tensor, grid: tuple[int, ...]) -> torch.Tensor:
-    """dKc (C, 2H-1, 2W-1) -> dL/dw_θ (C, 1, k', k') in dKc's dtype: each lag's gradient goes to its cell."""
-    channels, lags_h, lags_w = lag_grad.shape
-    _, (rows, cols) = lag_tables(tuple(grid), (lags_h + 1) // 2, (lags_w + 1) // 2, lag_grad.device)
-    cells = len(grid)
-    return torch.einsum("cij,ia,jb->cab", lag_grad, rows.to(lag_grad), cols.to(lag_grad)).view(
-        channels, 1, cells, cells)
 
 
 def _toeplitz_index(height: int, width: int, device: torch.device) -> torch.Tensor:
@@ -96,16 +89,47 @@ def toeplitz_conv(x: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
     return y.view(x.shape).to(x.dtype)
 
 
-def lag_correlation(dy: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """dKc[c, H-1+δh, W-1+δw] = Σ_{n,h,w} dY[n, c, h, w] · X[n, c, h+δh, w+δw] (zero outside).
+def cell_lag_ranges(grid: tuple[int, ...]) -> list[tuple[int, int]]:
+    """Per cell, the half-open range [lo, hi) of lags δ = kernel index - K//2 it covers."""
+    radius, start, ranges = sum(grid) // 2, 0, []
+    for width in grid:
+        ranges.append((start - radius, start + width - radius))
+        start += width
+    return ranges
 
-    dy, x (B, C, H, W) -> (C, 2H-1, 2W-1) in fp32 (fp64 for fp64): a grouped conv of x with dY.
-    """
-    batch, channels, height, width = x.shape
-    acc = torch.promote_types(x.dtype, torch.float32)
-    images = x.to(acc).transpose(0, 1).reshape(1, channels * batch, height, width)
-    kernels = dy.to(acc).transpose(0, 1)  # (C, B, H, W): out-channel c sees its B images
-    return F.conv2d(images, kernels, padding=(height - 1, width - 1), groups=channels)[0]
+
+def column_prefix(x: torch.Tensor) -> torch.Tensor:
+    """Exclusive prefix sum along H in fp32 (fp64 for fp64): (B, C, H, W) -> (B, C, H+1, W)."""
+    return F.pad(x.to(torch.promote_types(x.dtype, torch.float32)), (0, 0, 1, 0)).cumsum(-2)
+
+
+def box_products(dy: torch.Tensor, x: torch.Tensor, grid: tuple[int, ...]) -> torch.Tensor:
+    """R[c, a, w, v] = Σ_{n,h} dY[n, c, h, w] · X_a[n, c, h, v], X_a the vertical box sum of x over
+    cell a's lags: dy, x (B, C, H, W) -> (C, k', W, W) in fp32 (fp64 for fp64)."""
+    height = x.shape[-2]
+    prefix = column_prefix(x)
+    rows = torch.arange(height, device=x.device)
+    boxes = torch.stack([prefix[..., (rows + hi).clamp(0, height), :] - prefix[..., (rows + lo).clamp(0, height), :]
+                         for lo, hi in cell_lag_ranges(tuple(grid))], dim=2)
+    return torch.einsum("nchw,ncahv->cawv", dy.to(prefix.dtype), boxes)
+
+
+def _column_cells(grid: tuple[int, ...], width: int, device: torch.device) -> torch.Tensor:
+    """(W, W, k') one-hot: [v - w in cell b], cached per device."""
+    key = ("columns", grid, width, torch.device(device))
+    if key not in _TABLES:
+        lags = torch.tensor(lag_cells(grid, width))  # lag v - w = index - (W-1)
+        columns = torch.arange(width)
+        cells = lags[columns[None, :] - columns[:, None] + width - 1]
+        _TABLES[key] = F.one_hot(cells, len(grid) + 1)[..., :len(grid)].double().to(key[3])
+    return _TABLES[key]
+
+
+def box_products_to_weight(products: torch.Tensor, grid: tuple[int, ...]) -> torch.Tensor:
+    """R (C, k', W, W) -> dL/dw_θ (C, 1, k', k'): R_a[w, v] goes to cell (a, cell of v - w)."""
+    channels, cells, width, _ = products.shape
+    one_hot = _column_cells(tuple(grid), width, products.device).to(products)
+    return (products.reshape(channels * cells, -1) @ one_hot.view(-1, cells)).view(channels, 1, cells, cells)
 
 
 def peripheral_conv2d_lags(x: torch.Tensor, weight: torch.Tensor, grid: tuple[int, ...],
@@ -115,7 +139,7 @@ def peripheral_conv2d_lags(x: torch.Tensor, weight: torch.Tensor, grid: tuple[in
     return conv(x, lag_kernel(weight, grid, height, width, x.dtype))
 
 
-def peripheral_grad_weight_lags(dy: torch.Tensor, x: torch.Tensor, grid: tuple[int, ...],
-                                correlation=lag_correlation) -> torch.Tensor:
-    """dL/dw_θ (C, 1, k', k') from dY and x (B, C, H, W) through ``correlation(dy, x)``."""
-    return lag_grad_to_weight(correlation(dy, x), grid)
+def peripheral_grad_weight_boxes(dy: torch.Tensor, x: torch.Tensor, grid: tuple[int, ...],
+                                 products=box_products) -> torch.Tensor:
+    """dL/dw_θ (C, 1, k', k') from dY and x (B, C, H, W) through ``products(dy, x, grid)``."""
+    return box_products_to_weight(products(dy, x, grid), grid)

@@ -5,7 +5,7 @@ Four launchers, twins of the plain-torch primitives with the same signatures:
 * ``sat_taps_triton(x, row_offsets, col_offsets, coeffs)``: SAT forward and grad-input.
 * ``sat_tap_sums_triton(dy, x, row_offsets, col_offsets)``: SAT grad-weight.
 * ``toeplitz_conv_triton(x, lag_kernel)``: Toeplitz forward and grad-input (tensor cores).
-* ``lag_correlation_triton(dy, x)``: Toeplitz grad-weight (tensor cores).
+* ``box_products_triton(dy, x, grid)``: Toeplitz-family grad-weight (tensor cores).
 
 SAT: a program owns BLOCK_C whole (H, W) planes of one image. It builds their
 exclusive SAT in registers (two ``tl.cumsum``) and parks it in an fp32
@@ -156,51 +156,65 @@ def _toeplitz_kernel(x_ptr, kc_ptr, y_ptr, B, C, H, W, LAG_LO, LAG_HI, PRECISION
         u = (q // W) * lag_w + q % W
         a = tl.load(x_rows[:, None] + q[None, :], mask=(images < B)[:, None] & (q < hw)[None, :], other=0.0)
         b = tl.load(kernel + (u[:, None] - v[None, :]), mask=(q < hw)[:, None] & (p < hw)[None, :], other=0.0)
-        if UPCAST:  # the interpreter's dot mishandles bf16/fp16; their products are exact in fp32
-            a, b = a.to(tl.float32), b.to(tl.float32)
-        acc = tl.dot(a, b, acc, input_precision=PRECISION)
+        if PRECISION == "ieee":  # fp64: no tensor-core dot
+            acc += tl.sum(a[:, :, None] * b[None, :, :], axis=1)
+        else:
+            if UPCAST:  # the interpreter's dot mishandles bf16/fp16; their products are exact in fp32
+                a, b = a.to(tl.float32), b.to(tl.float32)
+            acc = tl.dot(a, b, acc, input_precision=PRECISION)
     tl.store(y_ptr + (images.to(tl.int64) * C + c)[:, None] * hw + p[None, :], acc.to(y_ptr.dtype.element_ty),
              mask=(images < B)[:, None] & (p < hw)[None, :])
 
 
 @triton.jit
-def _lag_correlation_kernel(dy_ptr, x_ptr, out_ptr, B, C, H, W, PER_SPLIT, PRECISION: tl.constexpr,
-                            UPCAST: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                            BLOCK_K: tl.constexpr):
-    """out[s, c, H-1+δh, W-1+δw] = Σ_{k in split s} dy[n, c, h-δh, w] · x[n, c, h, w+δw], k = (n, h, w).
+def _box_products_kernel(dy_ptr, prefix_ptr, lo_ptr, hi_ptr, out_ptr, B, C, H, W, CELLS, PER_SPLIT,
+                         PRECISION: tl.constexpr, UPCAST: tl.constexpr, HI_LO: tl.constexpr,
+                         BLOCK_W: tl.constexpr, BLOCK_K: tl.constexpr):
+    """out[s, c, a, w, v] = Σ_{(n, h) in split s} dy[n, c, h, w] · X_a[n, c, h, v] (see toeplitz.py).
 
-    Program = channel c, one BLOCK_M x BLOCK_N tile of lags, one split of the B·H·W reduction:
-    a GEMM (lag rows x k) @ (k x lag cols) whose operands are row-shifted dY and column-shifted
-    x, gathered with zero padding.
+    Program = channel c, cell a, one (BLOCK_W x BLOCK_W) tile of (w, v), one split of the B·H
+    rows: a GEMM dYᵀ @ X_a, with X_a = prefix[h + hi_a] - prefix[h + lo_a] formed on the fly
+    from the fp32 column prefix sum. HI_LO (bf16/fp16) splits X_a into two half-precision
+    parts, so the products keep about 16 bits of X_a.
     """
-    c, split, tile = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    hw = H * W
-    lags_h, lags_w = 2 * H - 1, 2 * W - 1
-    tiles_w = tl.cdiv(lags_w, BLOCK_N)
-    lag_h = (tile // tiles_w) * BLOCK_M + tl.arange(0, BLOCK_M)
-    lag_w = (tile % tiles_w) * BLOCK_N + tl.arange(0, BLOCK_N)
-    shift_h = lag_h - (H - 1)
-    shift_w = lag_w - (W - 1)
+    pid, split, tile = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    c, cell = pid // CELLS, pid % CELLS
+    lo, hi = tl.load(lo_ptr + cell), tl.load(hi_ptr + cell)
+    tiles_v = tl.cdiv(W, BLOCK_W)
+    w = (tile // tiles_v) * BLOCK_W + tl.arange(0, BLOCK_W)
+    v = (tile % tiles_v) * BLOCK_W + tl.arange(0, BLOCK_W)
     k_begin = split * PER_SPLIT
-    k_end = tl.minimum(k_begin + PER_SPLIT, B * hw)
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float64 if PRECISION == "ieee" else tl.float32)
+    k_end = tl.minimum(k_begin + PER_SPLIT, B * H)
+    acc = tl.zeros((BLOCK_W, BLOCK_W), dtype=tl.float64 if PRECISION == "ieee" else tl.float32)
     for k0 in range(k_begin, k_end, BLOCK_K):
         k = k0 + tl.arange(0, BLOCK_K)
-        n, t = k // hw, k % hw
-        h, w = t // W, t % W
-        planes = (n.to(tl.int64) * C + c) * hw
-        inside = k < k_end
-        rows = h[None, :] - shift_h[:, None]
-        a = tl.load(dy_ptr + planes[None, :] + rows * W + w[None, :],
-                    mask=inside[None, :] & (rows >= 0) & (rows < H), other=0.0)
-        cols = w[:, None] + shift_w[None, :]
-        b = tl.load(x_ptr + planes[:, None] + h[:, None] * W + cols,
-                    mask=inside[:, None] & (cols >= 0) & (cols < W), other=0.0)
-        if UPCAST:  # the interpreter's dot mishandles bf16/fp16; their products are exact in fp32
-            a, b = a.to(tl.float32), b.to(tl.float32)
-        acc = tl.dot(a, b, acc, input_precision=PRECISION)
-    out = out_ptr + (split * C + c).to(tl.int64) * (lags_h * lags_w) + lag_h[:, None] * lags_w + lag_w[None, :]
-    tl.store(out, acc, mask=(lag_h < lags_h)[:, None] & (lag_w < lags_w)[None, :])
+        n, h = k // H, k % H
+        plane = n.to(tl.int64) * C + c
+        inside = (k < k_end)[:, None]
+        grad = tl.load(dy_ptr + plane[:, None] * (H * W) + h[:, None] * W + w[None, :],
+                       mask=inside & (w < W)[None, :], other=0.0)
+        columns = prefix_ptr + plane[:, None] * ((H + 1) * W) + v[None, :]
+        top = tl.minimum(tl.maximum(h + lo, 0), H)[:, None]
+        bottom = tl.minimum(tl.maximum(h + hi, 0), H)[:, None]
+        box_mask = inside & (v < W)[None, :]
+        box = (tl.load(columns + bottom * W, mask=box_mask, other=0.0)
+               - tl.load(columns + top * W, mask=box_mask, other=0.0))
+        grad_t = tl.trans(grad)
+        if PRECISION == "ieee":  # fp64: no tensor-core dot
+            acc += tl.sum(grad_t.to(tl.float64)[:, :, None] * box[None, :, :], axis=1)
+        elif HI_LO:
+            box_hi = box.to(dy_ptr.dtype.element_ty)
+            box_lo = (box - box_hi.to(tl.float32)).to(dy_ptr.dtype.element_ty)
+            if UPCAST:  # the interpreter's dot mishandles bf16/fp16; their products are exact in fp32
+                acc = tl.dot(grad_t.to(tl.float32), box_hi.to(tl.float32), acc)
+                acc = tl.dot(grad_t.to(tl.float32), box_lo.to(tl.float32), acc)
+            else:
+                acc = tl.dot(grad_t, box_hi, acc)
+                acc = tl.dot(grad_t, box_lo, acc)
+        else:
+            acc = tl.dot(grad_t, box, acc, input_precision=PRECISION)
+    out = out_ptr + ((split * C + c) * CELLS + cell).to(tl.int64) * (W * W) + w[:, None] * W + v[None, :]
+    tl.store(out, acc, mask=(w < W)[:, None] & (v < W)[None, :])
 
 
 INTERPRETED = not isinstance(_taps_kernel, triton.runtime.JITFunction)
@@ -297,6 +311,8 @@ def toeplitz_conv_triton(x: torch.Tensor, kernel: torch.Tensor, lag_reach: tuple
     x = x.contiguous()
     batch, channels, height, width = x.shape
     lo, hi = lag_reach or (1 - height, height - 1)
+    if x.dtype == torch.float64:
+        block_m, block_n, block_k = 16, 16, 16  # the fp64 fallback holds a (BLOCK_M, BLOCK_K, BLOCK_N) product
     block_m = max(16, min(block_m, triton.next_power_of_2(batch)))
     y = torch.empty_like(x, dtype=_output_dtype(x.dtype))
     launch = (triton.cdiv(height * width, block_n), channels, triton.cdiv(batch, block_m))
@@ -306,25 +322,32 @@ def toeplitz_conv_triton(x: torch.Tensor, kernel: torch.Tensor, lag_reach: tuple
     return y.to(x.dtype)
 
 
-def lag_correlation_triton(dy: torch.Tensor, x: torch.Tensor, block_k: int = 64, max_block: int = 64,
-                           num_warps: int = 4, programs: int = 1024) -> torch.Tensor:
-    """Triton twin of ``toeplitz.lag_correlation``: dy, x (B, C, H, W) -> (C, 2H-1, 2W-1) in fp32 (fp64).
+def box_products_triton(dy: torch.Tensor, x: torch.Tensor, grid: Sequence[int], block_k: int = 64,
+                        num_warps: int = 4, programs: int = 1024) -> torch.Tensor:
+    """Triton twin of ``toeplitz.box_products``: dy, x (B, C, H, W) -> (C, k', W, W) in fp32 (fp64).
 
-    Lags are tiled by up to ``max_block`` a side; the B·H·W reduction is split so that about
-    ``programs`` programs run, and torch adds the partial sums (deterministic, no atomics).
+    (w, v) is tiled by up to 64 a side; the B·H rows are split so that about ``programs``
+    programs run, and torch adds the partial sums (deterministic, no atomics).
     """
-    x, dy = x.contiguous(), dy.contiguous().to(x.dtype)
+    from runtime.toeplitz import cell_lag_ranges, column_prefix
+    dy = dy.contiguous().to(x.dtype)
     batch, channels, height, width = x.shape
-    block_m = max(16, min(max_block, triton.next_power_of_2(2 * height - 1)))
-    block_n = max(16, min(max_block, triton.next_power_of_2(2 * width - 1)))
-    tiles = triton.cdiv(2 * height - 1, block_m) * triton.cdiv(2 * width - 1, block_n)
-    total = batch * height * width
-    splits = max(1, min(triton.cdiv(programs, channels * tiles), triton.cdiv(total, block_k)))
-    per_split = triton.cdiv(triton.cdiv(total, splits), block_k) * block_k
-    splits = triton.cdiv(total, per_split)
-    partial = torch.empty(splits, channels, 2 * height - 1, 2 * width - 1, device=x.device,
-                          dtype=accumulate_dtype(x.dtype))
-    _lag_correlation_kernel[(channels, splits, tiles)](
-        dy, x, partial, batch, channels, height, width, per_split, PRECISION=_dot_precision(x.dtype),
-        UPCAST=_upcast(x.dtype), BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=num_warps)
+    prefix = column_prefix(x)
+    ranges = cell_lag_ranges(tuple(grid))
+    cells = len(ranges)
+    block_w = max(16, min(64, triton.next_power_of_2(width)))
+    if x.dtype == torch.float64:
+        block_w, block_k = 16, 16  # the fp64 fallback holds a (BLOCK_W, BLOCK_K, BLOCK_W) product
+    tiles = triton.cdiv(width, block_w) ** 2
+    rows = batch * height
+    splits = max(1, min(triton.cdiv(programs, channels * cells * tiles), triton.cdiv(rows, block_k)))
+    per_split = triton.cdiv(triton.cdiv(rows, splits), block_k) * block_k
+    splits = triton.cdiv(rows, per_split)
+    partial = torch.empty(splits, channels, cells, width, width, device=x.device, dtype=prefix.dtype)
+    _box_products_kernel[(channels * cells, splits, tiles)](
+        dy, prefix, _offsets_tensor(tuple(lo for lo, _ in ranges), x.device),
+        _offsets_tensor(tuple(hi for _, hi in ranges), x.device), partial, batch, channels, height, width,
+        cells, per_split, PRECISION=_dot_precision(x.dtype), UPCAST=_upcast(x.dtype),
+        HI_LO=x.dtype in (torch.bfloat16, torch.float16), BLOCK_W=block_w, BLOCK_K=block_k,
+        num_warps=num_warps)
     return partial.sum(0)

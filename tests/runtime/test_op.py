@@ -57,19 +57,19 @@ def test_auto_picks_triton_on_cuda_when_triton_imports():
 def test_auto_on_cuda_follows_the_measured_layer_table():
     pytest.importorskip("triton")
     stage4 = choose_backend("cuda", 7, 7, PAPER_GRIDS[13])
-    assert stage4.name == "triton" and "Toeplitz GEMM" in stage4.reason and "lag GEMM" in stage4.reason
+    assert stage4.name == "triton" and "Toeplitz GEMM" in stage4.reason and "box-product GEMMs" in stage4.reason
     stage1_fp32 = choose_backend("cuda", 56, 56, PAPER_GRIDS[101])
     assert stage1_fp32.name == "triton" and "SAT kernels" in stage1_fp32.reason
     stage1_bf16 = choose_backend("cuda", 56, 56, PAPER_GRIDS[101], torch.bfloat16)
-    assert "Toeplitz GEMM" in stage1_bf16.reason and "SAT taps" in stage1_bf16.reason
+    assert "Toeplitz GEMM" in stage1_bf16.reason
 
 
 def test_triton_forms_follow_the_tap_ratios():
-    assert triton_forms(7, 7, PAPER_GRIDS[13], torch.float32) == ("toeplitz", "lag")
-    assert triton_forms(56, 56, PAPER_GRIDS[101], torch.float32) == ("sat", "sat")
+    assert triton_forms(7, 7, PAPER_GRIDS[13], torch.float32) == ("toeplitz", "box")
+    assert triton_forms(56, 56, PAPER_GRIDS[101], torch.float32) == ("sat", "box")
     assert triton_forms(56, 56, PAPER_GRIDS[101], torch.bfloat16).conv == "toeplitz"
     # Planes beyond what a SAT program holds always take the Toeplitz form.
-    assert triton_forms(96, 96, PAPER_GRIDS[101], torch.float32) == ("toeplitz", "lag")
+    assert triton_forms(96, 96, PAPER_GRIDS[101], torch.float32) == ("toeplitz", "box")
 
 
 def test_explicit_backends_never_fall_back():
