@@ -43,8 +43,11 @@ TRITON_MAX_PLANE = 63
 # k'·W per input pixel (W padded to a power of two >= 16), the SAT form n_rows·n_cols FMAs. The
 # Toeplitz kernels run when their count is at most this many times the SAT tap count, per input
 # precision ("16" = bf16/fp16 on native tensor cores, "32" = fp32 as three TF32 products, fp64).
+# Calibrated with bench/bench_forms.py on an H100 (bench/results/2026-11-25-h100-forms.md): the
+# Toeplitz forward wins up to HW/taps = 16 (bf16, stage 1) and 4 (fp32, stage 2) and loses at 16
+# (fp32, stage 1); the box grad-weight wins at k'·W/taps <= 2.4 (stages 2-4) and loses at >= 3.4.
 TOEPLITZ_TAP_RATIO = {"16": 32.0, "32": 6.0}
-BOX_TAP_RATIO = {"16": 8.0, "32": 8.0}
+BOX_TAP_RATIO = {"16": 3.0, "32": 3.0}
 
 
 @functools.cache
