@@ -182,7 +182,8 @@ def _grad_weight_impl(dy: torch.Tensor, x: torch.Tensor, grid: tuple[int, ...], 
 @torch.library.custom_op("pelk::peripheral_conv2d", mutates_args=())
 def _conv(x: torch.Tensor, weight: torch.Tensor, grid: list[int], backend: str) -> torch.Tensor:
     """x (B, C, H, W), weight (C, 1, k', k') -> (B, C, H, W) in x.dtype."""
-    return _conv_impl(x, weight, tuple(grid), backend)
+    with torch.autocast(x.device.type, enabled=False):  # the kernels pick their own precision
+        return _conv_impl(x, weight, tuple(grid), backend)
 
 
 @_conv.register_fake
@@ -193,7 +194,8 @@ def _conv_fake(x, weight, grid, backend):
 @torch.library.custom_op("pelk::peripheral_conv2d_grad_weight", mutates_args=())
 def _grad_weight(dy: torch.Tensor, x: torch.Tensor, grid: list[int], backend: str) -> torch.Tensor:
     """dy, x (B, C, H, W) -> dL/dw_θ (C, 1, k', k') in fp32 (fp64 for fp64 x)."""
-    return _grad_weight_impl(dy, x, tuple(grid), backend)
+    with torch.autocast(x.device.type, enabled=False):
+        return _grad_weight_impl(dy, x, tuple(grid), backend)
 
 
 @_grad_weight.register_fake

@@ -30,6 +30,8 @@ from typing import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
+from runtime.constants import device_constant
+
 
 def accumulate_dtype(dtype: torch.dtype) -> torch.dtype:
     """fp32 for fp32/bf16/fp16, fp64 for fp64."""
@@ -69,7 +71,6 @@ def clamp_boundaries(grid: Sequence[int], size: int) -> tuple[list[int], torch.T
     return offsets, merge
 
 
-@functools.lru_cache(maxsize=1024)
 def tap_map(grid: tuple[int, ...], height: int, width: int,
             device: torch.device) -> tuple[tuple[int, ...], tuple[int, ...], torch.Tensor]:
     """(row offsets, col offsets, L) for an (H, W) image, cached per device.
@@ -79,10 +80,19 @@ def tap_map(grid: tuple[int, ...], height: int, width: int,
     merged over clamped boundaries, i.e. kron(merge_r Δ, merge_c Δ). Its transpose
     maps tap sums back to dL/dw_θ. Entries are small integers, exact in any dtype.
     """
-    rows, row_merge = clamp_boundaries(grid, height)
-    cols, col_merge = clamp_boundaries(grid, width)
-    diff = difference_matrix(len(grid))
-    return tuple(rows), tuple(cols), torch.kron(row_merge @ diff, col_merge @ diff).to(device)
+    rows, cols = _tap_offsets(grid, height, width)
+
+    def build() -> torch.Tensor:
+        diff = difference_matrix(len(grid))
+        row_merge, col_merge = clamp_boundaries(grid, height)[1], clamp_boundaries(grid, width)[1]
+        return torch.kron(row_merge @ diff, col_merge @ diff)
+
+    return rows, cols, device_constant(("sat tap map", grid, height, width), device, build)
+
+
+@functools.lru_cache(maxsize=1024)
+def _tap_offsets(grid: tuple[int, ...], height: int, width: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    return tuple(clamped_offsets(grid, height)), tuple(clamped_offsets(grid, width))
 
 
 def prefix_sum_2d(x: torch.Tensor) -> torch.Tensor:
@@ -90,11 +100,10 @@ def prefix_sum_2d(x: torch.Tensor) -> torch.Tensor:
     return F.pad(x, (1, 0, 1, 0)).cumsum(-2).cumsum(-1)
 
 
-@functools.lru_cache(maxsize=1024)
 def _clamped_index(offsets: tuple[int, ...], size: int, device: torch.device) -> torch.Tensor:
     """(n, size) SAT indices clamp(i + offset, 0, size), cached per device."""
-    shifts = torch.tensor(offsets, device=device)
-    return (torch.arange(size, device=device) + shifts[:, None]).clamp(0, size)
+    return device_constant(("sat clamped index", offsets, size), device, lambda: (
+        torch.arange(size) + torch.tensor(offsets)[:, None]).clamp(0, size))
 
 
 def _row_gathered_sat(x: torch.Tensor, row_offsets: Sequence[int],

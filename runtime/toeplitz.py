@@ -28,8 +28,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-_TABLES: dict[tuple, torch.Tensor] = {}  # index tensors per (what, grid, shape, device); a dict traces under compile
-
+from runtime.constants import device_constant
 
 def lag_cells(grid: tuple[int, ...], size: int) -> list[int]:
     """Cell of every lag -(size-1)..size-1 along an axis of length ``size``; len(grid) where the
@@ -49,13 +48,13 @@ def lag_reach(grid: tuple[int, ...], size: int) -> tuple[int, int]:
 def lag_kernel_index(grid: tuple[int, ...], height: int, width: int, device: torch.device) -> torch.Tensor:
     """((2H-1)·(2W-1),) positions in w_θ (C, k'·k') with one zero column appended (index k'·k')
     that make up the lag kernel, cached per device."""
-    key = ("lag kernel", grid, height, width, torch.device(device))
-    if key not in _TABLES:
+    def build() -> torch.Tensor:
         cells = len(grid)
         rows, cols = torch.tensor(lag_cells(grid, height)), torch.tensor(lag_cells(grid, width))
         inside = (rows[:, None] < cells) & (cols[None, :] < cells)
-        _TABLES[key] = torch.where(inside, rows[:, None] * cells + cols[None, :], cells * cells).flatten().to(key[4])
-    return _TABLES[key]
+        return torch.where(inside, rows[:, None] * cells + cols[None, :], cells * cells).flatten()
+
+    return device_constant(("lag kernel index", grid, height, width), device, build)
 
 
 def lag_kernel(weight: torch.Tensor, grid: tuple[int, ...], height: int, width: int,
@@ -116,13 +115,13 @@ def box_products(dy: torch.Tensor, x: torch.Tensor, grid: tuple[int, ...]) -> to
 
 def _column_cells(grid: tuple[int, ...], width: int, device: torch.device) -> torch.Tensor:
     """(W, W, k') one-hot: [v - w in cell b], cached per device."""
-    key = ("columns", grid, width, torch.device(device))
-    if key not in _TABLES:
+    def build() -> torch.Tensor:
         lags = torch.tensor(lag_cells(grid, width))  # lag v - w = index - (W-1)
         columns = torch.arange(width)
         cells = lags[columns[None, :] - columns[:, None] + width - 1]
-        _TABLES[key] = F.one_hot(cells, len(grid) + 1)[..., :len(grid)].double().to(key[3])
-    return _TABLES[key]
+        return F.one_hot(cells, len(grid) + 1)[..., :len(grid)].double()
+
+    return device_constant(("box column cells", grid, width), device, build)
 
 
 def box_products_to_weight(products: torch.Tensor, grid: tuple[int, ...]) -> torch.Tensor:

@@ -23,13 +23,13 @@ Triton's interpreter, CPU tensors included; that is how CI tests them.
 """
 from __future__ import annotations
 
-import functools
 from typing import Sequence
 
 import torch
 import triton
 import triton.language as tl
 
+from runtime.constants import device_constant
 from runtime.sat import accumulate_dtype
 
 
@@ -221,9 +221,8 @@ INTERPRETED = not isinstance(_taps_kernel, triton.runtime.JITFunction)
 """True when TRITON_INTERPRET=1 was set before triton was imported: kernels run on CPU tensors too."""
 
 
-@functools.lru_cache(maxsize=256)
 def _offsets_tensor(offsets: tuple[int, ...], device: torch.device) -> torch.Tensor:
-    return torch.tensor(offsets, dtype=torch.int32, device=device)
+    return device_constant(("int32 offsets", offsets), device, lambda: torch.tensor(offsets, dtype=torch.int32))
 
 
 def _plane_blocks(height: int, width: int) -> tuple[int, int]:

@@ -4,7 +4,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 import runtime
-from .pconv_cases import PAPER_GRIDS, random_inputs
+from .pconv_cases import PAPER_GRIDS, assert_matches_reference, random_inputs
 from runtime import BACKENDS, PeripheralConv2d, choose_backend, expand_kernel, peripheral_conv2d
 from runtime.op import triton_forms
 from runtime.reference import peripheral_conv2d_reference, pos_embed_term
@@ -163,3 +163,39 @@ def test_custom_ops_pass_opcheck():
     dy = torch.randn_like(x)
     torch.library.opcheck(torch.ops.pelk.peripheral_conv2d_grad_weight.default,
                           (dy, x.detach(), list(GRID), "sat"))
+
+
+def test_autocast_runs_the_op_in_the_autocast_dtype_like_conv2d():
+    x, weight = random_inputs(2, 3, 6, 7, GRID, torch.float32, seed=8)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        dense = peripheral_conv2d(x, weight, GRID, backend="torch")  # F.conv2d, cast by autocast itself
+        y = peripheral_conv2d(x, weight, GRID, backend="sat")
+    assert dense.dtype == y.dtype == torch.bfloat16
+    assert_matches_reference(y, x.to(torch.bfloat16), weight, GRID)
+
+
+def test_device_constants_are_built_once_per_key_and_device():
+    from runtime.constants import device_constant
+    built = []
+
+    def build():
+        built.append(1)
+        return torch.arange(3)
+
+    first = device_constant(("test constant", 3), "cpu", build)
+    assert device_constant(("test constant", 3), torch.device("cpu"), build) is first and built == [1]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_reduce_overhead_compile_trains_with_cuda_graphs(dtype):
+    # First calls happen inside the CUDA-graph warm-up: cached index tensors must stay out of its pool.
+    from runtime import constants
+    constants._CONSTANTS.clear()
+    module = PeripheralConv2d(4, PAPER_GRIDS[13], backend="auto").cuda()
+    compiled = torch.compile(module, mode="reduce-overhead")
+    x = torch.randn(2, 4, 7, 7, device="cuda", dtype=dtype, requires_grad=True)
+    for _ in range(3):
+        out = compiled(x)
+        out.float().sum().backward()
+    torch.testing.assert_close(out, module(x), **({} if dtype == torch.float32 else {"rtol": 2e-2, "atol": 2e-2}))
