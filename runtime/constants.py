@@ -1,19 +1,42 @@
 """Small index/map tensors the kernels reuse, built once per key and device.
 
-Built on the CPU and copied to the GPU on a side stream. CUDA-graph memory pools
-(``torch.compile(mode="reduce-overhead")``, ``torch.cuda.graph``) only take
-allocations made on the capturing stream, so a constant first built while a
-graph is warming up stays outside the pool instead of becoming a live tensor the
-graph does not own (cudagraph trees reject those).
+Built on the CPU and copied to the GPU from a short-lived helper thread.
+CUDA-graph memory pools (``torch.compile(mode="reduce-overhead")``'s cudagraph
+trees) take every allocation of the thread that warms the graph up
+(``_cuda_beginAllocateCurrentThreadToPool``), so a constant first built there
+would become a live tensor the graph does not own, which cudagraph trees reject.
+A helper thread allocates from the ordinary caching allocator. (Build outside a
+stream capture: warm up once before capturing a graph by hand.)
 """
 from __future__ import annotations
 
+import threading
 from typing import Callable, Hashable
 
 import torch
 
 _CONSTANTS: dict[tuple[Hashable, torch.device], torch.Tensor] = {}
-_SIDE_STREAMS: dict[torch.device, "torch.cuda.Stream"] = {}
+
+
+def _copy_to_gpu(value: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """``value`` on ``device``, allocated and copied by a helper thread that has finished copying."""
+    result: list[torch.Tensor] = []
+    errors: list[BaseException] = []
+
+    def copy() -> None:
+        try:
+            with torch.cuda.device(device):
+                result.append(value.to(device))
+                torch.cuda.current_stream(device).synchronize()
+        except BaseException as error:  # re-raised in the caller's thread
+            errors.append(error)
+
+    worker = threading.Thread(target=copy, name="pelk-device-constant")
+    worker.start()
+    worker.join()
+    if errors:
+        raise errors[0]
+    return result[0]
 
 
 def device_constant(key: Hashable, device: torch.device | str, build: Callable[[], torch.Tensor]) -> torch.Tensor:
@@ -24,14 +47,5 @@ def device_constant(key: Hashable, device: torch.device | str, build: Callable[[
     entry = (key, device)
     if entry not in _CONSTANTS:
         value = build()
-        if device.type == "cuda":
-            current = torch.cuda.current_stream(device)
-            side = _SIDE_STREAMS.setdefault(device, torch.cuda.Stream(device))
-            side.wait_stream(current)
-            with torch.cuda.stream(side):
-                value = value.to(device)
-            current.wait_stream(side)
-        else:
-            value = value.to(device)
-        _CONSTANTS[entry] = value
+        _CONSTANTS[entry] = _copy_to_gpu(value, device) if device.type == "cuda" else value.to(device)
     return _CONSTANTS[entry]
