@@ -162,8 +162,11 @@ def build(spec: str, resolution: int | None, out: Path | None, backend: str) -> 
 @click.option("--device", default="cuda", show_default=True, type=click.Choice(["cuda", "cpu"]),
               help="Device to decide for (no such device needs to be present).")
 @click.option("--resolution", type=click.IntRange(min=8), help="Input resolution (default: the spec's).")
-def backends(spec: str, device: str, resolution: int | None) -> None:
+@click.option("--dtype", default="fp32", show_default=True, type=click.Choice(["fp32", "bf16", "fp16"]),
+              help="Activation dtype the op sees (bf16 under bf16 autocast).")
+def backends(spec: str, device: str, resolution: int | None, dtype: str) -> None:
     """Which peripheral-conv backend `auto` runs for each stage of SPEC, and why."""
+    import torch
     import runtime
     from compiler import compile_spec
     compiled = compile_spec(spec, resolution)
@@ -174,10 +177,11 @@ def backends(spec: str, device: str, resolution: int | None) -> None:
                          "reason": f"{stage['mixer']} mixer: plain torch convolutions"})
             continue
         size = stage["feature_map"]
-        choice = runtime.choose_backend(device, size, size, stage["grid"])
+        torch_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[dtype]
+        choice = runtime.choose_backend(device, size, size, stage["grid"], torch_dtype)
         rows.append({"stage": stage["stage"], "kernel": stage["kernel"], "map": f"{size}x{size}",
                      "backend": choice.name, "reason": choice.reason})
-    click.echo(f"{compiled.spec.name} at {compiled.totals['resolution']}, {device}")
+    click.echo(f"{compiled.spec.name} at {compiled.totals['resolution']}, {device}, {dtype}")
     echo_table(rows, [("stage", "stage"), ("kernel", "kernel"), ("map", "map"), ("backend", "backend"),
                       ("reason", "reason")])
 

@@ -13,6 +13,8 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
+from runtime.constants import device_constant
+
 POS_MODES = ("padded", "valid")
 
 
@@ -26,19 +28,22 @@ def check_grid(grid: Sequence[int]) -> tuple[int, ...]:
     return grid
 
 
-_CELL_INDEX: dict[tuple[tuple[int, ...], torch.device], torch.Tensor] = {}
-
-
 def cell_index(grid: Sequence[int], device=None) -> torch.Tensor:
     """Cell of every kernel row: (K,) int64, ``repeat_interleave(arange(k'), grid)``.
 
-    Cached per (grid, device) in a plain dict (no host-to-device copy per call; a dict,
-    unlike functools.lru_cache, traces cleanly under torch.compile)."""
-    key = (tuple(grid), torch.device(device or "cpu"))
-    if key not in _CELL_INDEX:
-        cells = [cell for cell, size in enumerate(key[0]) for _ in range(size)]  # no data-dependent op
-        _CELL_INDEX[key] = torch.tensor(cells, device=key[1])
-    return _CELL_INDEX[key]
+    Eager: a cached device constant (no host-to-device copy per call). Under torch.compile:
+    computed from an arange inside the graph, so no tensor outlives a CUDA-graph replay."""
+    grid = tuple(grid)
+    if torch.compiler.is_compiling():
+        rows = torch.arange(sum(grid), device=device)
+        index = torch.zeros_like(rows)
+        start = 0
+        for size in grid[:-1]:
+            start += size
+            index = index + (rows >= start).long()
+        return index
+    return device_constant(("cell index", grid), device or "cpu", lambda: torch.tensor(
+        [cell for cell, size in enumerate(grid) for _ in range(size)]))
 
 
 def expand_kernel(weight: torch.Tensor, grid: Sequence[int]) -> torch.Tensor:
