@@ -64,13 +64,23 @@ def test_triton_is_exact_in_fp64_on_a_paper_grid_larger_than_the_image():
     torch.testing.assert_close(triton_conv(x, weight, grid), peripheral_conv2d_reference(x, weight, grid))
 
 
+@pytest.fixture(params=["toeplitz", "sat"])
+def form(request, monkeypatch):
+    """Force the triton backend's kernel family: every tap ratio 0 (SAT) or unbounded (Toeplitz)."""
+    from runtime import op
+    ratio = float("inf") if request.param == "toeplitz" else 0.0
+    monkeypatch.setattr(op, "TOEPLITZ_TAP_RATIO", {"16": ratio, "32": ratio})
+    monkeypatch.setattr(op, "BOX_TAP_RATIO", {"16": ratio, "32": ratio})
+    return request.param
+
+
 @needs_kernels
 @pytest.mark.parametrize("grid,height,width,dtype", [
     ((2, 1, 2), 4, 5, torch.float64),
     ((1, 3, 1), 3, 6, torch.float32),
     ((2, 1, 1, 1), 5, 3, torch.bfloat16),
 ])
-def test_triton_gradients_match_the_reference(grid, height, width, dtype):
+def test_triton_gradients_match_the_reference(grid, height, width, dtype, form):
     x, weight = random_inputs(2, 3, height, width, grid, dtype, seed=5)
     dy = torch.randn(x.shape, generator=torch.Generator().manual_seed(6)).to(dtype)
     grads = {}
@@ -92,3 +102,40 @@ def test_triton_handles_non_contiguous_channel_slices():
     part = x[:, 1:3]  # what a partial peripheral mixer passes in
     assert not part.is_contiguous()
     assert_matches_reference(triton_conv(part, weight[1:3], grid), part.contiguous(), weight[1:3], grid)
+
+
+KERNEL_TOLERANCE = {torch.float64: 1e-12, torch.float32: 1e-5, torch.bfloat16: 1e-2, torch.float16: 2e-3}
+
+
+@needs_kernels
+@settings(max_examples=6, deadline=None)
+@given(grid=grids(max_cells=4, max_cell=3), batch=st.integers(1, 3), height=st.integers(1, 8),
+       width=st.integers(1, 8), dtype=st.sampled_from([torch.float32, torch.bfloat16, torch.float64]),
+       seed=st.integers(0, 2**16))
+def test_toeplitz_kernels_match_their_torch_twins(grid, batch, height, width, dtype, seed):
+    from runtime import toeplitz
+    x, weight = random_inputs(batch, 2, height, width, grid, dtype, seed)
+    dy = torch.randn(x.shape, generator=torch.Generator().manual_seed(seed + 1)).to(dtype)
+    kernel = toeplitz.lag_kernel(weight, grid, height, width, dtype)
+    got = triton_kernels.toeplitz_conv_triton(x.to(DEVICE), kernel.to(DEVICE), toeplitz.lag_reach(grid, height),
+                                              block_m=16, block_n=16, block_k=16).cpu()
+    assert got.dtype == dtype
+    assert relative_error(got, toeplitz.toeplitz_conv(x, kernel).double()) <= KERNEL_TOLERANCE[dtype]
+    products = triton_kernels.box_products_triton(dy.to(DEVICE), x.to(DEVICE), grid, block_k=16).cpu()
+    assert relative_error(products, toeplitz.box_products(dy, x, grid).double()) <= 1e-5
+
+
+@needs_kernels
+@settings(max_examples=6, deadline=None)
+@given(grid=grids(max_cells=4, max_cell=3), height=st.integers(1, 8), width=st.integers(1, 8),
+       dtype=st.sampled_from([torch.float32, torch.bfloat16]), seed=st.integers(0, 2**16))
+def test_sat_kernels_match_their_torch_twins(grid, height, width, dtype, seed):
+    from runtime import sat
+    x, weight = random_inputs(2, 2, height, width, grid, dtype, seed)
+    dy = torch.randn(x.shape, generator=torch.Generator().manual_seed(seed + 1)).to(dtype)
+    rows, cols, linear = sat.tap_map(grid, height, width, torch.device("cpu"))
+    coeffs = (weight.reshape(2, -1).float() @ linear.float().mT).view(2, len(rows), len(cols))
+    got = triton_kernels.sat_taps_triton(x.to(DEVICE), rows, cols, coeffs.to(DEVICE)).cpu()
+    assert relative_error(got, sat.sat_taps(x, rows, cols, coeffs).double()) <= KERNEL_TOLERANCE[dtype]
+    sums = triton_kernels.sat_tap_sums_triton(dy.to(DEVICE), x.to(DEVICE), rows, cols).cpu()
+    assert relative_error(sums, sat.sat_tap_sums(dy, x, rows, cols).double()) <= 1e-5
