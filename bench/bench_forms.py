@@ -11,6 +11,7 @@ side by side in one run, CUDA-graph replays (``do_bench_cudagraph``, no host cos
 each Toeplitz result against the SAT result of the same shape (relative error column).
 
     python3 bench/bench_forms.py --out forms.md
+    python3 bench/bench_forms.py --stages 3 --dtypes fp32 --configs 32x64x32/4/2,16x64x32/4/2
 """
 from __future__ import annotations
 
@@ -38,7 +39,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", help="write the markdown here")
     parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--stages", default="1,2,3,4", help="comma-separated stages of bench_layers.SHAPES")
+    parser.add_argument("--dtypes", default="fp32,bf16")
+    parser.add_argument("--configs", help="Toeplitz tiles as MxNxK/warps/stages, comma-separated, "
+                                          "e.g. 64x128x32/4/3 (default: CONFIGS)")
     args = parser.parse_args()
+    configs = CONFIGS if not args.configs else [
+        tuple(int(v) for v in item.replace("/", "x").split("x")) for item in args.configs.split(",")]
+    stages = {int(v) for v in args.stages.split(",")}
+    dtypes = {name: DTYPES[name] for name in args.dtypes.split(",")}
     import triton
     import triton.testing
 
@@ -50,17 +59,17 @@ def main() -> None:
     torch.manual_seed(0)
     bandwidth = copy_bandwidth(device)
     header = ["stage", "H", "K", "taps", "dtype", "floor", "dense fwd", "sat fwd"]
-    header += [f"toeplitz {c[0]}x{c[1]}x{c[2]} w{c[3]} s{c[4]}" for c in CONFIGS]
+    header += [f"toeplitz {c[0]}x{c[1]}x{c[2]} w{c[3]} s{c[4]}" for c in configs]
     header += ["toeplitz err vs sat", "sat grad-w", "box grad-w k32", "box grad-w k64", "box err vs sat",
                "auto forms"]
     lines = [f"{torch.cuda.get_device_name()}, torch {torch.__version__}, triton {triton.__version__}, batch "
              f"{args.batch}; ms, CUDA-graph medians; copy bandwidth {bandwidth / 1e12:.2f} TB/s", "",
              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     print("\n".join(lines), flush=True)
-    for stage, channels, size, grid in SHAPES:
+    for stage, channels, size, grid in (shape for shape in SHAPES if shape[0] in stages):
         grid = tuple(grid)
         cells = len(grid)
-        for dtype_name, dtype in DTYPES.items():
+        for dtype_name, dtype in dtypes.items():
             x = torch.randn(args.batch, channels, size, size, device=device, dtype=dtype)
             w = (torch.randn(channels, 1, cells, cells, device=device) / sum(grid)).to(dtype)
             dy = torch.randn_like(x)
@@ -85,12 +94,12 @@ def main() -> None:
             row = [stage, size, sum(grid), sat_tap_count(grid, size, size), dtype_name,
                    f"{2 * x.numel() * x.element_size() / bandwidth * 1e3:.4f}",
                    f"{timed(lambda: dense(x, w, grid)):.3f}", f"{timed(sat_fwd):.3f}"]
-            for config in CONFIGS:
+            for config in configs:
                 try:
                     row.append(f"{timed(lambda: toeplitz_fwd(config)):.3f}")
                 except Exception as error:  # a config that does not compile at this shape
                     row.append(f"fail ({type(error).__name__})")
-            row.append(f"{relative_error(toeplitz_fwd(CONFIGS[0]), sat_fwd()):.1e}")
+            row.append(f"{relative_error(toeplitz_fwd(configs[0]), sat_fwd()):.1e}")
             row += [f"{timed(sat_grad):.3f}", f"{timed(lambda: box_grad(32)):.3f}",
                     f"{timed(lambda: box_grad(64)):.3f}", f"{relative_error(box_grad(64), sat_grad()):.1e}"]
             row.append("/".join(triton_forms(size, size, grid, dtype)))
