@@ -31,6 +31,7 @@ import triton.language as tl
 
 from runtime.constants import device_constant
 from runtime.sat import accumulate_dtype
+from runtime.toeplitz import cell_lag_ranges, column_prefix
 
 
 @triton.jit
@@ -206,11 +207,9 @@ def _box_products_kernel(dy_ptr, prefix_ptr, lo_ptr, hi_ptr, out_ptr, B, C, H, W
             box_hi = box.to(dy_ptr.dtype.element_ty)
             box_lo = (box - box_hi.to(tl.float32)).to(dy_ptr.dtype.element_ty)
             if UPCAST:  # the interpreter's dot mishandles bf16/fp16; their products are exact in fp32
-                acc = tl.dot(grad_t.to(tl.float32), box_hi.to(tl.float32), acc)
-                acc = tl.dot(grad_t.to(tl.float32), box_lo.to(tl.float32), acc)
-            else:
-                acc = tl.dot(grad_t, box_hi, acc)
-                acc = tl.dot(grad_t, box_lo, acc)
+                grad_t, box_hi, box_lo = grad_t.to(tl.float32), box_hi.to(tl.float32), box_lo.to(tl.float32)
+            acc = tl.dot(grad_t, box_hi, acc)
+            acc = tl.dot(grad_t, box_lo, acc)
         else:
             acc = tl.dot(grad_t, box, acc, input_precision=PRECISION)
     out = out_ptr + ((split * C + c) * CELLS + cell).to(tl.int64) * (W * W) + w[:, None] * W + v[None, :]
@@ -310,10 +309,10 @@ def toeplitz_conv_triton(x: torch.Tensor, kernel: torch.Tensor, lag_reach: tuple
     256 pixels) x 32 deep, 3 stages; fp32 (three TF32 products) 32 x 64 x 32 (16 deep for planes up
     to 256 pixels: 58 vs 70 µs at 14x14), 2 stages.
     """
-    reduced = x.dtype in (torch.bfloat16, torch.float16)
-    block_k = block_k or (16 if not reduced and x.shape[-2] * x.shape[-1] <= 256 else 32)
+    reduced, small_plane = x.dtype in (torch.bfloat16, torch.float16), x.shape[-2] * x.shape[-1] <= 256
+    block_k = block_k or (16 if not reduced and small_plane else 32)
     block_m = block_m or (64 if reduced else 32)
-    block_n = block_n or (128 if reduced and x.shape[-2] * x.shape[-1] > 256 else 64)
+    block_n = block_n or (128 if reduced and not small_plane else 64)
     num_stages = num_stages or (3 if reduced else 2)
     x = x.contiguous()
     batch, channels, height, width = x.shape
@@ -336,7 +335,6 @@ def box_products_triton(dy: torch.Tensor, x: torch.Tensor, grid: Sequence[int], 
     (w, v) is tiled by up to 64 a side; the B·H rows are split so that about ``programs``
     programs run, and torch adds the partial sums (deterministic, no atomics).
     """
-    from runtime.toeplitz import cell_lag_ranges, column_prefix
     dy = dy.contiguous().to(x.dtype)
     batch, channels, height, width = x.shape
     prefix = column_prefix(x)
