@@ -114,12 +114,12 @@ def box_products(dy: torch.Tensor, x: torch.Tensor, grid: tuple[int, ...]) -> to
 
 
 def _column_cells(grid: tuple[int, ...], width: int, device: torch.device) -> torch.Tensor:
-    """(W, W, k') one-hot: [v - w in cell b], cached per device."""
+    """(W, W, k') one-hot: [v - w in cell b] in fp32 (the dtype of the products), cached per device."""
     def build() -> torch.Tensor:
         lags = torch.tensor(lag_cells(grid, width))  # lag v - w = index - (W-1)
         columns = torch.arange(width)
         cells = lags[columns[None, :] - columns[:, None] + width - 1]
-        return F.one_hot(cells, len(grid) + 1)[..., :len(grid)].double()
+        return F.one_hot(cells, len(grid) + 1)[..., :len(grid)].float()  # 0/1: exact in fp32
 
     return device_constant(("box column cells", grid, width), device, build)
 
