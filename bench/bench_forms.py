@@ -22,17 +22,13 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from bench.bench_layers import DTYPES, SHAPES, copy_bandwidth, dense  # noqa: E402
+from bench.bench_layers import DTYPES, SHAPES, copy_bandwidth, dense, relative_error  # noqa: E402
 from runtime import sat, toeplitz, triton_kernels  # noqa: E402
 from runtime.op import sat_tap_count, triton_forms  # noqa: E402
 
 # (block_m, block_n, block_k, num_warps, num_stages) for toeplitz_conv_triton.
 CONFIGS = [(64, 64, 32, 4, 3), (64, 128, 32, 4, 3), (64, 128, 32, 8, 4), (64, 256, 32, 8, 3),
            (32, 64, 32, 4, 2), (32, 64, 32, 4, 3), (32, 32, 32, 4, 2), (16, 64, 32, 4, 2), (32, 128, 32, 8, 2)]
-
-
-def relative_error(value: torch.Tensor, ref: torch.Tensor) -> float:
-    return ((value.double() - ref.double()).norm() / ref.double().norm()).item()
 
 
 def main() -> None:
@@ -99,9 +95,9 @@ def main() -> None:
                     row.append(f"{timed(lambda: toeplitz_fwd(config)):.3f}")
                 except Exception as error:  # a config that does not compile at this shape
                     row.append(f"fail ({type(error).__name__})")
-            row.append(f"{relative_error(toeplitz_fwd(configs[0]), sat_fwd()):.1e}")
+            row.append(f"{relative_error(toeplitz_fwd(configs[0]), sat_fwd().double()):.1e}")
             row += [f"{timed(sat_grad):.3f}", f"{timed(lambda: box_grad(32)):.3f}",
-                    f"{timed(lambda: box_grad(64)):.3f}", f"{relative_error(box_grad(64), sat_grad()):.1e}"]
+                    f"{timed(lambda: box_grad(64)):.3f}", f"{relative_error(box_grad(64), sat_grad().double()):.1e}"]
             row.append("/".join(triton_forms(size, size, grid, dtype)))
             lines.append("| " + " | ".join(str(v) for v in row) + " |")
             print(lines[-1], flush=True)
