@@ -46,6 +46,30 @@ def _park_sat(x_planes, sat_planes, u, v, H, W, ACC_FP64: tl.constexpr, BLOCK_W:
 
 
 @triton.jit
+def _own_planes(x_ptr, sat_ptr, C, H, W, ACC_FP64: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_H: tl.constexpr,
+                BLOCK_W: tl.constexpr):
+    """Set up the BLOCK_C planes of one image that this program owns and park their SAT.
+
+    Returns (c0 first channel, plane first (n, c) plane index (int64), real (BLOCK_C,) channel < C,
+    local (BLOCK_C, 1, 1) plane offsets, offsets (BLOCK_C, 1, 1) element offset of each plane in an
+    (B, C, H, W) tensor, u (1, BLOCK_H, 1), v (1, 1, BLOCK_W), sat_planes pointer). Planes past C repeat
+    the last real one (same SAT values), so loads need no channel mask.
+    """
+    pid = tl.program_id(0)
+    c_blocks = tl.cdiv(C, BLOCK_C)
+    c0 = (pid % c_blocks) * BLOCK_C
+    plane = ((pid // c_blocks) * C + c0).to(tl.int64)
+    real = c0 + tl.arange(0, BLOCK_C) < C
+    local = (tl.minimum(c0 + tl.arange(0, BLOCK_C), C - 1) - c0)[:, None, None]
+    offsets = plane * H * W + local * (H * W)
+    u = tl.arange(0, BLOCK_H)[None, :, None]
+    v = tl.arange(0, BLOCK_W)[None, None, :]
+    sat_planes = sat_ptr + plane * (H + 1) * BLOCK_W + local * ((H + 1) * BLOCK_W)
+    _park_sat(x_ptr + offsets, sat_planes, u, v, H, W, ACC_FP64, BLOCK_W)
+    return c0, plane, real, local, offsets, u, v, sat_planes
+
+
+@triton.jit
 def _taps_kernel(x_ptr, sat_ptr, q_ptr, coeff_ptr, row_off_ptr, col_off_ptr, y_ptr,
                  C, H, W, N_ROWS: tl.constexpr, N_COLS, ACC_FP64: tl.constexpr,
                  BLOCK_C: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr, TILE_H: tl.constexpr):
@@ -57,19 +81,8 @@ def _taps_kernel(x_ptr, sat_ptr, q_ptr, coeff_ptr, row_off_ptr, col_off_ptr, y_p
     """
     acc_dtype = tl.float64 if ACC_FP64 else tl.float32
     pid = tl.program_id(0)
-    c_blocks = tl.cdiv(C, BLOCK_C)
-    n = pid // c_blocks
-    c0 = (pid % c_blocks) * BLOCK_C
-    real = (c0 + tl.arange(0, BLOCK_C) < C)[:, None, None]
-    # Planes past C repeat the last real one (same SAT values), so loads need no channel mask.
-    local = (tl.minimum(c0 + tl.arange(0, BLOCK_C), C - 1) - c0)[:, None, None]
-    plane = (n * C + c0).to(tl.int64)
-    u = tl.arange(0, BLOCK_H)[None, :, None]
-    v = tl.arange(0, BLOCK_W)[None, None, :]
-
-    sat_planes = sat_ptr + plane * (H + 1) * BLOCK_W + local * ((H + 1) * BLOCK_W)
-    _park_sat(x_ptr + plane * H * W + local * (H * W), sat_planes, u, v, H, W, ACC_FP64, BLOCK_W)
-
+    c0, plane, real, local, offsets, u, v, sat_planes = _own_planes(x_ptr, sat_ptr, C, H, W, ACC_FP64, BLOCK_C,
+                                                                    BLOCK_H, BLOCK_W)
     coeffs = coeff_ptr + (c0 + local) * (N_ROWS * N_COLS)
     rows = tl.arange(0, TILE_H)[None, :, None]
     q_tile = q_ptr + pid.to(tl.int64) * (BLOCK_C * TILE_H * BLOCK_W) + local * (TILE_H * BLOCK_W) + rows * BLOCK_W
@@ -85,8 +98,8 @@ def _taps_kernel(x_ptr, sat_ptr, q_ptr, coeff_ptr, row_off_ptr, col_off_ptr, y_p
             tl.debug_barrier()
             acc += tl.load(q_tile + tl.minimum(tl.maximum(v + tl.load(col_off_ptr + j), 0), W))
             tl.debug_barrier()
-        tl.store(y_ptr + plane * H * W + local * (H * W) + h * W + v, acc.to(y_ptr.dtype.element_ty),
-                 mask=real & (h < H) & (v < W))
+        tl.store(y_ptr + offsets + h * W + v, acc.to(y_ptr.dtype.element_ty),
+                 mask=real[:, None, None] & (h < H) & (v < W))
 
 
 @triton.jit
@@ -100,23 +113,13 @@ def _tap_sums_kernel(dy_ptr, x_ptr, sat_ptr, q_ptr, row_off_ptr, col_off_ptr, ou
     """
     acc_dtype = tl.float64 if ACC_FP64 else tl.float32
     pid = tl.program_id(0)
-    c_blocks = tl.cdiv(C, BLOCK_C)
-    n = pid // c_blocks
-    c0 = (pid % c_blocks) * BLOCK_C
-    real = c0 + tl.arange(0, BLOCK_C) < C
-    local = (tl.minimum(c0 + tl.arange(0, BLOCK_C), C - 1) - c0)[:, None, None]
-    plane = (n * C + c0).to(tl.int64)
-    u = tl.arange(0, BLOCK_H)[None, :, None]
-    v = tl.arange(0, BLOCK_W)[None, None, :]
-
-    sat_planes = sat_ptr + plane * (H + 1) * BLOCK_W + local * ((H + 1) * BLOCK_W)
-    _park_sat(x_ptr + plane * H * W + local * (H * W), sat_planes, u, v, H, W, ACC_FP64, BLOCK_W)
-
+    c0, plane, real, local, offsets, u, v, sat_planes = _own_planes(x_ptr, sat_ptr, C, H, W, ACC_FP64, BLOCK_C,
+                                                                    BLOCK_H, BLOCK_W)
     # Duplicate planes past C get dy = 0, so they add nothing.
-    dy = tl.load(dy_ptr + plane * H * W + local * (H * W) + u * W + v,
+    dy = tl.load(dy_ptr + offsets + u * W + v,
                  mask=real[:, None, None] & (u < H) & (v < W), other=0.0).to(acc_dtype)
     shifted = q_ptr + pid.to(tl.int64) * (BLOCK_C * BLOCK_H * BLOCK_W) + local * (BLOCK_H * BLOCK_W)
-    sums = out_ptr + (n * C + c0 + tl.arange(0, BLOCK_C)).to(tl.int64) * (N_ROWS * N_COLS)
+    sums = out_ptr + (plane + tl.arange(0, BLOCK_C)) * (N_ROWS * N_COLS)
     for j in range(N_COLS):
         col = tl.minimum(tl.maximum(v + tl.load(col_off_ptr + j), 0), W)
         tl.store(shifted + u * BLOCK_W + v, tl.load(sat_planes + tl.minimum(u, H) * BLOCK_W + col))
