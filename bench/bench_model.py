@@ -24,12 +24,19 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
-def make_model(name: str, backend: str) -> torch.nn.Module:
-    if name.startswith("timm:") or name == "convnext_tiny":
+def is_timm(name: str) -> bool:
+    return name.startswith("timm:") or name == "convnext_tiny"
+
+
+def make_model(name: str, backend: str, deploy: bool = False) -> torch.nn.Module:
+    """A timm model (``timm:NAME`` or ``convnext_tiny``) or a pelk preset/spec; ``deploy`` folds a pelk
+    model into its inference form (BNs, small kernels and positional embedding folded away)."""
+    if is_timm(name):
         import timm
         return timm.create_model(name.removeprefix("timm:"))
     from compiler import build_model
-    return build_model(name, backend=backend)
+    model = build_model(name, backend=backend)
+    return model.deploy() if deploy else model
 
 
 def time_call(step, warmup: int, iters: int) -> float:
@@ -88,6 +95,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--compile", action="store_true", help="torch.compile every model (baseline too)")
     parser.add_argument("--compile-mode", default="default",
                         choices=["default", "reduce-overhead", "max-autotune"], help="torch.compile mode")
+    parser.add_argument("--deploy", action="store_true",
+                        help="pelk models run inference in deploy form (BN, small kernel, pos-embed folded)")
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--iters", type=int, default=20)
     parser.add_argument("--out", type=Path, help="also write the table here")
@@ -105,8 +114,10 @@ def main(argv: list[str] | None = None) -> None:
         results[model_name] = {"params": params}
         for mode, dtype_name in columns:
             started = time.perf_counter()
+            deployed = args.deploy and mode == "infer" and not is_timm(model_name)
+            runner = make_model(model_name, args.backend, deploy=True) if deployed else model
             results[model_name][(mode, dtype_name)] = throughput(
-                model, mode, dtypes[dtype_name], args.batch, args.resolution,
+                runner, mode, dtypes[dtype_name], args.batch, args.resolution,
                 args.compile_mode if args.compile else None, args.warmup, args.iters)
             print(f"{model_name} {mode} {dtype_name}: {results[model_name][(mode, dtype_name)]:.0f} img/s "
                   f"({time.perf_counter() - started:.1f}s)", file=sys.stderr, flush=True)
@@ -116,7 +127,8 @@ def main(argv: list[str] | None = None) -> None:
     baseline = args.models.split(",")[0]
     device = torch.cuda.get_device_name()
     lines = [f"GPU: {device}; torch {torch.__version__}; batch {args.batch}; {args.resolution}²; "
-             f"{f'torch.compile ({args.compile_mode})' if args.compile else 'eager'}; pelk backend {args.backend}; TF32 off",
+             f"{f'torch.compile ({args.compile_mode})' if args.compile else 'eager'}; pelk backend {args.backend}; "
+             f"{'pelk inference in deploy form; ' if args.deploy else ''}TF32 off",
              "", "| model | params | " + " | ".join(f"{m} {d} img/s" for m, d in columns) + " | "
              + " | ".join(f"{m} {d} vs {baseline}" for m, d in columns) + " |",
              "|---" * (2 + 2 * len(columns)) + "|"]

@@ -1,12 +1,19 @@
-"""Where a model's time goes on the GPU: torch.profiler table of the top CUDA kernels.
+"""Where a model's time goes on the GPU: CUDA kernel time per category, then the top kernels.
 
     python bench/profile_model.py --model pelk_t --mode train --dtype bf16 --out prof.txt
+    python bench/profile_model.py --models convnext_tiny,pelk_t --modes infer,train --compile --out prof.txt
+    python bench/profile_model.py --model pelk_t --mode infer --deploy     # the folded inference form
+
+Categories are read off kernel names (peripheral-conv Triton kernels, GEMMs,
+cuDNN convolutions, inductor-fused elementwise/reduction kernels, ...); the
+summary gives milliseconds of GPU time per step for each.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from collections import defaultdict
 from pathlib import Path
 
 import torch
@@ -14,44 +21,110 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.bench_model import make_model  # noqa: E402
 
+# (category, substrings of the kernel name); the first match wins, in this order.
+CATEGORIES = [
+    ("peripheral conv (triton)", ("_toeplitz_kernel", "_taps_kernel", "_tap_sums_kernel", "_box_products_kernel")),
+    ("GEMM", ("gemm", "nvjet", "cutlass", "sm90_xmma", "sm80_xmma", "ampere_", "matmul", "splitk")),
+    ("cuDNN / ATen conv", ("conv", "dgrad", "wgrad", "cudnn", "implicit")),
+    ("layer norm", ("layer_norm", "LayerNorm")),
+    ("batch norm", ("batch_norm", "bn_", "BatchNorm")),
+    ("optimizer", ("adam", "Adam", "foreach", "multi_tensor")),
+    ("copy / cat / layout", ("copy", "cat", "Cat", "transpose", "permute", "elementwise_kernel_with_index")),
+    ("inductor fused", ("triton_",)),
+]
+
+
+def category(name: str) -> str:
+    for label, needles in CATEGORIES:
+        if any(needle in name for needle in needles):
+            return label
+    return "other"
+
+
+def profile_step(model: torch.nn.Module, mode: str, bf16: bool, batch: int, compile_mode: str | None,
+                 steps: int) -> list[tuple[str, float, int]]:
+    """(kernel name, total CUDA ms over ``steps`` steps, calls) for every kernel of the step."""
+    images = torch.randn(batch, 3, 224, 224, device="cuda")
+    targets = torch.randint(0, 1000, (batch,), device="cuda")
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16)
+    runner = torch.compile(model, mode=compile_mode) if compile_mode else model
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, foreach=True) if mode == "train" else None
+
+    def step():
+        if mode == "infer":
+            with torch.no_grad(), autocast:
+                runner(images)
+            return
+        with autocast:
+            loss = torch.nn.functional.cross_entropy(runner(images), targets)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    model.train(mode == "train")
+    for _ in range(4):
+        step()
+    torch.cuda.synchronize()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as profiler:
+        for _ in range(steps):
+            step()
+        torch.cuda.synchronize()
+    kernels = []
+    for event in profiler.key_averages():
+        device_us = getattr(event, "device_time_total", None) or getattr(event, "cuda_time_total", 0)
+        if device_us and event.key and not event.key.startswith("ProfilerStep"):
+            kernels.append((event.key, device_us / 1000, event.count))
+    return kernels
+
+
+def report(label: str, kernels: list[tuple[str, float, int]], steps: int, rows: int) -> str:
+    """A per-category summary (ms per step, share) and the top ``rows`` kernels."""
+    total = sum(ms for _, ms, _ in kernels) / steps
+    per_category: dict[str, float] = defaultdict(float)
+    for name, ms, _ in kernels:
+        per_category[category(name)] += ms / steps
+    lines = [f"## {label}: {total:.2f} ms of CUDA kernels per step", "", "| category | ms/step | share |",
+             "|---|---|---|"]
+    for name, ms in sorted(per_category.items(), key=lambda item: -item[1]):
+        lines.append(f"| {name} | {ms:.2f} | {ms / total:.0%} |")
+    lines += ["", "| kernel | ms/step | calls/step | category |", "|---|---|---|---|"]
+    for name, ms, count in sorted(kernels, key=lambda entry: -entry[1])[:rows]:
+        short = name if len(name) <= 90 else name[:87] + "..."
+        lines.append(f"| `{short}` | {ms / steps:.3f} | {count / steps:g} | {category(name)} |")
+    return "\n".join(lines) + "\n"
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="pelk_t")
-    parser.add_argument("--mode", default="train", choices=["train", "infer"])
+    parser.add_argument("--models", "--model", default="pelk_t")
+    parser.add_argument("--modes", "--mode", default="train", help="comma list of infer, train")
     parser.add_argument("--dtype", default="bf16", choices=["fp32", "bf16"])
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--backend", default="auto")
+    parser.add_argument("--compile", action="store_true", help="torch.compile (default mode) every model")
+    parser.add_argument("--deploy", action="store_true", help="pelk models in deploy form for inference")
+    parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--rows", type=int, default=25)
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     torch.backends.cudnn.benchmark = True
-    model = make_model(args.model, args.backend).cuda()
-    images = torch.randn(args.batch, 3, 224, 224, device="cuda")
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=args.dtype == "bf16")
-
-    def step():
-        if args.mode == "infer":
-            model.eval()
-            with torch.no_grad(), autocast:
-                model(images)
-        else:
-            model.train()
-            with autocast:
-                loss = model(images).float().square().mean()
-            loss.backward()
-
-    for _ in range(3):
-        step()
-    torch.cuda.synchronize()
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as profiler:
-        for _ in range(3):
-            step()
-        torch.cuda.synchronize()
-    table = profiler.key_averages().table(sort_by="cuda_time_total", row_limit=args.rows, max_name_column_width=70)
-    print(table)
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    sections = [f"GPU: {torch.cuda.get_device_name()}; torch {torch.__version__}; batch {args.batch}; 224²; "
+                f"{args.dtype}; {'torch.compile' if args.compile else 'eager'}\n"]
+    for model_name in args.models.split(","):
+        for mode in args.modes.split(","):
+            model = make_model(model_name, args.backend, deploy=args.deploy and mode == "infer").cuda()
+            kernels = profile_step(model, mode, args.dtype == "bf16", args.batch,
+                                   "default" if args.compile else None, args.steps)
+            label = f"{model_name} {mode}{' (deploy form)' if args.deploy and mode == 'infer' else ''}"
+            sections.append(report(label, kernels, args.steps, args.rows))
+            print(sections[-1], flush=True)
+            del model
+            torch.cuda.empty_cache()
     if args.out:
-        args.out.write_text(table)
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text("\n".join(sections))
 
 
 if __name__ == "__main__":

@@ -235,7 +235,9 @@ def prune_model(model: nn.Module, ratio: float, trace_resolution: int | None = N
                          f"directory), then deploy")
     spec = model.spec
     new_spec = slim_spec(spec, ratio)
-    work = copy.deepcopy(model).eval()
+    # Traced on a CPU copy: on CUDA a misaligned MLP runs padded GEMMs (modules.aligned_mlp),
+    # which torch-pruning's tracer could not attribute to fc1 and fc2.
+    work = copy.deepcopy(model).cpu().eval()
     reduction = spec.total_reduction()
     graph, owners = dependency_graph(work, trace_resolution or max(reduction, min(spec.input.resolution, 64)))
     importance = ChannelImportance(owners)

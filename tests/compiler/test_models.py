@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from archspec import preset_names
 from compiler import build_model
-from compiler.modules import PeripheralMixer
+from compiler.modules import Mlp, PeripheralMixer, aligned_mlp
 from tests.conftest import tiny_spec
 
 
@@ -114,3 +116,28 @@ def test_switching_backend_keeps_outputs_and_gradients_within_fp32_tolerance(tra
     (reference_logits, reference_grad), (logits, grad) = results["torch"], results["sat"]
     assert (logits - reference_logits).abs().max() <= 1e-5 * reference_logits.abs().max()
     assert (grad - reference_grad).abs().max() <= 1e-4 * reference_grad.abs().max()
+
+
+@settings(max_examples=20)
+@given(dim=st.integers(1, 40), hidden=st.integers(1, 90), multiple=st.sampled_from([8, 16]),
+       bias=st.booleans(), seed=st.integers(0, 2**16))
+def test_aligned_mlp_equals_the_plain_mlp_with_gradients(dim, hidden, multiple, bias, seed):
+    torch.manual_seed(seed)
+    mlp = Mlp(dim, hidden).double()
+    if not bias:
+        mlp.fc1.bias = mlp.fc2.bias = None
+    x = torch.randn(2, 3, dim, dtype=torch.float64, requires_grad=True)
+    plain = mlp.fc2(mlp.act(mlp.fc1(x)))
+    aligned = aligned_mlp(x, mlp.fc1, mlp.act, mlp.fc2, multiple)
+    assert aligned.shape == plain.shape
+    torch.testing.assert_close(aligned, plain)
+    upstream = torch.randn_like(plain)
+    grads_plain = torch.autograd.grad(plain, [x, *mlp.parameters()], upstream)
+    grads_aligned = torch.autograd.grad(aligned, [x, *mlp.parameters()], upstream)
+    for got, expected in zip(grads_aligned, grads_plain):
+        torch.testing.assert_close(got, expected)
+
+
+def test_mlp_marks_unaligned_widths_for_padded_gemms():
+    assert Mlp(249, 996).misaligned and Mlp(124, 496).misaligned
+    assert not Mlp(96, 384).misaligned
