@@ -12,6 +12,7 @@ each Toeplitz result against the SAT result of the same shape (relative error co
 
     python3 bench/bench_forms.py --out forms.md
     python3 bench/bench_forms.py --stages 3 --dtypes fp32 --configs 32x64x32/4/2,16x64x32/4/2
+    python3 bench/bench_forms.py --configs 64x128x32/4/3 --box-configs 32/4/3,32/8/2,16/4/1
 """
 from __future__ import annotations
 
@@ -29,6 +30,13 @@ from runtime.op import sat_tap_count, triton_forms  # noqa: E402
 # (block_m, block_n, block_k, num_warps, num_stages) for toeplitz_conv_triton.
 CONFIGS = [(64, 64, 32, 4, 3), (64, 128, 32, 4, 3), (64, 128, 32, 8, 4), (64, 256, 32, 8, 3),
            (32, 64, 32, 4, 2), (32, 64, 32, 4, 3), (32, 32, 32, 4, 2), (16, 64, 32, 4, 2), (32, 128, 32, 8, 2)]
+# (block_k, num_warps, num_stages) for box_products_triton.
+BOX_CONFIGS = [(32, 4, 1), (32, 4, 3)]
+
+
+def parse_configs(text: str) -> list[tuple[int, ...]]:
+    """'64x128x32/4/3,32/8/2' -> [(64, 128, 32, 4, 3), (32, 8, 2)]."""
+    return [tuple(int(v) for v in item.replace("/", "x").split("x")) for item in text.split(",")]
 
 
 def main() -> None:
@@ -39,9 +47,11 @@ def main() -> None:
     parser.add_argument("--dtypes", default="fp32,bf16")
     parser.add_argument("--configs", help="Toeplitz tiles as MxNxK/warps/stages, comma-separated, "
                                           "e.g. 64x128x32/4/3 (default: CONFIGS)")
+    parser.add_argument("--box-configs", help="box grad-weight configs as K/warps/stages, comma-separated, "
+                                              "e.g. 32/8/2 (default: BOX_CONFIGS)")
     args = parser.parse_args()
-    configs = CONFIGS if not args.configs else [
-        tuple(int(v) for v in item.replace("/", "x").split("x")) for item in args.configs.split(",")]
+    configs = parse_configs(args.configs) if args.configs else CONFIGS
+    box_configs = parse_configs(args.box_configs) if args.box_configs else BOX_CONFIGS
     stages = {int(v) for v in args.stages.split(",")}
     dtypes = {name: DTYPES[name] for name in args.dtypes.split(",")}
     import triton
@@ -56,8 +66,8 @@ def main() -> None:
     bandwidth = copy_bandwidth(device)
     header = ["stage", "H", "K", "taps", "dtype", "floor", "dense fwd", "sat fwd"]
     header += [f"toeplitz {c[0]}x{c[1]}x{c[2]} w{c[3]} s{c[4]}" for c in configs]
-    header += ["toeplitz err vs sat", "sat grad-w", "box grad-w k32", "box grad-w k64", "box err vs sat",
-               "auto forms"]
+    header += ["toeplitz err vs sat", "sat grad-w"] + [f"box grad-w k{k} w{w} s{s}" for k, w, s in box_configs]
+    header += ["box err vs sat", "auto forms"]
     lines = [f"{torch.cuda.get_device_name()}, torch {torch.__version__}, triton {triton.__version__}, batch "
              f"{args.batch}; ms, CUDA-graph medians; copy bandwidth {bandwidth / 1e12:.2f} TB/s", "",
              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -80,9 +90,11 @@ def main() -> None:
                     triton_kernels.toeplitz_conv_triton(images, kernel, reach, block_m, block_n, block_k,
                                                         warps, stages)))
 
-            def box_grad(block_k):
+            def box_grad(config):
+                block_k, warps, stages = config
                 return toeplitz.peripheral_grad_weight_boxes(dy, x, grid, lambda d, images, cells: (
-                    triton_kernels.box_products_triton(d, images, cells, block_k=block_k)))
+                    triton_kernels.box_products_triton(d, images, cells, block_k=block_k, num_warps=warps,
+                                                       num_stages=stages)))
 
             def sat_grad():
                 return sat.peripheral_grad_weight_taps(dy, x, grid, triton_kernels.sat_tap_sums_triton)
@@ -90,14 +102,17 @@ def main() -> None:
             row = [stage, size, sum(grid), sat_tap_count(grid, size, size), dtype_name,
                    f"{2 * x.numel() * x.element_size() / bandwidth * 1e3:.4f}",
                    f"{timed(lambda: dense(x, w, grid)):.3f}", f"{timed(sat_fwd):.3f}"]
-            for config in configs:
+            def timed_or_fail(fn):
                 try:
-                    row.append(f"{timed(lambda: toeplitz_fwd(config)):.3f}")
+                    return f"{timed(fn):.3f}"
                 except Exception as error:  # a config that does not compile at this shape
-                    row.append(f"fail ({type(error).__name__})")
+                    return f"fail ({type(error).__name__})"
+
+            row += [timed_or_fail(lambda: toeplitz_fwd(config)) for config in configs]
             row.append(f"{relative_error(toeplitz_fwd(configs[0]), sat_fwd().double()):.1e}")
-            row += [f"{timed(sat_grad):.3f}", f"{timed(lambda: box_grad(32)):.3f}",
-                    f"{timed(lambda: box_grad(64)):.3f}", f"{relative_error(box_grad(64), sat_grad().double()):.1e}"]
+            row.append(f"{timed(sat_grad):.3f}")
+            row += [timed_or_fail(lambda: box_grad(config)) for config in box_configs]
+            row.append(f"{relative_error(box_grad(box_configs[0]), sat_grad().double()):.1e}")
             row.append("/".join(triton_forms(size, size, grid, dtype)))
             lines.append("| " + " | ".join(str(v) for v in row) + " |")
             print(lines[-1], flush=True)

@@ -45,9 +45,11 @@ TRITON_MAX_PLANE = 63
 # precision ("16" = bf16/fp16 on native tensor cores, "32" = fp32 as three TF32 products, fp64).
 # Calibrated with bench/bench_forms.py on an H100 (bench/results/2026-11-25-h100-forms.md): the
 # Toeplitz forward wins up to HW/taps = 16 (bf16, stage 1) and 4 (fp32, stage 2) and loses at 16
-# (fp32, stage 1); the box grad-weight wins at k'·W/taps <= 2.4 (stages 2-4) and loses at >= 3.4.
+# (fp32, stage 1). The box grad-weight wins at every PeLK-T shape, k'·W/taps from 1.4 to 4.2
+# (bench/results/2026-11-25-h100-forms-box-sweep.md; at 4.2, stage 1: 0.58 vs 1.50 ms bf16,
+# 0.77 vs 1.52 ms fp32); 8 is that with a margin, not a measured crossover.
 TOEPLITZ_TAP_RATIO = {"16": 32.0, "32": 6.0}
-BOX_TAP_RATIO = {"16": 3.0, "32": 3.0}
+BOX_TAP_RATIO = {"16": 8.0, "32": 8.0}
 
 
 @functools.cache

@@ -1,11 +1,12 @@
 """Triton kernels for peripheral convolution: the SAT form (sat.py) and the Toeplitz form (toeplitz.py).
 
-Four launchers, twins of the plain-torch primitives with the same signatures:
+Five launchers, twins of the plain-torch primitives with the same signatures:
 
 * ``sat_taps_triton(x, row_offsets, col_offsets, coeffs)``: SAT forward and grad-input.
 * ``sat_tap_sums_triton(dy, x, row_offsets, col_offsets)``: SAT grad-weight.
 * ``toeplitz_conv_triton(x, lag_kernel)``: Toeplitz forward and grad-input (tensor cores).
-* ``box_products_triton(dy, x, grid)``: Toeplitz-family grad-weight (tensor cores).
+* ``box_products_triton(dy, x, grid)``: Toeplitz-family grad-weight (tensor cores), on
+  ``column_prefix_triton(x)``.
 
 SAT: a program owns BLOCK_C whole (H, W) planes of one image. It builds their
 exclusive SAT in registers (two ``tl.cumsum``) and parks it in an fp32
@@ -31,7 +32,7 @@ import triton.language as tl
 
 from runtime.constants import device_constant
 from runtime.sat import accumulate_dtype
-from runtime.toeplitz import cell_lag_ranges, column_prefix
+from runtime.toeplitz import cell_lag_ranges
 
 
 @triton.jit
@@ -219,6 +220,29 @@ def _box_products_kernel(dy_ptr, prefix_ptr, lo_ptr, hi_ptr, out_ptr, B, C, H, W
     tl.store(out, acc, mask=(w < W)[:, None] & (v < W)[None, :])
 
 
+@triton.jit
+def _column_prefix_kernel(x_ptr, out_ptr, H, W, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr):
+    """out[n, c, u, w] = Σ_{h<u} x[n, c, h, w] in fp32 (fp64 for fp64) for u = 0..H.
+
+    Program = one (n, c) plane, one BLOCK_W strip of columns; rows go BLOCK_H at a time
+    with the running column sums carried between chunks.
+    """
+    plane, strip = tl.program_id(0).to(tl.int64), tl.program_id(1)
+    acc_dtype = out_ptr.dtype.element_ty
+    w = strip * BLOCK_W + tl.arange(0, BLOCK_W)
+    rows = tl.arange(0, BLOCK_H)
+    source = x_ptr + plane * (H * W)
+    target = out_ptr + plane * ((H + 1) * W)
+    tl.store(target + w, tl.zeros((BLOCK_W,), dtype=acc_dtype), mask=w < W)
+    carry = tl.zeros((BLOCK_W,), dtype=acc_dtype)
+    for h0 in range(0, H, BLOCK_H):
+        h = h0 + rows
+        inside = (h < H)[:, None] & (w < W)[None, :]
+        tile = tl.load(source + h[:, None] * W + w[None, :], mask=inside, other=0.0).to(acc_dtype)
+        tl.store(target + (h + 1)[:, None] * W + w[None, :], tl.cumsum(tile, axis=0) + carry[None, :], mask=inside)
+        carry += tl.sum(tile, axis=0)
+
+
 INTERPRETED = not isinstance(_taps_kernel, triton.runtime.JITFunction)
 """True when TRITON_INTERPRET=1 was set before triton was imported: kernels run on CPU tensors too."""
 
@@ -331,16 +355,32 @@ def toeplitz_conv_triton(x: torch.Tensor, kernel: torch.Tensor, lag_reach: tuple
     return y.to(x.dtype)
 
 
-def box_products_triton(dy: torch.Tensor, x: torch.Tensor, grid: Sequence[int], block_k: int = 64,
-                        num_warps: int = 4, programs: int = 1024) -> torch.Tensor:
+def column_prefix_triton(x: torch.Tensor) -> torch.Tensor:
+    """Triton twin of ``toeplitz.column_prefix``: (B, C, H, W) -> (B, C, H+1, W), exclusive prefix
+    sums along H in fp32 (fp64 for fp64), in one pass over x."""
+    x = x.contiguous()
+    batch, channels, height, width = x.shape
+    prefix = torch.empty(batch, channels, height + 1, width, device=x.device, dtype=accumulate_dtype(x.dtype))
+    block_w = min(64, triton.next_power_of_2(width))
+    block_h = max(1, min(triton.next_power_of_2(height), 4096 // block_w))
+    _column_prefix_kernel[(batch * channels, triton.cdiv(width, block_w))](
+        x, prefix, height, width, BLOCK_H=block_h, BLOCK_W=block_w)
+    return prefix
+
+
+def box_products_triton(dy: torch.Tensor, x: torch.Tensor, grid: Sequence[int], block_k: int = 32,
+                        num_warps: int = 4, num_stages: int = 1, programs: int = 1024) -> torch.Tensor:
     """Triton twin of ``toeplitz.box_products``: dy, x (B, C, H, W) -> (C, k', W, W) in fp32 (fp64).
 
     (w, v) is tiled by up to 64 a side; the B·H rows are split so that about ``programs``
-    programs run, and torch adds the partial sums (deterministic, no atomics).
+    programs run, and torch adds the partial sums (deterministic, no atomics). Default tiles
+    from an H100 sweep (bench/results/2026-11-25-h100-forms-box-sweep.md): one stage, no
+    software pipelining, is 5x faster than three at 56x56 (0.58 vs 2.90 ms, bf16) and as fast
+    at the smaller planes.
     """
     dy = dy.contiguous().to(x.dtype)
     batch, channels, height, width = x.shape
-    prefix = column_prefix(x)
+    prefix = column_prefix_triton(x)
     ranges = cell_lag_ranges(tuple(grid))
     cells = len(ranges)
     block_w = max(16, min(64, triton.next_power_of_2(width)))
@@ -357,5 +397,5 @@ def box_products_triton(dy: torch.Tensor, x: torch.Tensor, grid: Sequence[int], 
         _offsets_tensor(tuple(hi for _, hi in ranges), x.device), partial, batch, channels, height, width,
         cells, per_split, PRECISION=_dot_precision(x.dtype), UPCAST=_upcast(x.dtype),
         HI_LO=x.dtype in (torch.bfloat16, torch.float16), BLOCK_W=block_w, BLOCK_K=block_k,
-        num_warps=num_warps)
+        num_warps=num_warps, num_stages=num_stages)
     return partial.sum(0)

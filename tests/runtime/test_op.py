@@ -67,8 +67,10 @@ def test_auto_on_cuda_follows_the_measured_layer_table():
 def test_triton_forms_follow_the_tap_ratios():
     assert triton_forms(7, 7, PAPER_GRIDS[13], torch.float32) == ("toeplitz", "box")
     assert triton_forms(28, 28, PAPER_GRIDS[51], torch.float32) == ("toeplitz", "box")
-    assert triton_forms(56, 56, PAPER_GRIDS[101], torch.float32) == ("sat", "sat")
-    assert triton_forms(56, 56, PAPER_GRIDS[101], torch.bfloat16) == ("toeplitz", "sat")
+    assert triton_forms(56, 56, PAPER_GRIDS[101], torch.float32) == ("sat", "box")
+    assert triton_forms(56, 56, PAPER_GRIDS[101], torch.bfloat16) == ("toeplitz", "box")
+    # A tiny kernel on a big plane: 16 SAT taps against 3 x 64 box multiply-adds.
+    assert triton_forms(56, 56, (1, 1, 1), torch.float32) == ("sat", "sat")
     # Planes beyond what a SAT program holds always take the Toeplitz form.
     assert triton_forms(96, 96, PAPER_GRIDS[101], torch.float32) == ("toeplitz", "box")
 
