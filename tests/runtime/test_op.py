@@ -124,6 +124,33 @@ def test_torch_compile_fullgraph_forward_and_backward(backend):
     assert x.grad is not None and module.weight.grad is not None
 
 
+def test_inductor_hands_the_kernels_contiguous_inputs(monkeypatch):
+    """A channels-last view in the compiled graph reaches the kernels as contiguous NCHW (inductor
+    writes it from a fused kernel), forward and backward, so the op never copies it itself."""
+    from runtime import op
+    seen = []
+
+    def recording(impl):
+        def run(*args):
+            seen.append([arg.is_contiguous() for arg in args if isinstance(arg, torch.Tensor)])
+            return impl(*args)
+        return run
+
+    monkeypatch.setattr(op, "_conv_impl", recording(op._conv_impl))
+    monkeypatch.setattr(op, "_grad_weight_impl", recording(op._grad_weight_impl))
+    weight = torch.randn(4, 1, len(GRID), len(GRID), requires_grad=True)
+
+    def mixer(x):
+        x = x.contiguous(memory_format=torch.channels_last) * 2.0  # the graph holds x channels-last
+        return peripheral_conv2d(x[:, :4], weight, GRID, backend="sat")
+
+    x = torch.randn(2, 6, 7, 7, requires_grad=True)
+    with torch._inductor.config.patch(force_disable_caches=True):  # a cached graph may predate the op's tags
+        torch.compile(mixer)(x).square().sum().backward()
+    assert len(seen) == 3  # forward, grad-input, grad-weight
+    assert all(all(flags) for flags in seen), seen
+
+
 def test_torch_export_keeps_one_op():
     module = PeripheralConv2d(3, GRID, backend="sat")
     program = torch.export.export(module, (torch.randn(2, 3, 6, 6),))
