@@ -13,6 +13,7 @@ each Toeplitz result against the SAT result of the same shape (relative error co
     python3 bench/bench_forms.py --out forms.md
     python3 bench/bench_forms.py --stages 3 --dtypes fp32 --configs 32x64x32/4/2,16x64x32/4/2
     python3 bench/bench_forms.py --configs 64x128x32/4/3 --box-configs 32/4/3,32/8/2,16/4/1
+    python3 bench/bench_forms.py --stages 1,2 --sat-configs 256/2/1,256/2/4,512/4/8
 """
 from __future__ import annotations
 
@@ -32,6 +33,8 @@ CONFIGS = [(64, 64, 32, 4, 3), (64, 128, 32, 4, 3), (64, 128, 32, 8, 4), (64, 25
            (32, 64, 32, 4, 2), (32, 64, 32, 4, 3), (32, 32, 32, 4, 2), (16, 64, 32, 4, 2), (32, 128, 32, 8, 2)]
 # (block_k, num_warps, num_stages) for box_products_triton.
 BOX_CONFIGS = [(32, 4, 1), (32, 4, 3)]
+# (tile_elements, num_warps, col_chunk) for sat_taps_triton.
+SAT_CONFIGS = [(256, 2, 1)]
 
 
 def parse_configs(text: str) -> list[tuple[int, ...]]:
@@ -49,8 +52,11 @@ def main() -> None:
                                           "e.g. 64x128x32/4/3 (default: CONFIGS)")
     parser.add_argument("--box-configs", help="box grad-weight configs as K/warps/stages, comma-separated, "
                                               "e.g. 32/8/2 (default: BOX_CONFIGS)")
+    parser.add_argument("--sat-configs", help="SAT forward configs as tile_elements/warps/col_chunk, "
+                                              "comma-separated, e.g. 256/2/4 (default: SAT_CONFIGS)")
     args = parser.parse_args()
     configs = parse_configs(args.configs) if args.configs else CONFIGS
+    sat_configs = parse_configs(args.sat_configs) if args.sat_configs else SAT_CONFIGS
     box_configs = parse_configs(args.box_configs) if args.box_configs else BOX_CONFIGS
     stages = {int(v) for v in args.stages.split(",")}
     dtypes = {name: DTYPES[name] for name in args.dtypes.split(",")}
@@ -64,7 +70,8 @@ def main() -> None:
     device = torch.device("cuda")
     torch.manual_seed(0)
     bandwidth = copy_bandwidth(device)
-    header = ["stage", "H", "K", "taps", "dtype", "floor", "dense fwd", "sat fwd"]
+    header = ["stage", "H", "K", "taps", "dtype", "floor", "dense fwd"]
+    header += [f"sat fwd t{t} w{w} c{c}" for t, w, c in sat_configs]
     header += [f"toeplitz {c[0]}x{c[1]}x{c[2]} w{c[3]} s{c[4]}" for c in configs]
     header += ["toeplitz err vs sat", "sat grad-w"] + [f"box grad-w k{k} w{w} s{s}" for k, w, s in box_configs]
     header += ["box err vs sat", "auto forms"]
@@ -81,8 +88,10 @@ def main() -> None:
             dy = torch.randn_like(x)
             reach = toeplitz.lag_reach(grid, size)
 
-            def sat_fwd():
-                return sat.peripheral_conv2d_taps(x, w, grid, triton_kernels.sat_taps_triton)
+            def sat_fwd(config=sat_configs[0]):
+                tile, warps, chunk = config
+                return sat.peripheral_conv2d_taps(x, w, grid, lambda images, rows, cols, coeffs: (
+                    triton_kernels.sat_taps_triton(images, rows, cols, coeffs, tile, warps, chunk)))
 
             def toeplitz_fwd(config):
                 block_m, block_n, block_k, warps, stages = config
@@ -99,17 +108,21 @@ def main() -> None:
             def sat_grad():
                 return sat.peripheral_grad_weight_taps(dy, x, grid, triton_kernels.sat_tap_sums_triton)
 
-            row = [stage, size, sum(grid), sat_tap_count(grid, size, size), dtype_name,
-                   f"{2 * x.numel() * x.element_size() / bandwidth * 1e3:.4f}",
-                   f"{timed(lambda: dense(x, w, grid)):.3f}", f"{timed(sat_fwd):.3f}"]
             def timed_or_fail(fn):
                 try:
                     return f"{timed(fn):.3f}"
                 except Exception as error:  # a config that does not compile at this shape
                     return f"fail ({type(error).__name__})"
 
+            row = [stage, size, sum(grid), sat_tap_count(grid, size, size), dtype_name,
+                   f"{2 * x.numel() * x.element_size() / bandwidth * 1e3:.4f}",
+                   f"{timed(lambda: dense(x, w, grid)):.3f}"]
+            row += [timed_or_fail(lambda: sat_fwd(config)) for config in sat_configs]
             row += [timed_or_fail(lambda: toeplitz_fwd(config)) for config in configs]
-            row.append(f"{relative_error(toeplitz_fwd(configs[0]), sat_fwd().double()):.1e}")
+            reference = sat_fwd().double()
+            errors = [relative_error(sat_fwd(config), reference) for config in sat_configs[1:]]
+            row.append(f"{relative_error(toeplitz_fwd(configs[0]), reference):.1e}"
+                       + (f" (sat configs: {max(errors):.1e})" if errors else ""))
             row.append(f"{timed(sat_grad):.3f}")
             row += [timed_or_fail(lambda: box_grad(config)) for config in box_configs]
             row.append(f"{relative_error(box_grad(box_configs[0]), sat_grad().double()):.1e}")

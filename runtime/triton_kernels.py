@@ -73,31 +73,45 @@ def _own_planes(x_ptr, sat_ptr, C, H, W, ACC_FP64: tl.constexpr, BLOCK_C: tl.con
 @triton.jit
 def _taps_kernel(x_ptr, sat_ptr, q_ptr, coeff_ptr, row_off_ptr, col_off_ptr, y_ptr,
                  C, H, W, N_ROWS: tl.constexpr, N_COLS, ACC_FP64: tl.constexpr,
-                 BLOCK_C: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr, TILE_H: tl.constexpr):
+                 BLOCK_C: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr, TILE_H: tl.constexpr,
+                 COL_CHUNK: tl.constexpr):
     """y[n, c, h, w] = Σ_ij coeff[c, i, j] · S[clamp(h + row_i, 0, H), clamp(w + col_j, 0, W)].
 
-    Program = BLOCK_C planes of image n. Per tile of TILE_H output rows and per
-    column offset j: Q_j[h, v] = Σ_i coeff[c, i, j] · S[row_i(h), v] from whole SAT
-    rows, parked in a per-program scratch, then y[h, w] += Q_j[h, clamp(w + col_j)].
+    Program = BLOCK_C planes of image n. Per tile of TILE_H output rows and per chunk of
+    COL_CHUNK column offsets j: Q_j[h, v] = Σ_i coeff[c, i, j] · S[row_i(h), v] from whole SAT
+    rows (each row read once per chunk and used for all its j), parked in a per-program
+    scratch, then y[h, w] += Q_j[h, clamp(w + col_j)].
     """
     acc_dtype = tl.float64 if ACC_FP64 else tl.float32
     pid = tl.program_id(0)
     c0, plane, real, local, offsets, u, v, sat_planes = _own_planes(x_ptr, sat_ptr, C, H, W, ACC_FP64, BLOCK_C,
                                                                     BLOCK_H, BLOCK_W)
-    coeffs = coeff_ptr + (c0 + local) * (N_ROWS * N_COLS)
+    channels = tl.minimum(c0 + tl.arange(0, BLOCK_C), C - 1)
+    coeff_rows = coeff_ptr + channels[:, None] * (N_ROWS * N_COLS)  # (BLOCK_C, 1)
+    chunk = tl.arange(0, COL_CHUNK)
     rows = tl.arange(0, TILE_H)[None, :, None]
-    q_tile = q_ptr + pid.to(tl.int64) * (BLOCK_C * TILE_H * BLOCK_W) + local * (TILE_H * BLOCK_W) + rows * BLOCK_W
+    # Scratch (BLOCK_C, COL_CHUNK, TILE_H, BLOCK_W) per program: q_rows points at the chunk's first slot.
+    q_rows = (q_ptr + pid.to(tl.int64) * (BLOCK_C * COL_CHUNK * TILE_H * BLOCK_W)
+              + local * (COL_CHUNK * TILE_H * BLOCK_W) + rows * BLOCK_W)  # (BLOCK_C, TILE_H, 1)
+    q_slots = q_rows[:, None, :, :] + chunk[None, :, None, None] * (TILE_H * BLOCK_W) + v[:, None, :, :]
     for h0 in range(0, H, TILE_H):
         h = h0 + rows
         acc = tl.zeros((BLOCK_C, TILE_H, BLOCK_W), dtype=acc_dtype)
-        for j in range(N_COLS):
-            q = tl.zeros((BLOCK_C, TILE_H, BLOCK_W), dtype=acc_dtype)
+        for j0 in range(0, N_COLS, COL_CHUNK):
+            j = j0 + chunk  # (COL_CHUNK,)
+            q = tl.zeros((BLOCK_C, COL_CHUNK, TILE_H, BLOCK_W), dtype=acc_dtype)
             for i in tl.static_range(N_ROWS):
                 row = tl.minimum(tl.maximum(h + tl.load(row_off_ptr + i), 0), H)
-                q += tl.load(coeffs + i * N_COLS + j) * tl.load(sat_planes + row * BLOCK_W + v)
-            tl.store(q_tile + v, q)
+                sat_rows = tl.load(sat_planes + row * BLOCK_W + v)  # (BLOCK_C, TILE_H, BLOCK_W)
+                weights = tl.load(coeff_rows + i * N_COLS + j[None, :], mask=(j < N_COLS)[None, :],
+                                  other=0.0)  # (BLOCK_C, COL_CHUNK)
+                q += weights[:, :, None, None] * sat_rows[:, None, :, :]
+            tl.store(q_slots, q)
             tl.debug_barrier()
-            acc += tl.load(q_tile + tl.minimum(tl.maximum(v + tl.load(col_off_ptr + j), 0), W))
+            for k in tl.static_range(COL_CHUNK):
+                if j0 + k < N_COLS:
+                    col = tl.minimum(tl.maximum(v + tl.load(col_off_ptr + j0 + k), 0), W)
+                    acc += tl.load(q_rows + k * (TILE_H * BLOCK_W) + col)
             tl.debug_barrier()
         tl.store(y_ptr + offsets + h * W + v, acc.to(y_ptr.dtype.element_ty),
                  mask=real[:, None, None] & (h < H) & (v < W))
@@ -277,10 +291,13 @@ def _dot_precision(dtype: torch.dtype) -> str:
 
 
 def sat_taps_triton(x: torch.Tensor, row_offsets: Sequence[int], col_offsets: Sequence[int],
-                    coeffs: torch.Tensor, tile_elements: int = 256, num_warps: int = 2) -> torch.Tensor:
+                    coeffs: torch.Tensor, tile_elements: int = 256, num_warps: int = 2,
+                    col_chunk: int = 1) -> torch.Tensor:
     """Triton twin of ``sat.sat_taps``: x (B, C, H, W), coeffs (C, n_rows, n_cols) -> (B, C, H, W).
 
-    A program holds tiles of about ``tile_elements`` outputs (BLOCK_C planes x TILE_H rows).
+    A program holds tiles of about ``tile_elements`` outputs (BLOCK_C planes x TILE_H rows) and
+    combines SAT rows for ``col_chunk`` column offsets at a time (a power of two): each SAT row is
+    read n_cols / col_chunk times instead of n_cols, for col_chunk x the accumulator registers.
     """
     x = x.contiguous()
     batch, channels, height, width = x.shape
@@ -290,13 +307,13 @@ def sat_taps_triton(x: torch.Tensor, row_offsets: Sequence[int], col_offsets: Se
     block_c = max(1, min(triton.next_power_of_2(channels), tile_elements // (tile_h * block_w)))
     programs = batch * triton.cdiv(channels, block_c)
     sat = torch.empty(batch * channels * (height + 1) * block_w, device=x.device, dtype=acc)
-    parked = torch.empty(programs * block_c * tile_h * block_w, device=x.device, dtype=acc)
+    parked = torch.empty(programs * block_c * col_chunk * tile_h * block_w, device=x.device, dtype=acc)
     y = torch.empty_like(x, dtype=_output_dtype(x.dtype))
     _taps_kernel[(programs,)](
         x, sat, parked, coeffs.to(acc).contiguous(), _offsets_tensor(tuple(row_offsets), x.device),
         _offsets_tensor(tuple(col_offsets), x.device), y, channels, height, width,
         len(row_offsets), len(col_offsets), ACC_FP64=acc == torch.float64,
-        BLOCK_C=block_c, BLOCK_H=block_h, BLOCK_W=block_w, TILE_H=tile_h,
+        BLOCK_C=block_c, BLOCK_H=block_h, BLOCK_W=block_w, TILE_H=tile_h, COL_CHUNK=col_chunk,
         num_warps=_warps_for_plane(num_warps, block_c * block_h * block_w))
     return y.to(x.dtype)
 

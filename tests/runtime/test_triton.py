@@ -142,14 +142,15 @@ def test_column_prefix_kernel_matches_its_torch_twin(height, width, dtype, seed)
 @needs_kernels
 @settings(max_examples=6, deadline=None)
 @given(grid=grids(max_cells=4, max_cell=3), height=st.integers(1, 8), width=st.integers(1, 8),
-       dtype=st.sampled_from([torch.float32, torch.bfloat16]), seed=st.integers(0, 2**16))
-def test_sat_kernels_match_their_torch_twins(grid, height, width, dtype, seed):
+       dtype=st.sampled_from([torch.float32, torch.bfloat16]), col_chunk=st.sampled_from([1, 2, 4]),
+       seed=st.integers(0, 2**16))
+def test_sat_kernels_match_their_torch_twins(grid, height, width, dtype, col_chunk, seed):
     from runtime import sat
     x, weight = random_inputs(2, 2, height, width, grid, dtype, seed)
     dy = torch.randn(x.shape, generator=torch.Generator().manual_seed(seed + 1)).to(dtype)
     rows, cols, linear = sat.tap_map(grid, height, width, torch.device("cpu"))
     coeffs = (weight.reshape(2, -1).float() @ linear.float().mT).view(2, len(rows), len(cols))
-    got = triton_kernels.sat_taps_triton(x.to(DEVICE), rows, cols, coeffs.to(DEVICE)).cpu()
+    got = triton_kernels.sat_taps_triton(x.to(DEVICE), rows, cols, coeffs.to(DEVICE), col_chunk=col_chunk).cpu()
     assert relative_error(got, sat.sat_taps(x, rows, cols, coeffs).double()) <= KERNEL_TOLERANCE[dtype]
     sums = triton_kernels.sat_tap_sums_triton(dy.to(DEVICE), x.to(DEVICE), rows, cols).cpu()
     assert relative_error(sums, sat.sat_tap_sums(dy, x, rows, cols).double()) <= 1e-5
