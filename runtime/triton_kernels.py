@@ -1,10 +1,11 @@
 """Triton kernels for peripheral convolution: the SAT form (sat.py) and the Toeplitz form (toeplitz.py).
 
-Five launchers, twins of the plain-torch primitives with the same signatures:
+Six launchers, twins of the plain-torch primitives with the same signatures:
 
 * ``sat_taps_triton(x, row_offsets, col_offsets, coeffs)``: SAT forward and grad-input.
 * ``sat_tap_sums_triton(dy, x, row_offsets, col_offsets)``: SAT grad-weight.
 * ``toeplitz_conv_triton(x, lag_kernel)``: Toeplitz forward and grad-input (tensor cores).
+* ``row_block_conv_triton(x, row_blocks, lag_lo)``: the row-block Toeplitz variant (candidate).
 * ``box_products_triton(dy, x, grid)``: Toeplitz-family grad-weight (tensor cores), on
   ``column_prefix_triton(x)``.
 
@@ -147,6 +148,19 @@ def _tap_sums_kernel(dy_ptr, x_ptr, sat_ptr, q_ptr, row_off_ptr, col_off_ptr, ou
 
 
 @triton.jit
+def _dot_step(acc, a, b, PRECISION: tl.constexpr, UPCAST: tl.constexpr):
+    """acc + a @ b on tensor cores (bf16/fp16 native, fp32 as PRECISION), or for fp64 ("ieee",
+    where tl.dot does not compile on CUDA) as a broadcast-and-sum."""
+    if PRECISION == "ieee":
+        acc += tl.sum(a[:, :, None] * b[None, :, :], axis=1)
+    else:
+        if UPCAST:  # the interpreter's dot mishandles bf16/fp16; their products are exact in fp32
+            a, b = a.to(tl.float32), b.to(tl.float32)
+        acc = tl.dot(a, b, acc, input_precision=PRECISION)
+    return acc
+
+
+@triton.jit
 def _toeplitz_kernel(x_ptr, kc_ptr, y_ptr, B, C, H, W, LAG_LO, LAG_HI, PRECISION: tl.constexpr,
                      UPCAST: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     """y[n, c, p] = Σ_q x[n, c, q] · kc[c, q - p] over flattened pixels p, q (see toeplitz.py).
@@ -175,14 +189,45 @@ def _toeplitz_kernel(x_ptr, kc_ptr, y_ptr, B, C, H, W, LAG_LO, LAG_HI, PRECISION
         u = (q // W) * lag_w + q % W
         a = tl.load(x_rows[:, None] + q[None, :], mask=(images < B)[:, None] & (q < hw)[None, :], other=0.0)
         b = tl.load(kernel + (u[:, None] - v[None, :]), mask=(q < hw)[:, None] & (p < hw)[None, :], other=0.0)
-        if PRECISION == "ieee":  # fp64: no tensor-core dot
-            acc += tl.sum(a[:, :, None] * b[None, :, :], axis=1)
-        else:
-            if UPCAST:  # the interpreter's dot mishandles bf16/fp16; their products are exact in fp32
-                a, b = a.to(tl.float32), b.to(tl.float32)
-            acc = tl.dot(a, b, acc, input_precision=PRECISION)
+        acc = _dot_step(acc, a, b, PRECISION, UPCAST)
     tl.store(y_ptr + (images.to(tl.int64) * C + c)[:, None] * hw + p[None, :], acc.to(y_ptr.dtype.element_ty),
              mask=(images < B)[:, None] & (p < hw)[None, :])
+
+
+@triton.jit
+def _row_block_kernel(x_ptr, blocks_ptr, y_ptr, B, C, H, W, LAG_LO, LAGS, PRECISION: tl.constexpr,
+                      UPCAST: tl.constexpr, BLOCK_M: tl.constexpr, ROWS: tl.constexpr, W_PAD: tl.constexpr):
+    """y[n, c, h, :] = Σ_r x[n, c, h + LAG_LO + r, :] @ T[c, r] (the row-block form, toeplitz.py).
+
+    Program = BLOCK_M images x ROWS output rows of channel c: a GEMM with K = one input row
+    (W_PAD) per step over the input rows in reach; its B operand (W_PAD x ROWS·W_PAD) is ROWS
+    contiguous (W_PAD x W_PAD) blocks of T, read as plain tiles (no per-element index math).
+    """
+    pid_rows, c, pid_m = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    images = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    n = tl.arange(0, ROWS * W_PAD)
+    row_of_n, wp = n // W_PAD, n % W_PAD
+    wq = tl.arange(0, W_PAD)
+    h0 = pid_rows * ROWS
+    x_rows = x_ptr + (images.to(tl.int64) * C + c) * (H * W)
+    block_size = W_PAD * W_PAD
+    blocks = blocks_ptr + c.to(tl.int64) * LAGS * block_size
+    # Column n of the B tile reads block r = source - h0 - LAG_LO - row_of_n: affine in the source row.
+    b_offsets = wq[:, None] * W_PAD + (wp - row_of_n * block_size)[None, :]
+    a_mask = (images < B)[:, None] & (wq < W)[None, :]
+    first = tl.maximum(h0 + LAG_LO, 0)
+    last = tl.minimum(h0 + ROWS - 1 + LAG_LO + LAGS, H)
+    acc = tl.zeros((BLOCK_M, ROWS * W_PAD), dtype=tl.float64 if PRECISION == "ieee" else tl.float32)
+    for source in range(first, last):
+        a = tl.load(x_rows[:, None] + source * W + wq[None, :], mask=a_mask, other=0.0)
+        lag = source - h0 - LAG_LO - row_of_n
+        b = tl.load(blocks + (source - h0 - LAG_LO) * block_size + b_offsets,
+                    mask=((lag >= 0) & (lag < LAGS))[None, :], other=0.0)
+        acc = _dot_step(acc, a, b, PRECISION, UPCAST)
+    out_rows = h0 + row_of_n
+    tl.store(y_ptr + (images.to(tl.int64) * C + c)[:, None] * (H * W) + (out_rows * W + wp)[None, :],
+             acc.to(y_ptr.dtype.element_ty),
+             mask=(images < B)[:, None] & ((out_rows < H) & (wp < W))[None, :])
 
 
 @triton.jit
@@ -369,6 +414,31 @@ def toeplitz_conv_triton(x: torch.Tensor, kernel: torch.Tensor, lag_reach: tuple
     _toeplitz_kernel[launch](x, kernel.to(x.dtype).contiguous(), y, batch, channels, height, width, lo, hi,
                              PRECISION=_dot_precision(x.dtype), UPCAST=_upcast(x.dtype), BLOCK_M=block_m,
                              BLOCK_N=block_n, BLOCK_K=block_k, num_warps=num_warps, num_stages=num_stages)
+    return y.to(x.dtype)
+
+
+def row_block_conv_triton(x: torch.Tensor, blocks: torch.Tensor, lag_lo: int, rows: int | None = None,
+                          block_m: int | None = None, num_warps: int = 4, num_stages: int = 3) -> torch.Tensor:
+    """Triton twin of ``toeplitz.row_block_conv``: x (B, C, H, W), T (C, R, Wp, Wp) in x.dtype -> (B, C, H, W).
+
+    A program computes ``rows`` output rows (default: 128 columns' worth, rows·Wp = 128) of
+    ``block_m`` images (64 for 16-bit inputs, 32 for fp32). A candidate for the Toeplitz forward,
+    compared against ``toeplitz_conv_triton`` by ``bench/bench_forms.py``.
+    """
+    x = x.contiguous()
+    batch, channels, height, width = x.shape
+    lags, padded = blocks.shape[1], blocks.shape[-1]
+    reduced = x.dtype in (torch.bfloat16, torch.float16)
+    rows = rows or max(1, 128 // padded)
+    block_m = block_m or (64 if reduced else 32)
+    if x.dtype == torch.float64:
+        rows, block_m = 1, 16  # the fp64 fallback holds a (BLOCK_M, W_PAD, ROWS·W_PAD) product
+    block_m = max(16, min(block_m, triton.next_power_of_2(batch)))
+    y = torch.empty_like(x, dtype=_output_dtype(x.dtype))
+    launch = (triton.cdiv(height, rows), channels, triton.cdiv(batch, block_m))
+    _row_block_kernel[launch](x, blocks.to(x.dtype).contiguous(), y, batch, channels, height, width, lag_lo, lags,
+                              PRECISION=_dot_precision(x.dtype), UPCAST=_upcast(x.dtype), BLOCK_M=block_m,
+                              ROWS=rows, W_PAD=padded, num_warps=num_warps, num_stages=num_stages)
     return y.to(x.dtype)
 
 
