@@ -9,11 +9,6 @@ per channel the conv is one matrix product over the flattened image:
     Y[n, p] = Σ_q X[n, q] · Kc[q - p]          (forward; grad-input is the same product with
                                                 the flipped w_θ over the reversed grid, i.e. Kc[p - q])
 
-The **row-block** variant keeps the image rows: between input row h + δh and output
-row h the Toeplitz block is T_δh[wq, wp] = Kc[δh, wq - wp] (W x W, padded to a power of two
-Wp), so Y[n, h, :] = Σ_δh X[n, h + δh, :] @ T_δh over the lags in reach. The blocks are
-materialised per call (C, R, Wp, Wp) so a kernel reads them as plain contiguous tiles.
-
 That is B·C·(HW)² multiply-adds (HW per output, whatever K is), all on tensor
 cores, and exact in bf16/fp16: every entry of Kc is one shared weight, so casting
 Kc to the input dtype rounds exactly as the dense reference does. It wins where
@@ -91,65 +86,6 @@ def toeplitz_conv(x: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
     matrices = kernel.to(acc).reshape(channels, -1)[:, index]
     y = torch.einsum("ncq,cqp->ncp", x.to(acc).reshape(batch, channels, -1), matrices)
     return y.view(x.shape).to(x.dtype)
-
-
-def padded_row_width(width: int) -> int:
-    """Row width of the row-block form: a power of two >= 16 (a tensor-core dot's K) holding W."""
-    return max(16, 1 << (width - 1).bit_length())
-
-
-def row_block_index(grid: tuple[int, ...], height: int, width: int, device: torch.device) -> torch.Tensor:
-    """(R·Wp·Wp,) positions in w_θ (C, k'·k') plus one zero column (index k'·k') that make up the
-    row blocks, cached per device; R = the vertical lags in reach, Wp = padded_row_width(W)."""
-    def build() -> torch.Tensor:
-        cells, padded = len(grid), padded_row_width(width)
-        lo, hi = lag_reach(grid, height)
-        rows = torch.tensor(lag_cells(grid, height)[lo + height - 1: hi + height])
-        column_lags = torch.tensor(lag_cells(grid, width))
-        q, p = torch.arange(padded)[:, None], torch.arange(padded)[None, :]
-        inside = (q < width) & (p < width)
-        columns = torch.where(inside, column_lags[(q - p + width - 1).clamp(0, 2 * width - 2)], cells)
-        reach = (rows[:, None, None] < cells) & (columns[None] < cells)
-        return torch.where(reach, rows[:, None, None] * cells + columns[None], cells * cells).flatten()
-
-    return device_constant(("row block index", grid, height, width), device, build)
-
-
-def row_blocks(weight: torch.Tensor, grid: tuple[int, ...], height: int, width: int,
-               dtype: torch.dtype) -> torch.Tensor:
-    """w_θ (C, 1, k', k') -> T (C, R, Wp, Wp) in ``dtype``: the Toeplitz matrix between one input row
-    and one output row at vertical lag lo + r (lag_reach), T[c, r, wq, wp] = Kc[c, lo + r, wq - wp];
-    zero in the padding (wq or wp >= W)."""
-    index = row_block_index(tuple(grid), height, width, weight.device)
-    channels, padded = weight.shape[0], padded_row_width(width)
-    flat = F.pad(weight.reshape(channels, -1).to(dtype), (0, 1))
-    return flat[:, index].view(channels, -1, padded, padded)
-
-
-def row_block_conv(x: torch.Tensor, blocks: torch.Tensor, lag_lo: int) -> torch.Tensor:
-    """Y[n, c, h, :] = Σ_r X[n, c, h + lag_lo + r, :] @ T[c, r] (rows outside the image skipped).
-
-    x (B, C, H, W), blocks T (C, R, Wp, Wp) -> (B, C, H, W); accumulates in fp32 (fp64 for fp64).
-    Loops over output rows: a reference for tests, not a fast path.
-    """
-    height, width = x.shape[-2:]
-    acc = torch.promote_types(x.dtype, torch.float32)
-    padded = blocks.shape[-1]
-    rows = F.pad(x.to(acc), (0, padded - width))
-    y = torch.zeros(rows.shape, dtype=acc, device=x.device)
-    for h in range(height):
-        for r in range(blocks.shape[1]):
-            source = h + lag_lo + r
-            if 0 <= source < height:
-                y[:, :, h] += torch.einsum("ncq,cqp->ncp", rows[:, :, source], blocks[:, r].to(acc))
-    return y[..., :width].to(x.dtype)
-
-
-def peripheral_conv2d_row_blocks(x: torch.Tensor, weight: torch.Tensor, grid: tuple[int, ...],
-                                 conv=row_block_conv) -> torch.Tensor:
-    """Peripheral conv in the row-block Toeplitz form through ``conv(x, T, lag_lo)``: (B, C, H, W) -> same."""
-    height, width = x.shape[-2:]
-    return conv(x, row_blocks(weight, grid, height, width, x.dtype), lag_reach(grid, height)[0])
 
 
 def cell_lag_ranges(grid: tuple[int, ...]) -> list[tuple[int, int]]:

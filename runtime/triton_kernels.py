@@ -1,11 +1,10 @@
 """Triton kernels for peripheral convolution: the SAT form (sat.py) and the Toeplitz form (toeplitz.py).
 
-Six launchers, twins of the plain-torch primitives with the same signatures:
+Five launchers, twins of the plain-torch primitives with the same signatures:
 
 * ``sat_taps_triton(x, row_offsets, col_offsets, coeffs)``: SAT forward and grad-input.
 * ``sat_tap_sums_triton(dy, x, row_offsets, col_offsets)``: SAT grad-weight.
 * ``toeplitz_conv_triton(x, lag_kernel)``: Toeplitz forward and grad-input (tensor cores).
-* ``row_block_conv_triton(x, row_blocks, lag_lo)``: the row-block Toeplitz variant (candidate).
 * ``box_products_triton(dy, x, grid)``: Toeplitz-family grad-weight (tensor cores), on
   ``column_prefix_triton(x)``.
 
@@ -195,42 +194,6 @@ def _toeplitz_kernel(x_ptr, kc_ptr, y_ptr, B, C, H, W, LAG_LO, LAG_HI, PRECISION
 
 
 @triton.jit
-def _row_block_kernel(x_ptr, blocks_ptr, y_ptr, B, C, H, W, LAG_LO, LAGS, PRECISION: tl.constexpr,
-                      UPCAST: tl.constexpr, BLOCK_M: tl.constexpr, ROWS: tl.constexpr, W_PAD: tl.constexpr):
-    """y[n, c, h, :] = Σ_r x[n, c, h + LAG_LO + r, :] @ T[c, r] (the row-block form, toeplitz.py).
-
-    Program = BLOCK_M images x ROWS output rows of channel c: a GEMM with K = one input row
-    (W_PAD) per step over the input rows in reach; its B operand (W_PAD x ROWS·W_PAD) is ROWS
-    contiguous (W_PAD x W_PAD) blocks of T, read as plain tiles (no per-element index math).
-    """
-    pid_rows, c, pid_m = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    images = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    n = tl.arange(0, ROWS * W_PAD)
-    row_of_n, wp = n // W_PAD, n % W_PAD
-    wq = tl.arange(0, W_PAD)
-    h0 = pid_rows * ROWS
-    x_rows = x_ptr + (images.to(tl.int64) * C + c) * (H * W)
-    block_size = W_PAD * W_PAD
-    blocks = blocks_ptr + c.to(tl.int64) * LAGS * block_size
-    # Column n of the B tile reads block r = source - h0 - LAG_LO - row_of_n: affine in the source row.
-    b_offsets = wq[:, None] * W_PAD + (wp - row_of_n * block_size)[None, :]
-    a_mask = (images < B)[:, None] & (wq < W)[None, :]
-    first = tl.maximum(h0 + LAG_LO, 0)
-    last = tl.minimum(h0 + ROWS - 1 + LAG_LO + LAGS, H)
-    acc = tl.zeros((BLOCK_M, ROWS * W_PAD), dtype=tl.float64 if PRECISION == "ieee" else tl.float32)
-    for source in range(first, last):
-        a = tl.load(x_rows[:, None] + source * W + wq[None, :], mask=a_mask, other=0.0)
-        lag = source - h0 - LAG_LO - row_of_n
-        b = tl.load(blocks + (source - h0 - LAG_LO) * block_size + b_offsets,
-                    mask=((lag >= 0) & (lag < LAGS))[None, :], other=0.0)
-        acc = _dot_step(acc, a, b, PRECISION, UPCAST)
-    out_rows = h0 + row_of_n
-    tl.store(y_ptr + (images.to(tl.int64) * C + c)[:, None] * (H * W) + (out_rows * W + wp)[None, :],
-             acc.to(y_ptr.dtype.element_ty),
-             mask=(images < B)[:, None] & ((out_rows < H) & (wp < W))[None, :])
-
-
-@triton.jit
 def _box_products_kernel(dy_ptr, prefix_ptr, lo_ptr, hi_ptr, out_ptr, B, C, H, W, CELLS, PER_SPLIT,
                          PRECISION: tl.constexpr, UPCAST: tl.constexpr, HI_LO: tl.constexpr,
                          BLOCK_W: tl.constexpr, BLOCK_K: tl.constexpr):
@@ -337,12 +300,15 @@ def _dot_precision(dtype: torch.dtype) -> str:
 
 def sat_taps_triton(x: torch.Tensor, row_offsets: Sequence[int], col_offsets: Sequence[int],
                     coeffs: torch.Tensor, tile_elements: int = 256, num_warps: int = 2,
-                    col_chunk: int = 1) -> torch.Tensor:
+                    col_chunk: int = 8) -> torch.Tensor:
     """Triton twin of ``sat.sat_taps``: x (B, C, H, W), coeffs (C, n_rows, n_cols) -> (B, C, H, W).
 
     A program holds tiles of about ``tile_elements`` outputs (BLOCK_C planes x TILE_H rows) and
     combines SAT rows for ``col_chunk`` column offsets at a time (a power of two): each SAT row is
     read n_cols / col_chunk times instead of n_cols, for col_chunk x the accumulator registers.
+    On the H100 (bench/results/2026-11-25-h100-forms-candidates.md) chunks of 8 ran stage 1
+    (56x56) 0.47 vs 0.62 ms (K=51) and 0.79 vs 0.94 ms (K=101) against chunks of 1, and stage 2
+    within 1% of them or faster; chunks of 4 were slower than 1.
     """
     x = x.contiguous()
     batch, channels, height, width = x.shape
@@ -414,31 +380,6 @@ def toeplitz_conv_triton(x: torch.Tensor, kernel: torch.Tensor, lag_reach: tuple
     _toeplitz_kernel[launch](x, kernel.to(x.dtype).contiguous(), y, batch, channels, height, width, lo, hi,
                              PRECISION=_dot_precision(x.dtype), UPCAST=_upcast(x.dtype), BLOCK_M=block_m,
                              BLOCK_N=block_n, BLOCK_K=block_k, num_warps=num_warps, num_stages=num_stages)
-    return y.to(x.dtype)
-
-
-def row_block_conv_triton(x: torch.Tensor, blocks: torch.Tensor, lag_lo: int, rows: int | None = None,
-                          block_m: int | None = None, num_warps: int = 4, num_stages: int = 3) -> torch.Tensor:
-    """Triton twin of ``toeplitz.row_block_conv``: x (B, C, H, W), T (C, R, Wp, Wp) in x.dtype -> (B, C, H, W).
-
-    A program computes ``rows`` output rows (default: 128 columns' worth, rows·Wp = 128) of
-    ``block_m`` images (64 for 16-bit inputs, 32 for fp32). A candidate for the Toeplitz forward,
-    compared against ``toeplitz_conv_triton`` by ``bench/bench_forms.py``.
-    """
-    x = x.contiguous()
-    batch, channels, height, width = x.shape
-    lags, padded = blocks.shape[1], blocks.shape[-1]
-    reduced = x.dtype in (torch.bfloat16, torch.float16)
-    rows = rows or max(1, 128 // padded)
-    block_m = block_m or (64 if reduced else 32)
-    if x.dtype == torch.float64:
-        rows, block_m = 1, 16  # the fp64 fallback holds a (BLOCK_M, W_PAD, ROWS·W_PAD) product
-    block_m = max(16, min(block_m, triton.next_power_of_2(batch)))
-    y = torch.empty_like(x, dtype=_output_dtype(x.dtype))
-    launch = (triton.cdiv(height, rows), channels, triton.cdiv(batch, block_m))
-    _row_block_kernel[launch](x, blocks.to(x.dtype).contiguous(), y, batch, channels, height, width, lag_lo, lags,
-                              PRECISION=_dot_precision(x.dtype), UPCAST=_upcast(x.dtype), BLOCK_M=block_m,
-                              ROWS=rows, W_PAD=padded, num_warps=num_warps, num_stages=num_stages)
     return y.to(x.dtype)
 
 

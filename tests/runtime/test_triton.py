@@ -121,10 +121,6 @@ def test_toeplitz_kernels_match_their_torch_twins(grid, batch, height, width, dt
                                               block_m=16, block_n=16, block_k=16).cpu()
     assert got.dtype == dtype
     assert relative_error(got, toeplitz.toeplitz_conv(x, kernel).double()) <= KERNEL_TOLERANCE[dtype]
-    blocks = toeplitz.row_blocks(weight, grid, height, width, dtype)
-    lag_lo = toeplitz.lag_reach(grid, height)[0]
-    got = triton_kernels.row_block_conv_triton(x.to(DEVICE), blocks.to(DEVICE), lag_lo, rows=2, block_m=16).cpu()
-    assert relative_error(got, toeplitz.row_block_conv(x, blocks, lag_lo).double()) <= KERNEL_TOLERANCE[dtype]
     products = triton_kernels.box_products_triton(dy.to(DEVICE), x.to(DEVICE), grid, block_k=16).cpu()
     assert relative_error(products, toeplitz.box_products(dy, x, grid).double()) <= 1e-5
 
@@ -146,7 +142,7 @@ def test_column_prefix_kernel_matches_its_torch_twin(height, width, dtype, seed)
 @needs_kernels
 @settings(max_examples=6, deadline=None)
 @given(grid=grids(max_cells=4, max_cell=3), height=st.integers(1, 8), width=st.integers(1, 8),
-       dtype=st.sampled_from([torch.float32, torch.bfloat16]), col_chunk=st.sampled_from([1, 2, 4]),
+       dtype=st.sampled_from([torch.float32, torch.bfloat16]), col_chunk=st.sampled_from([1, 2, 4, 8]),
        seed=st.integers(0, 2**16))
 def test_sat_kernels_match_their_torch_twins(grid, height, width, dtype, col_chunk, seed):
     from runtime import sat
