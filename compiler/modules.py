@@ -111,8 +111,10 @@ class PartialMixer(nn.Module):
     def forward(self, x: torch.Tensor, pos_embed: torch.Tensor | None = None) -> torch.Tensor:
         if self.channels == self.dim:
             return self.mix(x, pos_embed)
-        mixed = self.mix(x[:, : self.channels], pos_embed)
-        return torch.cat([mixed, x[:, self.channels:]], dim=1)
+        # split, not two slices: its backward is one cat, where each slice's backward writes a
+        # zero-filled full-width gradient and the two are then added (eager memory traffic).
+        mixed, passed = torch.split(x, [self.channels, self.dim - self.channels], dim=1)
+        return torch.cat([self.mix(mixed, pos_embed), passed], dim=1)
 
 
 class PeripheralMixer(PartialMixer):
