@@ -4,9 +4,9 @@
     python bench/profile_model.py --models convnext_tiny,pelk_t --modes infer,train --compile --out prof.txt
     python bench/profile_model.py --model pelk_t --mode infer --deploy     # the folded inference form
 
-Categories are read off kernel names (peripheral-conv Triton kernels, GEMMs,
-cuDNN convolutions, inductor-fused elementwise/reduction kernels, ...); the
-summary gives milliseconds of GPU time per step for each.
+Categories are read off kernel names (peripheral-conv Triton kernels; inductor's
+fused kernels by the norm they contain; library GEMMs, cuDNN convolutions, optimizer
+and ATen copy kernels); the summary gives milliseconds of GPU time per step for each.
 """
 
 from __future__ import annotations
@@ -21,21 +21,26 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.bench_model import make_model  # noqa: E402
 
-# (category, substrings of the kernel name); the first match wins, in this order.
-CATEGORIES = [
-    ("peripheral conv (triton)", ("_toeplitz_kernel", "_taps_kernel", "_tap_sums_kernel", "_box_products_kernel")),
+PERIPHERAL_KERNELS = ("_toeplitz_kernel", "_taps_kernel", "_tap_sums_kernel", "_box_products_kernel",
+                      "_column_prefix_kernel")
+# Inductor's kernels are named after the ops they fused (triton_poi_fused_<ops>_<n>).
+INDUCTOR_CATEGORIES = [("layer norm (fused)", "layer_norm"), ("batch norm (fused)", "batch_norm")]
+# Library kernels: (category, substrings of the kernel name); the first match wins, in this order.
+LIBRARY_CATEGORIES = [
     ("GEMM", ("gemm", "nvjet", "cutlass", "sm90_xmma", "sm80_xmma", "ampere_", "matmul", "splitk")),
-    ("cuDNN / ATen conv", ("conv", "dgrad", "wgrad", "cudnn", "implicit")),
-    ("layer norm", ("layer_norm", "LayerNorm")),
-    ("batch norm", ("batch_norm", "bn_", "BatchNorm")),
+    ("cuDNN conv", ("conv", "dgrad", "wgrad", "cudnn", "implicit", "nhwcAddPadding")),
     ("optimizer", ("adam", "Adam", "foreach", "multi_tensor")),
-    ("copy / cat / layout", ("copy", "cat", "Cat", "transpose", "permute", "elementwise_kernel_with_index")),
-    ("inductor fused", ("triton_",)),
+    ("ATen elementwise / copy / index", ("copy", "cat", "Cat", "transpose", "permute", "elementwise_kernel", "index")),
 ]
 
 
 def category(name: str) -> str:
-    for label, needles in CATEGORIES:
+    """The category of a CUDA kernel, read off its name (approximate, by design)."""
+    if any(kernel in name for kernel in PERIPHERAL_KERNELS):
+        return "peripheral conv (triton)"
+    if name.startswith("triton_"):
+        return next((label for label, op in INDUCTOR_CATEGORIES if op in name), "other fused (inductor)")
+    for label, needles in LIBRARY_CATEGORIES:
         if any(needle in name for needle in needles):
             return label
     return "other"
