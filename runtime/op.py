@@ -20,6 +20,7 @@ public function casts x to the autocast dtype itself, as F.conv2d would.
 from __future__ import annotations
 
 import functools
+import inspect
 from types import ModuleType
 from typing import NamedTuple, Sequence
 
@@ -185,12 +186,14 @@ def _grad_weight_impl(dy: torch.Tensor, x: torch.Tensor, grid: tuple[int, ...], 
 # channels-last after the stem conv); the kernels would then copy it to contiguous NCHW in a
 # separate transposing pass. This tag makes inductor produce contiguous inputs inside its own
 # fused kernels instead (older torch: the closest tag it has).
+# torch.library.custom_op takes tags only in newer torch (the package allows >= 2.4).
 _CONTIGUOUS_INPUTS = tuple(getattr(torch.Tag, name) for name in
                            ("needs_contiguous_strides", "needs_exact_strides", "needs_fixed_stride_order")
                            if hasattr(torch.Tag, name))[:1]
+_OP_TAGS = {"tags": _CONTIGUOUS_INPUTS} if "tags" in inspect.signature(torch.library.custom_op).parameters else {}
 
 
-@torch.library.custom_op("pelk::peripheral_conv2d", mutates_args=(), tags=_CONTIGUOUS_INPUTS)
+@torch.library.custom_op("pelk::peripheral_conv2d", mutates_args=(), **_OP_TAGS)
 def _conv(x: torch.Tensor, weight: torch.Tensor, grid: list[int], backend: str) -> torch.Tensor:
     """x (B, C, H, W), weight (C, 1, k', k') -> (B, C, H, W) in x.dtype."""
     with torch.autocast(x.device.type, enabled=False):  # the kernels pick their own precision
@@ -202,7 +205,7 @@ def _conv_fake(x, weight, grid, backend):
     return x.new_empty(x.shape)
 
 
-@torch.library.custom_op("pelk::peripheral_conv2d_grad_weight", mutates_args=(), tags=_CONTIGUOUS_INPUTS)
+@torch.library.custom_op("pelk::peripheral_conv2d_grad_weight", mutates_args=(), **_OP_TAGS)
 def _grad_weight(dy: torch.Tensor, x: torch.Tensor, grid: list[int], backend: str) -> torch.Tensor:
     """dy, x (B, C, H, W) -> dL/dw_θ (C, 1, k', k') in fp32 (fp64 for fp64 x)."""
     with torch.autocast(x.device.type, enabled=False):
