@@ -4,7 +4,8 @@ For every PeLK-T large-kernel layer shape (bench_layers.SHAPES) and dtype, times
 side by side in one run, CUDA-graph replays (``do_bench_cudagraph``, no host cost):
 
 * forward: dense cuDNN, the SAT kernels (``sat_taps_triton`` + coefficient map) and the
-  Toeplitz kernel (``toeplitz_conv_triton`` + lag kernel) at each block config of ``--configs``;
+  Toeplitz kernel (``toeplitz_conv_triton`` + lag kernel) at each block config of ``--configs``,
+  and the HV-form candidate (``hv_conv_triton`` + column blocks) at each of ``--hv-configs``;
 * grad-weight: the SAT tap-sums kernel and the box-products kernel (+ prefix and cell sums).
 
 ``runtime.op.TOEPLITZ_TAP_RATIO`` / ``BOX_TAP_RATIO`` are read off this table. It also checks
@@ -14,6 +15,7 @@ each Toeplitz result against the SAT result of the same shape (relative error co
     python3 bench/bench_forms.py --stages 3 --dtypes fp32 --configs 32x64x32/4/2,16x64x32/4/2
     python3 bench/bench_forms.py --configs 64x128x32/4/3 --box-configs 32/4/3,32/8/2,16/4/1
     python3 bench/bench_forms.py --stages 1,2 --sat-configs 256/2/1,256/2/4,512/4/8
+    python3 bench/bench_forms.py --configs 64x128x32/4/3 --hv-configs 64/4/2,128/8/2,64/4/1
 """
 from __future__ import annotations
 
@@ -33,6 +35,8 @@ CONFIGS = [(64, 64, 32, 4, 3), (64, 128, 32, 4, 3), (64, 128, 32, 8, 4), (64, 25
            (32, 64, 32, 4, 2), (32, 64, 32, 4, 3), (32, 32, 32, 4, 2), (16, 64, 32, 4, 2), (32, 128, 32, 8, 2)]
 # (block_k, num_warps, num_stages) for box_products_triton.
 BOX_CONFIGS = [(32, 4, 1), (32, 4, 3)]
+# (rows per program = images x padded H, num_warps, num_stages) for hv_conv_triton.
+HV_CONFIGS = [(64, 4, 2), (128, 8, 2), (64, 4, 1), (32, 4, 2)]
 # (tile_elements, num_warps, col_chunk) for sat_taps_triton.
 SAT_CONFIGS = [(256, 2, 8), (256, 2, 1)]
 
@@ -52,11 +56,14 @@ def main() -> None:
                                           "e.g. 64x128x32/4/3 (default: CONFIGS)")
     parser.add_argument("--box-configs", help="box grad-weight configs as K/warps/stages, comma-separated, "
                                               "e.g. 32/8/2 (default: BOX_CONFIGS)")
+    parser.add_argument("--hv-configs", help="HV-form configs as rows/warps/stages, comma-separated, "
+                                             "e.g. 64/4/2 (default: HV_CONFIGS)")
     parser.add_argument("--sat-configs", help="SAT forward configs as tile_elements/warps/col_chunk, "
                                               "comma-separated, e.g. 256/2/4 (default: SAT_CONFIGS)")
     args = parser.parse_args()
     configs = parse_configs(args.configs) if args.configs else CONFIGS
     sat_configs = parse_configs(args.sat_configs) if args.sat_configs else SAT_CONFIGS
+    hv_configs = parse_configs(args.hv_configs) if args.hv_configs else HV_CONFIGS
 
     box_configs = parse_configs(args.box_configs) if args.box_configs else BOX_CONFIGS
     stages = {int(v) for v in args.stages.split(",")}
@@ -74,6 +81,7 @@ def main() -> None:
     header = ["stage", "H", "K", "taps", "dtype", "floor", "dense fwd"]
     header += [f"sat fwd t{t} w{w} c{c}" for t, w, c in sat_configs]
     header += [f"toeplitz {c[0]}x{c[1]}x{c[2]} w{c[3]} s{c[4]}" for c in configs] + ["toeplitz err vs sat"]
+    header += [f"hv {r} rows w{w} s{st}" for r, w, st in hv_configs] + ["hv err vs sat"]
     header += ["sat grad-w"] + [f"box grad-w k{k} w{w} s{s}" for k, w, s in box_configs]
     header += ["box err vs sat", "auto forms"]
     lines = [f"{torch.cuda.get_device_name()}, torch {torch.__version__}, triton {triton.__version__}, batch "
@@ -100,6 +108,12 @@ def main() -> None:
                     triton_kernels.toeplitz_conv_triton(images, kernel, reach, block_m, block_n, block_k,
                                                         warps, stages)))
 
+            def hv_fwd(config):
+                rows, warps, stages = config
+                images = max(1, rows // triton.next_power_of_2(size))
+                return toeplitz.peripheral_conv2d_hv(x, w, grid, lambda planes, blocks, cells: (
+                    triton_kernels.hv_conv_triton(planes, blocks, cells, images, warps, stages)))
+
             def box_grad(config):
                 block_k, warps, stages = config
                 return toeplitz.peripheral_grad_weight_boxes(dy, x, grid, lambda d, images, cells: (
@@ -124,6 +138,14 @@ def main() -> None:
             errors = [relative_error(sat_fwd(config), reference) for config in sat_configs[1:]]
             row.append(f"{relative_error(toeplitz_fwd(configs[0]), reference):.1e}"
                        + (f" (sat configs: {max(errors):.1e})" if errors else ""))
+            row += [timed_or_fail(lambda: hv_fwd(config)) for config in hv_configs]
+            hv_errors = []
+            for config in hv_configs:
+                try:
+                    hv_errors.append(relative_error(hv_fwd(config), reference))
+                except Exception:  # reported as fail in its timing column
+                    pass
+            row.append(f"{max(hv_errors):.1e}" if hv_errors else "-")
             row.append(f"{timed(sat_grad):.3f}")
             row += [timed_or_fail(lambda: box_grad(config)) for config in box_configs]
             row.append(f"{relative_error(box_grad(box_configs[0]), sat_grad().double()):.1e}")

@@ -88,6 +88,58 @@ def toeplitz_conv(x: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
     return y.view(x.shape).to(x.dtype)
 
 
+def padded_width(width: int) -> int:
+    """Plane width of the HV form: a power of two >= 16 (a tensor-core dot's K) holding W."""
+    return max(16, 1 << (width - 1).bit_length())
+
+
+def column_block_index(grid: tuple[int, ...], width: int, device: torch.device) -> torch.Tensor:
+    """(k'·Wp·Wp,) positions in w_θ (C, k'·k') plus one zero column (index k'·k') that make up the
+    column blocks, cached per device; Wp = padded_width(W)."""
+    def build() -> torch.Tensor:
+        cells, padded = len(grid), padded_width(width)
+        column_lags = torch.tensor(lag_cells(grid, width))
+        q, p = torch.arange(padded)[:, None], torch.arange(padded)[None, :]
+        columns = torch.where((q < width) & (p < width), column_lags[(q - p + width - 1).clamp(0, 2 * width - 2)],
+                              cells)
+        rows = torch.arange(cells)[:, None, None]
+        return torch.where(columns[None] < cells, rows * cells + columns[None], cells * cells).flatten()
+
+    return device_constant(("column block index", grid, width), device, build)
+
+
+def column_blocks(weight: torch.Tensor, grid: tuple[int, ...], width: int, dtype: torch.dtype) -> torch.Tensor:
+    """w_θ (C, 1, k', k') -> R (C, k', Wp, Wp) in ``dtype``: the horizontal Toeplitz matrix of
+    kernel-row cell a, R[c, a, wq, wp] = w_θ[c, a, cell of wq - wp] (0 beyond the kernel and in the
+    padding wq or wp >= W)."""
+    index = column_block_index(tuple(grid), width, weight.device)
+    channels, padded = weight.shape[0], padded_width(width)
+    flat = F.pad(weight.reshape(channels, -1).to(dtype), (0, 1))
+    return flat[:, index].view(channels, len(grid), padded, padded)
+
+
+def hv_conv(x: torch.Tensor, blocks: torch.Tensor, grid: tuple[int, ...]) -> torch.Tensor:
+    """Y = Σ_a V_a (X R_a): per kernel-row cell a, the horizontal GEMM Z_a = X R_a (exact products),
+    then its vertical box sum over cell a's row lags from a column prefix sum.
+
+    x (B, C, H, W), blocks R (C, k', Wp, Wp) -> (B, C, H, W); accumulates in fp32 (fp64 for fp64).
+    """
+    height, width = x.shape[-2:]
+    acc = torch.promote_types(x.dtype, torch.float32)
+    rows = F.pad(x.to(acc), (0, blocks.shape[-1] - width))
+    y = torch.zeros(rows.shape, dtype=acc, device=x.device)
+    h = torch.arange(height, device=x.device)
+    for cell, (lo, hi) in enumerate(cell_lag_ranges(tuple(grid))):
+        prefix = column_prefix(torch.einsum("nchq,cqp->nchp", rows, blocks[:, cell].to(acc)))
+        y += prefix[:, :, (h + hi).clamp(0, height)] - prefix[:, :, (h + lo).clamp(0, height)]
+    return y[..., :width].to(x.dtype)
+
+
+def peripheral_conv2d_hv(x: torch.Tensor, weight: torch.Tensor, grid: tuple[int, ...], conv=hv_conv) -> torch.Tensor:
+    """Peripheral conv in the HV form through ``conv(x, R, grid)``: (B, C, H, W) -> (B, C, H, W)."""
+    return conv(x, column_blocks(weight, grid, x.shape[-1], x.dtype), grid)
+
+
 def cell_lag_ranges(grid: tuple[int, ...]) -> list[tuple[int, int]]:
     """Per cell, the half-open range [lo, hi) of lags δ = kernel index - K//2 it covers."""
     radius, start, ranges = sum(grid) // 2, 0, []

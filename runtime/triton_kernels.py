@@ -1,10 +1,11 @@
 """Triton kernels for peripheral convolution: the SAT form (sat.py) and the Toeplitz form (toeplitz.py).
 
-Five launchers, twins of the plain-torch primitives with the same signatures:
+Six launchers, twins of the plain-torch primitives with the same signatures:
 
 * ``sat_taps_triton(x, row_offsets, col_offsets, coeffs)``: SAT forward and grad-input.
 * ``sat_tap_sums_triton(dy, x, row_offsets, col_offsets)``: SAT grad-weight.
 * ``toeplitz_conv_triton(x, lag_kernel)``: Toeplitz forward and grad-input (tensor cores).
+* ``hv_conv_triton(x, column_blocks, grid)``: the HV form (candidate forward, see toeplitz.hv_conv).
 * ``box_products_triton(dy, x, grid)``: Toeplitz-family grad-weight (tensor cores), on
   ``column_prefix_triton(x)``.
 
@@ -194,6 +195,44 @@ def _toeplitz_kernel(x_ptr, kc_ptr, y_ptr, B, C, H, W, LAG_LO, LAG_HI, PRECISION
 
 
 @triton.jit
+def _hv_kernel(x_ptr, blocks_ptr, lo_ptr, hi_ptr, scratch_ptr, y_ptr, B, C, H, W, CELLS,
+               PRECISION: tl.constexpr, UPCAST: tl.constexpr, IMAGES: tl.constexpr, H_PAD: tl.constexpr,
+               W_PAD: tl.constexpr):
+    """y[n, c] = Σ_a V_a (x[n, c] R_a) (the HV form, toeplitz.hv_conv) for IMAGES whole planes.
+
+    Program = channel c, IMAGES images: per kernel-row cell a one tensor-core GEMM
+    Z = X (IMAGES·H_PAD x W_PAD) @ R_a (W_PAD x W_PAD), exact products; its inclusive column
+    prefix is parked in a per-program scratch (row 0 of each plane stays zero), and
+    y[h] += P[clamp(h + hi_a)] - P[clamp(h + lo_a)] reads two row-shifted copies back.
+    """
+    c, pid_n = tl.program_id(0), tl.program_id(1)
+    m = tl.arange(0, IMAGES * H_PAD)
+    image, h = pid_n * IMAGES + m // H_PAD, m % H_PAD
+    w = tl.arange(0, W_PAD)
+    inside = ((image < B) & (h < H))[:, None] & (w < W)[None, :]
+    planes = (image.to(tl.int64) * C + c) * (H * W)
+    x = tl.load(x_ptr + planes[:, None] + (h * W)[:, None] + w[None, :], mask=inside, other=0.0)
+    blocks = blocks_ptr + c.to(tl.int64) * CELLS * (W_PAD * W_PAD) + w[:, None] * W_PAD + w[None, :]
+    # Scratch planes (IMAGES, H_PAD + 1, W_PAD): row u holds Σ_{h < u} Z[h].
+    local = m // H_PAD
+    scratch = scratch_ptr + (pid_n.to(tl.int64) * C + c) * (IMAGES * (H_PAD + 1) * W_PAD)
+    plane_rows = scratch + (local * (H_PAD + 1) * W_PAD)[:, None] + w[None, :]
+    tl.store(plane_rows, tl.zeros((IMAGES * H_PAD, W_PAD), dtype=tl.float32), mask=(h == 0)[:, None])
+    acc = tl.zeros((IMAGES * H_PAD, W_PAD), dtype=tl.float64 if PRECISION == "ieee" else tl.float32)
+    for cell in range(CELLS):
+        z = _dot_step(tl.zeros((IMAGES * H_PAD, W_PAD), dtype=acc.dtype), x,
+                      tl.load(blocks + cell * (W_PAD * W_PAD)), PRECISION, UPCAST)
+        prefix = tl.reshape(tl.cumsum(tl.reshape(z, (IMAGES, H_PAD, W_PAD)), axis=1), (IMAGES * H_PAD, W_PAD))
+        tl.store(plane_rows + ((h + 1) * W_PAD)[:, None], prefix)
+        tl.debug_barrier()
+        bottom = tl.minimum(tl.maximum(h + tl.load(hi_ptr + cell), 0), H)
+        top = tl.minimum(tl.maximum(h + tl.load(lo_ptr + cell), 0), H)
+        acc += tl.load(plane_rows + (bottom * W_PAD)[:, None]) - tl.load(plane_rows + (top * W_PAD)[:, None])
+        tl.debug_barrier()
+    tl.store(y_ptr + planes[:, None] + (h * W)[:, None] + w[None, :], acc.to(y_ptr.dtype.element_ty), mask=inside)
+
+
+@triton.jit
 def _box_products_kernel(dy_ptr, prefix_ptr, lo_ptr, hi_ptr, out_ptr, B, C, H, W, CELLS, PER_SPLIT,
                          PRECISION: tl.constexpr, UPCAST: tl.constexpr, HI_LO: tl.constexpr,
                          BLOCK_W: tl.constexpr, BLOCK_K: tl.constexpr):
@@ -380,6 +419,34 @@ def toeplitz_conv_triton(x: torch.Tensor, kernel: torch.Tensor, lag_reach: tuple
     _toeplitz_kernel[launch](x, kernel.to(x.dtype).contiguous(), y, batch, channels, height, width, lo, hi,
                              PRECISION=_dot_precision(x.dtype), UPCAST=_upcast(x.dtype), BLOCK_M=block_m,
                              BLOCK_N=block_n, BLOCK_K=block_k, num_warps=num_warps, num_stages=num_stages)
+    return y.to(x.dtype)
+
+
+def hv_conv_triton(x: torch.Tensor, blocks: torch.Tensor, grid: Sequence[int], images: int | None = None,
+                   num_warps: int = 4, num_stages: int = 2) -> torch.Tensor:
+    """Triton twin of ``toeplitz.hv_conv``: x (B, C, H, W), R (C, k', Wp, Wp) in x.dtype -> (B, C, H, W).
+
+    A program holds ``images`` whole planes of one channel (default: 64 rows' worth; at least 16
+    rows, a tensor-core dot's M), H padded to a power of two.
+    """
+    x = x.contiguous()
+    batch, channels, height, width = x.shape
+    ranges = cell_lag_ranges(tuple(grid))
+    rows = triton.next_power_of_2(height)
+    images = images or max(1, 64 // rows)
+    if x.dtype == torch.float64:
+        images = 1  # the fp64 fallback holds a (rows, Wp, Wp) product
+    images = max(triton.cdiv(16, rows), min(images, triton.next_power_of_2(batch)))
+    padded = blocks.shape[-1]
+    image_blocks = triton.cdiv(batch, images)
+    scratch = torch.empty(image_blocks * channels * images * (rows + 1) * padded, device=x.device,
+                          dtype=accumulate_dtype(x.dtype))
+    y = torch.empty_like(x, dtype=_output_dtype(x.dtype))
+    _hv_kernel[(channels, image_blocks)](
+        x, blocks.to(x.dtype).contiguous(), _offsets_tensor(tuple(lo for lo, _ in ranges), x.device),
+        _offsets_tensor(tuple(hi for _, hi in ranges), x.device), scratch, y, batch, channels, height, width,
+        len(ranges), PRECISION=_dot_precision(x.dtype), UPCAST=_upcast(x.dtype), IMAGES=images, H_PAD=rows,
+        W_PAD=padded, num_warps=num_warps, num_stages=num_stages)
     return y.to(x.dtype)
 
 
