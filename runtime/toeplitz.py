@@ -14,6 +14,11 @@ cores, and exact in bf16/fp16: every entry of Kc is one shared weight, so castin
 Kc to the input dtype rounds exactly as the dense reference does. It wins where
 the image is small against the kernel (PeLK stages 2-4) and at reduced precision.
 
+The **HV form** factors the piecewise-constant kernel by kernel-row cell a: with R_a the
+(W x W) horizontal Toeplitz matrix of w_θ's row a and V_a the vertical box over a's row lags,
+Y = Σ_a V_a (X R_a): k' exact GEMMs of the image rows (k'·W multiply-adds per output), each
+followed by a box sum from a column prefix (a candidate forward, ``hv_conv``).
+
 Grad-weight sums the lag correlation dKc[δ] = Σ_{n,p} dY[n, p] · X[n, p + δ] over each
 cell. Summing the vertical lags of cell a first gives the box-filtered input
 X_a[n, h, w] = Σ_{δh in cell a} X[n, h + δh, w] (two lookups into a column prefix sum), and
