@@ -233,3 +233,17 @@ def test_a_step_the_grad_scaler_skips_does_not_count():
     scaler.update()
     sparsity.step()
     assert sparsity.steps == 1
+
+
+def test_a_compiled_forward_trains_under_dynamic_sparsity():
+    """torch.compile(model) sees the masks the optimizer-side updates write in place: masked weights
+    stay zero through prune-and-regrow, and the compiled model matches the eager one afterwards."""
+    model, optimizer, sparsity = setup(sparse_spec(interval=2), total_steps=6)
+    compiled = torch.compile(model, backend="aot_eager")
+    train(compiled, optimizer, sparsity, steps=6)
+    parameters = dict(model.named_parameters())
+    assert sparsity.masks and all(parameters[name][mask == 0].abs().sum() == 0
+                                  for name, mask in sparsity.masks.items())
+    model.eval()
+    images, _ = batch(99)
+    torch.testing.assert_close(compiled(images), model(images))
