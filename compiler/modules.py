@@ -97,7 +97,6 @@ def fold_conv_norm_pair(branch: ConvNorm) -> tuple[torch.Tensor, torch.Tensor]:
     return fold_conv_norm(conv.weight, conv.bias, norm)
 
 
-
 class PartialMixer(nn.Module):
     """Base of the mixers: the kernel branches see the first ``channels`` channels, the rest pass through."""
 
@@ -225,7 +224,11 @@ class Mlp(nn.Module):
         self.fc1 = nn.Linear(dim, hidden)
         self.act = nn.GELU()
         self.fc2 = nn.Linear(hidden, dim)
-        self.misaligned = dim % GEMM_ALIGNMENT != 0 or hidden % GEMM_ALIGNMENT != 0
+
+    @property
+    def misaligned(self) -> bool:
+        """Whether a width is off ``GEMM_ALIGNMENT`` (read off the layers, so pruning keeps it true)."""
+        return self.fc1.in_features % GEMM_ALIGNMENT != 0 or self.fc1.out_features % GEMM_ALIGNMENT != 0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.misaligned and x.is_cuda:

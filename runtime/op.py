@@ -84,17 +84,13 @@ class TritonForms(NamedTuple):
     grad_weight: str
 
 
-def _next_power_of_2(value: int) -> int:
-    return 1 << (value - 1).bit_length()
-
-
 def triton_forms(height: int, width: int, grid: Sequence[int], dtype: torch.dtype) -> TritonForms:
     """Which Triton kernels run for an (H, W) image in ``dtype``: the cheaper by the tap-ratio rule
     (TOEPLITZ_TAP_RATIO, BOX_TAP_RATIO); always Toeplitz beyond the SAT kernels' TRITON_MAX_PLANE."""
     taps = sat_tap_count(grid, height, width)
     precision = "16" if dtype in (torch.bfloat16, torch.float16) else "32"
     too_big_for_sat = max(height, width) > TRITON_MAX_PLANE
-    box_macs = len(grid) * max(16, _next_power_of_2(width))
+    box_macs = len(grid) * toeplitz.padded_width(width)
     conv = too_big_for_sat or height * width <= TOEPLITZ_TAP_RATIO[precision] * taps
     grad_weight = too_big_for_sat or box_macs <= BOX_TAP_RATIO[precision] * taps
     return TritonForms("toeplitz" if conv else "sat", "box" if grad_weight else "sat")

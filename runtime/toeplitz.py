@@ -62,14 +62,17 @@ def lag_kernel_index(grid: tuple[int, ...], height: int, width: int, device: tor
     return device_constant(("lag kernel index", grid, height, width), device, build)
 
 
+def _gather_shared(weight: torch.Tensor, index: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """w_θ (C, 1, k', k') gathered at ``index`` into (C, len(index)) in ``dtype``; index k'·k' is a zero."""
+    return F.pad(weight.reshape(weight.shape[0], -1).to(dtype), (0, 1))[:, index]
+
+
 def lag_kernel(weight: torch.Tensor, grid: tuple[int, ...], height: int, width: int,
                dtype: torch.dtype) -> torch.Tensor:
     """w_θ (C, 1, k', k') -> Kc (C, 2H-1, 2W-1) in ``dtype``; Kc[c, H-1+δh, W-1+δw] = w[c, i, j]
     of the expanded kernel at i = δh + K//2, j = δw + K//2 (0 where that is outside K x K)."""
     index = lag_kernel_index(tuple(grid), height, width, weight.device)
-    channels = weight.shape[0]
-    flat = F.pad(weight.reshape(channels, -1).to(dtype), (0, 1))
-    return flat[:, index].view(channels, 2 * height - 1, 2 * width - 1)
+    return _gather_shared(weight, index, dtype).view(weight.shape[0], 2 * height - 1, 2 * width - 1)
 
 
 def _toeplitz_index(height: int, width: int, device: torch.device) -> torch.Tensor:
@@ -94,7 +97,8 @@ def toeplitz_conv(x: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
 
 
 def padded_width(width: int) -> int:
-    """Plane width of the HV form: a power of two >= 16 (a tensor-core dot's K) holding W."""
+    """W padded to a power of two >= 16 (a tensor-core dot's K): the HV form's plane width, and the
+    width ``op.triton_forms`` counts the box products' multiply-adds at."""
     return max(16, 1 << (width - 1).bit_length())
 
 
@@ -118,9 +122,8 @@ def column_blocks(weight: torch.Tensor, grid: tuple[int, ...], width: int, dtype
     kernel-row cell a, R[c, a, wq, wp] = w_θ[c, a, cell of wq - wp] (0 beyond the kernel and in the
     padding wq or wp >= W)."""
     index = column_block_index(tuple(grid), width, weight.device)
-    channels, padded = weight.shape[0], padded_width(width)
-    flat = F.pad(weight.reshape(channels, -1).to(dtype), (0, 1))
-    return flat[:, index].view(channels, len(grid), padded, padded)
+    padded = padded_width(width)
+    return _gather_shared(weight, index, dtype).view(weight.shape[0], len(grid), padded, padded)
 
 
 def hv_conv(x: torch.Tensor, blocks: torch.Tensor, grid: tuple[int, ...]) -> torch.Tensor:
@@ -133,10 +136,8 @@ def hv_conv(x: torch.Tensor, blocks: torch.Tensor, grid: tuple[int, ...]) -> tor
     acc = torch.promote_types(x.dtype, torch.float32)
     rows = F.pad(x.to(acc), (0, blocks.shape[-1] - width))
     y = torch.zeros(rows.shape, dtype=acc, device=x.device)
-    h = torch.arange(height, device=x.device)
-    for cell, (lo, hi) in enumerate(cell_lag_ranges(tuple(grid))):
-        prefix = column_prefix(torch.einsum("nchq,cqp->nchp", rows, blocks[:, cell].to(acc)))
-        y += prefix[:, :, (h + hi).clamp(0, height)] - prefix[:, :, (h + lo).clamp(0, height)]
+    for cell, lags in enumerate(cell_lag_ranges(tuple(grid))):
+        y += vertical_box(column_prefix(torch.einsum("nchq,cqp->nchp", rows, blocks[:, cell].to(acc))), lags)
     return y[..., :width].to(x.dtype)
 
 
@@ -159,14 +160,20 @@ def column_prefix(x: torch.Tensor) -> torch.Tensor:
     return F.pad(x.to(torch.promote_types(x.dtype, torch.float32)), (0, 0, 1, 0)).cumsum(-2)
 
 
+def vertical_box(prefix: torch.Tensor, lags: tuple[int, int]) -> torch.Tensor:
+    """Σ_{δ in [lo, hi)} x[..., h + δ, :] (rows outside the image are zero) from the column prefix of x:
+    prefix (..., H+1, W) -> (..., H, W)."""
+    height = prefix.shape[-2] - 1
+    rows = torch.arange(height, device=prefix.device)
+    lo, hi = lags
+    return prefix[..., (rows + hi).clamp(0, height), :] - prefix[..., (rows + lo).clamp(0, height), :]
+
+
 def box_products(dy: torch.Tensor, x: torch.Tensor, grid: tuple[int, ...]) -> torch.Tensor:
     """R[c, a, w, v] = Σ_{n,h} dY[n, c, h, w] · X_a[n, c, h, v], X_a the vertical box sum of x over
     cell a's lags: dy, x (B, C, H, W) -> (C, k', W, W) in fp32 (fp64 for fp64)."""
-    height = x.shape[-2]
     prefix = column_prefix(x)
-    rows = torch.arange(height, device=x.device)
-    boxes = torch.stack([prefix[..., (rows + hi).clamp(0, height), :] - prefix[..., (rows + lo).clamp(0, height), :]
-                         for lo, hi in cell_lag_ranges(tuple(grid))], dim=2)
+    boxes = torch.stack([vertical_box(prefix, lags) for lags in cell_lag_ranges(tuple(grid))], dim=2)
     return torch.einsum("nchw,ncahv->cawv", dy.to(prefix.dtype), boxes)
 
 
