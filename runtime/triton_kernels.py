@@ -312,6 +312,13 @@ def _offsets_tensor(offsets: tuple[int, ...], device: torch.device) -> torch.Ten
     return device_constant(("int32 offsets", offsets), device, lambda: torch.tensor(offsets, dtype=torch.int32))
 
 
+def _cell_lag_tensors(grid: Sequence[int], device: torch.device) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """(lo, hi, k'): each kernel cell's lag range [lo, hi) (toeplitz.cell_lag_ranges) as int32 tensors."""
+    ranges = cell_lag_ranges(tuple(grid))
+    return (_offsets_tensor(tuple(lo for lo, _ in ranges), device),
+            _offsets_tensor(tuple(hi for _, hi in ranges), device), len(ranges))
+
+
 def _plane_blocks(height: int, width: int) -> tuple[int, int]:
     """(BLOCK_H, BLOCK_W): powers of two holding the (H+1, W+1) SAT."""
     return triton.next_power_of_2(height + 1), triton.next_power_of_2(width + 1)
@@ -431,7 +438,7 @@ def hv_conv_triton(x: torch.Tensor, blocks: torch.Tensor, grid: Sequence[int], i
     """
     x = x.contiguous()
     batch, channels, height, width = x.shape
-    ranges = cell_lag_ranges(tuple(grid))
+    lags_lo, lags_hi, cells = _cell_lag_tensors(grid, x.device)
     rows = triton.next_power_of_2(height)
     images = images or max(1, 64 // rows)
     if x.dtype == torch.float64:
@@ -443,9 +450,8 @@ def hv_conv_triton(x: torch.Tensor, blocks: torch.Tensor, grid: Sequence[int], i
                           dtype=accumulate_dtype(x.dtype))
     y = torch.empty_like(x, dtype=_output_dtype(x.dtype))
     _hv_kernel[(channels, image_blocks)](
-        x, blocks.to(x.dtype).contiguous(), _offsets_tensor(tuple(lo for lo, _ in ranges), x.device),
-        _offsets_tensor(tuple(hi for _, hi in ranges), x.device), scratch, y, batch, channels, height, width,
-        len(ranges), PRECISION=_dot_precision(x.dtype), UPCAST=_upcast(x.dtype), IMAGES=images, H_PAD=rows,
+        x, blocks.to(x.dtype).contiguous(), lags_lo, lags_hi, scratch, y, batch, channels, height, width,
+        cells, PRECISION=_dot_precision(x.dtype), UPCAST=_upcast(x.dtype), IMAGES=images, H_PAD=rows,
         W_PAD=padded, num_warps=num_warps, num_stages=num_stages)
     return y.to(x.dtype)
 
@@ -476,8 +482,7 @@ def box_products_triton(dy: torch.Tensor, x: torch.Tensor, grid: Sequence[int], 
     dy = dy.contiguous().to(x.dtype)
     batch, channels, height, width = x.shape
     prefix = column_prefix_triton(x)
-    ranges = cell_lag_ranges(tuple(grid))
-    cells = len(ranges)
+    lags_lo, lags_hi, cells = _cell_lag_tensors(grid, x.device)
     block_w = max(16, min(64, triton.next_power_of_2(width)))
     if x.dtype == torch.float64:
         block_w, block_k = 16, 16  # the fp64 fallback holds a (BLOCK_W, BLOCK_K, BLOCK_W) product
@@ -488,9 +493,7 @@ def box_products_triton(dy: torch.Tensor, x: torch.Tensor, grid: Sequence[int], 
     splits = triton.cdiv(rows, per_split)
     partial = torch.empty(splits, channels, cells, width, width, device=x.device, dtype=prefix.dtype)
     _box_products_kernel[(channels * cells, splits, tiles)](
-        dy, prefix, _offsets_tensor(tuple(lo for lo, _ in ranges), x.device),
-        _offsets_tensor(tuple(hi for _, hi in ranges), x.device), partial, batch, channels, height, width,
-        cells, per_split, PRECISION=_dot_precision(x.dtype), UPCAST=_upcast(x.dtype),
+        dy, prefix, lags_lo, lags_hi, partial, batch, channels, height, width, cells, per_split, PRECISION=_dot_precision(x.dtype), UPCAST=_upcast(x.dtype),
         HI_LO=x.dtype in (torch.bfloat16, torch.float16), BLOCK_W=block_w, BLOCK_K=block_k,
         num_warps=num_warps, num_stages=num_stages)
     return partial.sum(0)
