@@ -18,6 +18,7 @@ import argparse
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -55,14 +56,15 @@ def time_call(step, warmup: int, iters: int) -> float:
     return sorted(times)[len(times) // 2]
 
 
-def throughput(model: torch.nn.Module, mode: str, dtype: torch.dtype, batch: int, resolution: int,
-               compile_mode: str | None, warmup: int, iters: int) -> float:
-    """Images per second of one model in one mode (infer/train) and dtype."""
+def model_step(model: torch.nn.Module, mode: str, bf16: bool, batch: int, resolution: int,
+               compile_mode: str | None) -> Callable[[], None]:
+    """One step of ``model`` on CUDA on a fixed random batch: inference (eval, no grad) or training
+    (forward, cross-entropy, backward, AdamW); bf16 = autocast; ``compile_mode`` None = eager."""
     device = torch.device("cuda")
     model = model.to(device)
     images = torch.randn(batch, 3, resolution, resolution, device=device)
     targets = torch.randint(0, 1000, (batch,), device=device)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16)
     runner = torch.compile(model, mode=compile_mode) if compile_mode else model
     if mode == "infer":
         model.eval()
@@ -80,8 +82,14 @@ def throughput(model: torch.nn.Module, mode: str, dtype: torch.dtype, batch: int
             loss.backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-    seconds = time_call(step, warmup, iters)
-    return batch / seconds
+    return step
+
+
+def throughput(model: torch.nn.Module, mode: str, dtype: torch.dtype, batch: int, resolution: int,
+               compile_mode: str | None, warmup: int, iters: int) -> float:
+    """Images per second of one model in one mode (infer/train) and dtype."""
+    step = model_step(model, mode, dtype == torch.bfloat16, batch, resolution, compile_mode)
+    return batch / time_call(step, warmup, iters)
 
 
 def main(argv: list[str] | None = None) -> None:

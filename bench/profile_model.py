@@ -19,10 +19,10 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.bench_model import make_model  # noqa: E402
+from bench.bench_model import make_model, model_step  # noqa: E402
 
 PERIPHERAL_KERNELS = ("_toeplitz_kernel", "_taps_kernel", "_tap_sums_kernel", "_box_products_kernel",
-                      "_column_prefix_kernel")
+                      "_column_prefix_kernel", "_hv_kernel")
 # Inductor's kernels are named after the ops they fused (triton_poi_fused_<ops>_<n>).
 INDUCTOR_CATEGORIES = [("layer norm (fused)", "layer_norm"), ("batch norm (fused)", "batch_norm")]
 # Library kernels: (category, substrings of the kernel name); the first match wins, in this order.
@@ -49,24 +49,7 @@ def category(name: str) -> str:
 def profile_step(model: torch.nn.Module, mode: str, bf16: bool, batch: int, compile_mode: str | None,
                  steps: int) -> list[tuple[str, float, int]]:
     """(kernel name, total CUDA ms over ``steps`` steps, calls) for every kernel of the step."""
-    images = torch.randn(batch, 3, 224, 224, device="cuda")
-    targets = torch.randint(0, 1000, (batch,), device="cuda")
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16)
-    runner = torch.compile(model, mode=compile_mode) if compile_mode else model
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, foreach=True) if mode == "train" else None
-
-    def step():
-        if mode == "infer":
-            with torch.no_grad(), autocast:
-                runner(images)
-            return
-        with autocast:
-            loss = torch.nn.functional.cross_entropy(runner(images), targets)
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-
-    model.train(mode == "train")
+    step = model_step(model, mode, bf16, batch, 224, compile_mode)
     for _ in range(4):
         step()
     torch.cuda.synchronize()
