@@ -170,6 +170,7 @@ def backends(spec: str, device: str, resolution: int | None, dtype: str) -> None
     import runtime
     from compiler import compile_spec
     compiled = compile_spec(spec, resolution)
+    torch_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[dtype]
     rows = []
     for stage in compiled.stages:
         if stage["mixer"] != "peripheral":
@@ -177,7 +178,6 @@ def backends(spec: str, device: str, resolution: int | None, dtype: str) -> None
                          "reason": f"{stage['mixer']} mixer: plain torch convolutions"})
             continue
         size = stage["feature_map"]
-        torch_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[dtype]
         choice = runtime.choose_backend(device, size, size, stage["grid"], torch_dtype)
         rows.append({"stage": stage["stage"], "kernel": stage["kernel"], "map": f"{size}x{size}",
                      "backend": choice.name, "reason": choice.reason})
