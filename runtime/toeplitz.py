@@ -14,10 +14,12 @@ cores, and exact in bf16/fp16: every entry of Kc is one shared weight, so castin
 Kc to the input dtype rounds exactly as the dense reference does. It wins where
 the image is small against the kernel (PeLK stages 2-4) and at reduced precision.
 
-The **HV form** factors the piecewise-constant kernel by kernel-row cell a: with R_a the
-(W x W) horizontal Toeplitz matrix of w_θ's row a and V_a the vertical box over a's row lags,
-Y = Σ_a V_a (X R_a): k' exact GEMMs of the image rows (k'·W multiply-adds per output), each
-followed by a box sum from a column prefix (a candidate forward, ``hv_conv``).
+The **box form** factors the piecewise-constant kernel by kernel-row cell a: with X_a the
+vertical box sum of the input over a's row lags (two lookups into a column prefix sum) and R_a
+the (W x W) horizontal Toeplitz matrix of w_θ's row a, Y = Σ_a X_a R_a: one GEMM over the image
+rows with k'·W multiply-adds per output (``box_conv``), the forward twin of the box products
+below. In bf16/fp16 a multi-row cell's X_a is split into two half-precision parts (about 16 bits
+kept); a one-row cell's X_a is an input row, exact as it is.
 
 Grad-weight sums the lag correlation dKc[δ] = Σ_{n,p} dY[n, p] · X[n, p + δ] over each
 cell. Summing the vertical lags of cell a first gives the box-filtered input
@@ -97,7 +99,7 @@ def toeplitz_conv(x: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
 
 
 def padded_width(width: int) -> int:
-    """W padded to a power of two >= 16 (a tensor-core dot's K): the HV form's plane width, and the
+    """W padded to a power of two >= 16 (a tensor-core dot's K): the box form's plane width, and the
     width ``op.triton_forms`` counts the box products' multiply-adds at."""
     return max(16, 1 << (width - 1).bit_length())
 
@@ -126,23 +128,21 @@ def column_blocks(weight: torch.Tensor, grid: tuple[int, ...], width: int, dtype
     return _gather_shared(weight, index, dtype).view(weight.shape[0], len(grid), padded, padded)
 
 
-def hv_conv(x: torch.Tensor, blocks: torch.Tensor, grid: tuple[int, ...]) -> torch.Tensor:
-    """Y = Σ_a V_a (X R_a): per kernel-row cell a, the horizontal GEMM Z_a = X R_a (exact products),
-    then its vertical box sum over cell a's row lags from a column prefix sum.
+def box_conv(x: torch.Tensor, blocks: torch.Tensor, grid: tuple[int, ...]) -> torch.Tensor:
+    """Y = Σ_a X_a R_a: per kernel-row cell a, the vertical box sum X_a of x over a's row lags
+    (from a column prefix sum) times the horizontal Toeplitz block R_a.
 
     x (B, C, H, W), blocks R (C, k', Wp, Wp) -> (B, C, H, W); accumulates in fp32 (fp64 for fp64).
     """
-    height, width = x.shape[-2:]
-    acc = torch.promote_types(x.dtype, torch.float32)
-    rows = F.pad(x.to(acc), (0, blocks.shape[-1] - width))
-    y = torch.zeros(rows.shape, dtype=acc, device=x.device)
-    for cell, lags in enumerate(cell_lag_ranges(tuple(grid))):
-        y += vertical_box(column_prefix(torch.einsum("nchq,cqp->nchp", rows, blocks[:, cell].to(acc))), lags)
+    width = x.shape[-1]
+    prefix = F.pad(column_prefix(x), (0, blocks.shape[-1] - width))
+    y = sum(torch.einsum("nchq,cqp->nchp", vertical_box(prefix, lags), blocks[:, cell].to(prefix.dtype))
+            for cell, lags in enumerate(cell_lag_ranges(tuple(grid))))
     return y[..., :width].to(x.dtype)
 
 
-def peripheral_conv2d_hv(x: torch.Tensor, weight: torch.Tensor, grid: tuple[int, ...], conv=hv_conv) -> torch.Tensor:
-    """Peripheral conv in the HV form through ``conv(x, R, grid)``: (B, C, H, W) -> (B, C, H, W)."""
+def peripheral_conv2d_box(x: torch.Tensor, weight: torch.Tensor, grid: tuple[int, ...], conv=box_conv) -> torch.Tensor:
+    """Peripheral conv in the box form through ``conv(x, R, grid)``: (B, C, H, W) -> (B, C, H, W)."""
     return conv(x, column_blocks(weight, grid, x.shape[-1], x.dtype), grid)
 
 

@@ -5,7 +5,7 @@ Six launchers, twins of the plain-torch primitives with the same signatures:
 * ``sat_taps_triton(x, row_offsets, col_offsets, coeffs)``: SAT forward and grad-input.
 * ``sat_tap_sums_triton(dy, x, row_offsets, col_offsets)``: SAT grad-weight.
 * ``toeplitz_conv_triton(x, lag_kernel)``: Toeplitz forward and grad-input (tensor cores).
-* ``hv_conv_triton(x, column_blocks, grid)``: the HV form (candidate forward, see toeplitz.hv_conv).
+* ``box_conv_triton(x, column_blocks, grid)``: the box form (candidate forward, see toeplitz.box_conv).
 * ``box_products_triton(dy, x, grid)``: Toeplitz-family grad-weight (tensor cores), on
   ``column_prefix_triton(x)``.
 
@@ -195,41 +195,50 @@ def _toeplitz_kernel(x_ptr, kc_ptr, y_ptr, B, C, H, W, LAG_LO, LAG_HI, PRECISION
 
 
 @triton.jit
-def _hv_kernel(x_ptr, blocks_ptr, lo_ptr, hi_ptr, scratch_ptr, y_ptr, B, C, H, W, CELLS,
-               PRECISION: tl.constexpr, UPCAST: tl.constexpr, IMAGES: tl.constexpr, H_PAD: tl.constexpr,
-               W_PAD: tl.constexpr):
-    """y[n, c] = Σ_a V_a (x[n, c] R_a) (the HV form, toeplitz.hv_conv) for IMAGES whole planes.
+def _box_conv_kernel(prefix_ptr, blocks_ptr, lo_ptr, hi_ptr, wide_ptr, y_ptr, B, C, H, W, CELLS, CELL_BEGIN,
+                     CELL_END, WIDE_CELLS, PRECISION: tl.constexpr, UPCAST: tl.constexpr, HI_LO: tl.constexpr,
+                     BLOCK_M: tl.constexpr, W_PAD: tl.constexpr):
+    """y[n, c, h] = Σ_a X_a[n, c, h] @ R_a[c] (the box form, toeplitz.box_conv).
 
-    Program = channel c, IMAGES images: per kernel-row cell a one tensor-core GEMM
-    Z = X (IMAGES·H_PAD x W_PAD) @ R_a (W_PAD x W_PAD), exact products; its inclusive column
-    prefix is parked in a per-program scratch (row 0 of each plane stays zero), and
-    y[h] += P[clamp(h + hi_a)] - P[clamp(h + lo_a)] reads two row-shifted copies back.
+    Program = BLOCK_M rows (n, h) of channel c: a GEMM over the kernel-row cells whose A operand,
+    X_a = prefix[h + hi_a] - prefix[h + lo_a], comes from the fp32 column prefix. Cells tile the
+    lags (hi_a = lo_{a+1}), so each cell loads one row set and reuses the last as its top. Only
+    cells CELL_BEGIN..CELL_END-1 (those within the image's reach) are visited. With HI_LO
+    (bf16/fp16) X_a is rounded to half precision there, and a second loop over the WIDE_CELLS
+    multi-row cells listed at wide_ptr adds the product of its rounding residue (a one-row
+    cell's X_a is an input row, exact in half precision).
     """
-    c, pid_n = tl.program_id(0), tl.program_id(1)
-    m = tl.arange(0, IMAGES * H_PAD)
-    image, h = pid_n * IMAGES + m // H_PAD, m % H_PAD
+    pid_m, c = tl.program_id(0), tl.program_id(1)
+    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    h = rows % H
+    plane = (rows // H).to(tl.int64) * C + c
     w = tl.arange(0, W_PAD)
-    inside = ((image < B) & (h < H))[:, None] & (w < W)[None, :]
-    planes = (image.to(tl.int64) * C + c) * (H * W)
-    x = tl.load(x_ptr + planes[:, None] + (h * W)[:, None] + w[None, :], mask=inside, other=0.0)
+    inside = (rows < B * H)[:, None] & (w < W)[None, :]
+    columns = prefix_ptr + plane[:, None] * ((H + 1) * W) + w[None, :]
     blocks = blocks_ptr + c.to(tl.int64) * CELLS * (W_PAD * W_PAD) + w[:, None] * W_PAD + w[None, :]
-    # Scratch planes (IMAGES, H_PAD + 1, W_PAD): row u holds Σ_{h < u} Z[h].
-    local = m // H_PAD
-    scratch = scratch_ptr + (pid_n.to(tl.int64) * C + c) * (IMAGES * (H_PAD + 1) * W_PAD)
-    plane_rows = scratch + (local * (H_PAD + 1) * W_PAD)[:, None] + w[None, :]
-    tl.store(plane_rows, tl.zeros((IMAGES * H_PAD, W_PAD), dtype=tl.float32), mask=(h == 0)[:, None])
-    acc = tl.zeros((IMAGES * H_PAD, W_PAD), dtype=tl.float64 if PRECISION == "ieee" else tl.float32)
-    for cell in range(CELLS):
-        z = _dot_step(tl.zeros((IMAGES * H_PAD, W_PAD), dtype=acc.dtype), x,
-                      tl.load(blocks + cell * (W_PAD * W_PAD)), PRECISION, UPCAST)
-        prefix = tl.reshape(tl.cumsum(tl.reshape(z, (IMAGES, H_PAD, W_PAD)), axis=1), (IMAGES * H_PAD, W_PAD))
-        tl.store(plane_rows + ((h + 1) * W_PAD)[:, None], prefix)
-        tl.debug_barrier()
-        bottom = tl.minimum(tl.maximum(h + tl.load(hi_ptr + cell), 0), H)
-        top = tl.minimum(tl.maximum(h + tl.load(lo_ptr + cell), 0), H)
-        acc += tl.load(plane_rows + (bottom * W_PAD)[:, None]) - tl.load(plane_rows + (top * W_PAD)[:, None])
-        tl.debug_barrier()
-    tl.store(y_ptr + planes[:, None] + (h * W)[:, None] + w[None, :], acc.to(y_ptr.dtype.element_ty), mask=inside)
+    half = blocks_ptr.dtype.element_ty
+    acc = tl.zeros((BLOCK_M, W_PAD), dtype=tl.float64 if PRECISION == "ieee" else tl.float32)
+    top = tl.load(columns + (tl.minimum(tl.maximum(h + tl.load(lo_ptr + CELL_BEGIN), 0), H) * W)[:, None],
+                  mask=inside, other=0.0)
+    for cell in range(CELL_BEGIN, CELL_END):
+        bottom = tl.load(columns + (tl.minimum(tl.maximum(h + tl.load(hi_ptr + cell), 0), H) * W)[:, None],
+                         mask=inside, other=0.0)
+        box = bottom - top
+        top = bottom
+        if HI_LO:
+            box = box.to(half)
+        acc = _dot_step(acc, box, tl.load(blocks + cell * (W_PAD * W_PAD)), PRECISION, UPCAST)
+    if HI_LO:
+        for index in range(WIDE_CELLS):
+            cell = tl.load(wide_ptr + index)
+            box = (tl.load(columns + (tl.minimum(tl.maximum(h + tl.load(hi_ptr + cell), 0), H) * W)[:, None],
+                           mask=inside, other=0.0)
+                   - tl.load(columns + (tl.minimum(tl.maximum(h + tl.load(lo_ptr + cell), 0), H) * W)[:, None],
+                             mask=inside, other=0.0))
+            residue = (box - box.to(half).to(tl.float32)).to(half)
+            acc = _dot_step(acc, residue, tl.load(blocks + cell * (W_PAD * W_PAD)), PRECISION, UPCAST)
+    tl.store(y_ptr + plane[:, None] * (H * W) + (h * W)[:, None] + w[None, :], acc.to(y_ptr.dtype.element_ty),
+             mask=inside)
 
 
 @triton.jit
@@ -429,30 +438,29 @@ def toeplitz_conv_triton(x: torch.Tensor, kernel: torch.Tensor, lag_reach: tuple
     return y.to(x.dtype)
 
 
-def hv_conv_triton(x: torch.Tensor, blocks: torch.Tensor, grid: Sequence[int], images: int | None = None,
-                   num_warps: int = 4, num_stages: int = 2) -> torch.Tensor:
-    """Triton twin of ``toeplitz.hv_conv``: x (B, C, H, W), R (C, k', Wp, Wp) in x.dtype -> (B, C, H, W).
+def box_conv_triton(x: torch.Tensor, blocks: torch.Tensor, grid: Sequence[int], block_m: int = 128,
+                    num_warps: int = 4, num_stages: int = 2, precision: str | None = None) -> torch.Tensor:
+    """Triton twin of ``toeplitz.box_conv``: x (B, C, H, W), R (C, k', Wp, Wp) in x.dtype -> (B, C, H, W).
 
-    A program holds ``images`` whole planes of one channel (default: 64 rows' worth; at least 16
-    rows, a tensor-core dot's M), H padded to a power of two.
+    A program computes ``block_m`` image rows (n, h) of one channel; cells whose lags miss the
+    image entirely are skipped. ``precision``: tl.dot's input precision for fp32 (default "tf32x3").
     """
     x = x.contiguous()
     batch, channels, height, width = x.shape
+    prefix = column_prefix_triton(x)
     lags_lo, lags_hi, cells = _cell_lag_tensors(grid, x.device)
-    rows = triton.next_power_of_2(height)
-    images = images or max(1, 64 // rows)
+    ranges = cell_lag_ranges(tuple(grid))
+    reach = [cell for cell, (lo, hi) in enumerate(ranges) if lo < height and hi > 1 - height]
+    wide = _offsets_tensor(tuple(cell for cell in reach if ranges[cell][1] - ranges[cell][0] > 1), x.device)
     if x.dtype == torch.float64:
-        images = 1  # the fp64 fallback holds a (rows, Wp, Wp) product
-    images = max(triton.cdiv(16, rows), min(images, triton.next_power_of_2(batch)))
-    padded = blocks.shape[-1]
-    image_blocks = triton.cdiv(batch, images)
-    scratch = torch.empty(image_blocks * channels * images * (rows + 1) * padded, device=x.device,
-                          dtype=accumulate_dtype(x.dtype))
+        block_m = 16  # the fp64 fallback holds a (BLOCK_M, Wp, Wp) product
+    block_m = max(16, min(block_m, triton.next_power_of_2(batch * height)))
     y = torch.empty_like(x, dtype=_output_dtype(x.dtype))
-    _hv_kernel[(channels, image_blocks)](
-        x, blocks.to(x.dtype).contiguous(), lags_lo, lags_hi, scratch, y, batch, channels, height, width,
-        cells, PRECISION=_dot_precision(x.dtype), UPCAST=_upcast(x.dtype), IMAGES=images, H_PAD=rows,
-        W_PAD=padded, num_warps=num_warps, num_stages=num_stages)
+    _box_conv_kernel[(triton.cdiv(batch * height, block_m), channels)](
+        prefix, blocks.to(x.dtype).contiguous(), lags_lo, lags_hi, wide, y, batch, channels, height, width, cells,
+        reach[0], reach[-1] + 1, wide.numel(), PRECISION=precision or _dot_precision(x.dtype),
+        UPCAST=_upcast(x.dtype), HI_LO=x.dtype in (torch.bfloat16, torch.float16), BLOCK_M=block_m,
+        W_PAD=blocks.shape[-1], num_warps=num_warps, num_stages=num_stages)
     return y.to(x.dtype)
 
 
