@@ -18,6 +18,11 @@ column shift, so a gather costs one load per column offset, not per tap.
 Toeplitz: per channel, a GEMM over flattened pixels whose Toeplitz operand is
 gathered on the fly from the (2H-1, 2W-1) lag kernel; see each kernel.
 
+Plane sizes H and W are compile-time constants: a model has a few of them, and knowing them lets
+Triton prove that image rows are aligned, so loads vectorize and the GEMMs' input tiles are copied
+asynchronously in a software pipeline (the Toeplitz forward at stage 2 bf16 on an H100: 0.058
+against 0.077 ms when the plane stride was a runtime value).
+
 Inputs fp32/bf16/fp16 accumulate in fp32, fp64 in fp64. When
 TRITON_INTERPRET=1 is set before triton is imported, the kernels run through
 Triton's interpreter, CPU tensors included; that is how CI tests them.
@@ -72,7 +77,7 @@ def _own_planes(x_ptr, sat_ptr, C, H, W, ACC_FP64: tl.constexpr, BLOCK_C: tl.con
 
 @triton.jit
 def _taps_kernel(x_ptr, sat_ptr, q_ptr, coeff_ptr, row_off_ptr, col_off_ptr, y_ptr,
-                 C, H, W, N_ROWS: tl.constexpr, N_COLS, ACC_FP64: tl.constexpr,
+                 C, H: tl.constexpr, W: tl.constexpr, N_ROWS: tl.constexpr, N_COLS, ACC_FP64: tl.constexpr,
                  BLOCK_C: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr, TILE_H: tl.constexpr,
                  COL_CHUNK: tl.constexpr):
     """y[n, c, h, w] = Σ_ij coeff[c, i, j] · S[clamp(h + row_i, 0, H), clamp(w + col_j, 0, W)].
@@ -119,7 +124,7 @@ def _taps_kernel(x_ptr, sat_ptr, q_ptr, coeff_ptr, row_off_ptr, col_off_ptr, y_p
 
 @triton.jit
 def _tap_sums_kernel(dy_ptr, x_ptr, sat_ptr, q_ptr, row_off_ptr, col_off_ptr, out_ptr,
-                     C, H, W, N_ROWS, N_COLS, ACC_FP64: tl.constexpr,
+                     C, H: tl.constexpr, W: tl.constexpr, N_ROWS, N_COLS, ACC_FP64: tl.constexpr,
                      BLOCK_C: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr):
     """out[n, c, i, j] = Σ_hw dy[n, c, h, w] · S[clamp(h + row_i, 0, H), clamp(w + col_j, 0, W)].
 
@@ -160,8 +165,9 @@ def _dot_step(acc, a, b, PRECISION: tl.constexpr, UPCAST: tl.constexpr):
 
 
 @triton.jit
-def _toeplitz_kernel(x_ptr, kc_ptr, y_ptr, B, C, H, W, LAG_LO, LAG_HI, PRECISION: tl.constexpr,
-                     UPCAST: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+def _toeplitz_kernel(x_ptr, kc_ptr, y_ptr, B, C, H: tl.constexpr, W: tl.constexpr, LAG_LO, LAG_HI,
+                     PRECISION: tl.constexpr, UPCAST: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                     BLOCK_K: tl.constexpr):
     """y[n, c, p] = Σ_q x[n, c, q] · kc[c, q - p] over flattened pixels p, q (see toeplitz.py).
 
     Program = BLOCK_M images x BLOCK_N output pixels of channel c: a GEMM whose B operand
@@ -194,8 +200,8 @@ def _toeplitz_kernel(x_ptr, kc_ptr, y_ptr, B, C, H, W, LAG_LO, LAG_HI, PRECISION
 
 
 @triton.jit
-def _box_products_kernel(dy_ptr, prefix_ptr, lo_ptr, hi_ptr, out_ptr, B, C, H, W, CELLS, PER_SPLIT,
-                         PRECISION: tl.constexpr, UPCAST: tl.constexpr, HI_LO: tl.constexpr,
+def _box_products_kernel(dy_ptr, prefix_ptr, lo_ptr, hi_ptr, out_ptr, B, C, H: tl.constexpr, W: tl.constexpr,
+                         CELLS, PER_SPLIT, PRECISION: tl.constexpr, UPCAST: tl.constexpr, HI_LO: tl.constexpr,
                          BLOCK_W: tl.constexpr, BLOCK_K: tl.constexpr):
     """out[s, c, a, w, v] = Σ_{(n, h) in split s} dy[n, c, h, w] · X_a[n, c, h, v] (see toeplitz.py).
 
@@ -243,7 +249,8 @@ def _box_products_kernel(dy_ptr, prefix_ptr, lo_ptr, hi_ptr, out_ptr, B, C, H, W
 
 
 @triton.jit
-def _column_prefix_kernel(x_ptr, out_ptr, H, W, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr):
+def _column_prefix_kernel(x_ptr, out_ptr, H: tl.constexpr, W: tl.constexpr, BLOCK_H: tl.constexpr,
+                          BLOCK_W: tl.constexpr):
     """out[n, c, u, w] = Σ_{h<u} x[n, c, h, w] in fp32 (fp64 for fp64) for u = 0..H.
 
     Program = one (n, c) plane, one BLOCK_W strip of columns; rows go BLOCK_H at a time
@@ -427,7 +434,8 @@ def box_products_triton(dy: torch.Tensor, x: torch.Tensor, grid: Sequence[int], 
     splits = triton.cdiv(rows, per_split)
     partial = torch.empty(splits, channels, cells, width, width, device=x.device, dtype=prefix.dtype)
     _box_products_kernel[(channels * cells, splits, tiles)](
-        dy, prefix, lags_lo, lags_hi, partial, batch, channels, height, width, cells, per_split, PRECISION=_dot_precision(x.dtype), UPCAST=_upcast(x.dtype),
+        dy, prefix, lags_lo, lags_hi, partial, batch, channels, height, width, cells, per_split,
+        PRECISION=_dot_precision(x.dtype), UPCAST=_upcast(x.dtype),
         HI_LO=x.dtype in (torch.bfloat16, torch.float16), BLOCK_W=block_w, BLOCK_K=block_k,
         num_warps=num_warps, num_stages=num_stages)
     return partial.sum(0)
