@@ -4,7 +4,9 @@ For every PeLK-T large-kernel layer shape (bench_layers.SHAPES) and dtype, times
 side by side in one run, CUDA-graph replays (``do_bench_cudagraph``, no host cost):
 
 * forward: dense cuDNN, the SAT kernels (``sat_taps_triton`` + coefficient map) and the
-  Toeplitz kernel (``toeplitz_conv_triton`` + lag kernel) at each block config of ``--configs``;
+  Toeplitz kernel (``toeplitz_conv_triton`` + lag kernel) at each block config of ``--configs``,
+  and the box form (``box_conv_triton`` + column blocks) at each of ``--box-conv-configs``, for fp32
+  at each tl.dot input precision of ``--fp32-precisions``;
 * grad-weight: the SAT tap-sums kernel and the box-products kernel (+ prefix and cell sums).
 
 ``runtime.op.TOEPLITZ_TAP_RATIO`` / ``BOX_TAP_RATIO`` are read off this table. It also checks
@@ -14,6 +16,7 @@ each Toeplitz result against the SAT result of the same shape (relative error co
     python3 bench/bench_forms.py --stages 3 --dtypes fp32 --configs 32x64x32/4/2,16x64x32/4/2
     python3 bench/bench_forms.py --configs 64x128x32/4/3 --box-configs 32/4/3,32/8/2,16/4/1
     python3 bench/bench_forms.py --stages 1,2 --sat-configs 256/2/1,256/2/4,512/4/8
+    python3 bench/bench_forms.py --configs 64x128x32/4/3 --box-conv-configs 128/4/2,64/4/3 --fp32-precisions tf32x3,tf32
 """
 from __future__ import annotations
 
@@ -33,6 +36,8 @@ CONFIGS = [(64, 64, 32, 4, 3), (64, 128, 32, 4, 3), (64, 128, 32, 8, 4), (64, 25
            (32, 64, 32, 4, 2), (32, 64, 32, 4, 3), (32, 32, 32, 4, 2), (16, 64, 32, 4, 2), (32, 128, 32, 8, 2)]
 # (block_k, num_warps, num_stages) for box_products_triton.
 BOX_CONFIGS = [(32, 4, 1), (32, 4, 3)]
+# (block_m image rows, num_warps, num_stages) for box_conv_triton.
+BOX_CONV_CONFIGS = [(128, 4, 2), (64, 4, 2), (128, 8, 3)]
 # (tile_elements, num_warps, col_chunk) for sat_taps_triton.
 SAT_CONFIGS = [(256, 2, 8), (256, 2, 1)]
 
@@ -52,11 +57,18 @@ def main() -> None:
                                           "e.g. 64x128x32/4/3 (default: CONFIGS)")
     parser.add_argument("--box-configs", help="box grad-weight configs as K/warps/stages, comma-separated, "
                                               "e.g. 32/8/2 (default: BOX_CONFIGS)")
+    parser.add_argument("--box-conv-configs", help="box-form forward configs as rows/warps/stages, "
+                                                   "comma-separated, e.g. 128/4/2 (default: BOX_CONV_CONFIGS)")
+    parser.add_argument("--fp32-precisions", default="tf32x3",
+                        help="tl.dot input precisions the fp32 box form is timed at, e.g. tf32x3,tf32")
     parser.add_argument("--sat-configs", help="SAT forward configs as tile_elements/warps/col_chunk, "
                                               "comma-separated, e.g. 256/2/4 (default: SAT_CONFIGS)")
     args = parser.parse_args()
     configs = parse_configs(args.configs) if args.configs else CONFIGS
     sat_configs = parse_configs(args.sat_configs) if args.sat_configs else SAT_CONFIGS
+    box_conv_configs = parse_configs(args.box_conv_configs) if args.box_conv_configs else BOX_CONV_CONFIGS
+    precisions = args.fp32_precisions.split(",")
+    box_conv_variants = [(config, precision) for precision in precisions for config in box_conv_configs]
     box_configs = parse_configs(args.box_configs) if args.box_configs else BOX_CONFIGS
     stages = {int(v) for v in args.stages.split(",")}
     dtypes = {name: DTYPES[name] for name in args.dtypes.split(",")}
@@ -73,6 +85,9 @@ def main() -> None:
     header = ["stage", "H", "K", "taps", "dtype", "floor", "dense fwd"]
     header += [f"sat fwd t{t} w{w} c{c}" for t, w, c in sat_configs]
     header += [f"toeplitz {c[0]}x{c[1]}x{c[2]} w{c[3]} s{c[4]}" for c in configs] + ["toeplitz err vs sat"]
+    header += [f"box fwd {m} rows w{w} s{st}" + (f" {p}" if len(precisions) > 1 else "")
+               for (m, w, st), p in box_conv_variants]
+    header += ["dense err", "box fwd err (worst)"]
     header += ["sat grad-w"] + [f"box grad-w k{k} w{w} s{s}" for k, w, s in box_configs]
     header += ["box err vs sat", "auto forms"]
     lines = [f"{torch.cuda.get_device_name()}, torch {torch.__version__}, triton {triton.__version__}, batch "
@@ -99,6 +114,14 @@ def main() -> None:
                     triton_kernels.toeplitz_conv_triton(images, kernel, reach, block_m, block_n, block_k,
                                                         warps, stages)))
 
+            def box_fwd(variant):
+                (block_m, warps, stages), precision = variant
+                if dtype != torch.float32 and precision != precisions[0]:
+                    raise ValueError("only fp32 has a choice of dot precision")
+                return toeplitz.peripheral_conv2d_box(x, w, grid, lambda images, blocks, cells: (
+                    triton_kernels.box_conv_triton(images, blocks, cells, block_m, warps, stages,
+                                                   precision if dtype == torch.float32 else None)))
+
             def box_grad(config):
                 block_k, warps, stages = config
                 return toeplitz.peripheral_grad_weight_boxes(dy, x, grid, lambda d, images, cells: (
@@ -121,18 +144,23 @@ def main() -> None:
             row += [timed_or_fail(lambda: toeplitz_fwd(config)) for config in configs]
             reference = sat_fwd().double()
 
-            def worst_error(forward, candidates):
-                """Largest relative error against ``reference`` over the configs that run ('-' if none)."""
+            def worst_error(forward, candidates, target):
+                """Largest relative error against ``target`` over the configs that run ('-' if none)."""
                 errors = []
                 for config in candidates:
                     try:
-                        errors.append(relative_error(forward(config), reference))
+                        errors.append(relative_error(forward(config), target))
                     except Exception:  # reported as fail in its timing column
                         pass
                 return f"{max(errors):.1e}" if errors else "-"
 
             row.append(f"{relative_error(toeplitz_fwd(configs[0]), reference):.1e}"
-                       + (f" (sat configs: {worst_error(sat_fwd, sat_configs[1:])})" if sat_configs[1:] else ""))
+                       + (f" (sat configs: {worst_error(sat_fwd, sat_configs[1:], reference)})" if sat_configs[1:] else ""))
+            row += [timed_or_fail(lambda: box_fwd(variant)) if dtype == torch.float32 or variant[1] == precisions[0]
+                    else "-" for variant in box_conv_variants]
+            exact = dense(x.double(), w.double(), grid)
+            row.append(f"{relative_error(dense(x, w, grid), exact):.1e}")
+            row.append(worst_error(box_fwd, box_conv_variants, exact))
             row.append(f"{timed(sat_grad):.3f}")
             row += [timed_or_fail(lambda: box_grad(config)) for config in box_configs]
             row.append(f"{relative_error(box_grad(box_configs[0]), sat_grad().double()):.1e}")

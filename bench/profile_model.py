@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.bench_model import make_model, model_step  # noqa: E402
 
 PERIPHERAL_KERNELS = ("_toeplitz_kernel", "_taps_kernel", "_tap_sums_kernel", "_box_products_kernel",
-                      "_column_prefix_kernel")
+                      "_column_prefix_kernel", "_box_conv_kernel")
 # Inductor's kernels are named after the ops they fused (triton_poi_fused_<ops>_<n>).
 INDUCTOR_CATEGORIES = [("layer norm (fused)", "layer_norm"), ("batch norm (fused)", "batch_norm")]
 # Library kernels: (category, substrings of the kernel name); the first match wins, in this order.

@@ -9,10 +9,11 @@ one op. The ``torch`` backend is the reference itself (plain autograd).
 
 Backends: ``torch`` (expand + F.conv2d), ``sat`` (SAT form in plain torch, any
 device), ``triton`` (CUDA, or CPU under TRITON_INTERPRET=1), and ``auto`` =
-``choose_backend``. The triton backend has two kernel families and picks one per
-call and per direction (``triton_forms``): the Toeplitz form on tensor cores
-(toeplitz.py; small images, reduced precision) or the SAT form (sat.py). An
-explicit backend that cannot run raises; it never falls back to another one.
+``choose_backend``. The triton backend picks its kernels per call and per direction
+(``triton_forms``): for the forward and grad-input the Toeplitz form on tensor cores
+(toeplitz.py; small images, reduced precision), the box form on tensor cores (toeplitz.py;
+fp32 at the larger planes) or the SAT form (sat.py); for grad-weight the box products or the
+SAT tap sums. An explicit backend that cannot run raises; it never falls back to another one.
 
 Under autocast, the custom op (unlike F.conv2d) is not cast by torch, so the
 public function casts x to the autocast dtype itself, as F.conv2d would.
@@ -51,6 +52,14 @@ TRITON_MAX_PLANE = 63
 # 0.77 vs 1.52 ms fp32); 8 is that with a margin, not a measured crossover.
 TOEPLITZ_TAP_RATIO = {"16": 32.0, "32": 6.0}
 BOX_TAP_RATIO = {"16": 8.0, "32": 8.0}
+# The box forward does k'·W multiply-adds per output (W padded as above). It runs where that is at
+# most BOX_CONV_TAP_RATIO x the SAT taps and at most BOX_CONV_TOEPLITZ_SHARE x the Toeplitz form's
+# H·W. Calibrated on an H100 (bench/results/2026-11-25-h100-forms-boxconv-constexpr.md): in fp32 it
+# won at stage 1 (k'·W/taps 4.2 and 3.0: 0.43 vs 0.46 ms, 0.54 vs 0.81 ms against SAT) and stage 2
+# (k'·W/HW 0.53 and 0.61: 0.16 vs 0.24 ms against Toeplitz). In bf16 it lost to the Toeplitz form at
+# every PeLK-T shape (the box sums need a hi/lo split there, the Toeplitz products do not): never.
+BOX_CONV_TAP_RATIO = {"16": 0.0, "32": 4.5}
+BOX_CONV_TOEPLITZ_SHARE = 0.75
 
 
 @functools.cache
@@ -76,31 +85,43 @@ def sat_tap_count(grid: Sequence[int], height: int, width: int) -> int:
     return len(sat.clamped_offsets(grid, height)) * len(sat.clamped_offsets(grid, width))
 
 
+def box_macs(grid: Sequence[int], width: int) -> int:
+    """Tensor-core multiply-adds of the box forms: per output (box forward) or per input pixel
+    (box products), k'·W with W padded to a power of two >= 16."""
+    return len(grid) * toeplitz.padded_width(width)
+
+
 class TritonForms(NamedTuple):
-    """Kernel family the triton backend runs: ``conv`` (forward and grad-input) is 'toeplitz' or
-    'sat', ``grad_weight`` is 'box' (the Toeplitz family's box products) or 'sat'."""
+    """Kernel family the triton backend runs: ``conv`` (forward and grad-input) is 'toeplitz', 'box'
+    or 'sat', ``grad_weight`` is 'box' (the box products) or 'sat'."""
 
     conv: str
     grad_weight: str
 
 
 def triton_forms(height: int, width: int, grid: Sequence[int], dtype: torch.dtype) -> TritonForms:
-    """Which Triton kernels run for an (H, W) image in ``dtype``: the cheaper by the tap-ratio rule
-    (TOEPLITZ_TAP_RATIO, BOX_TAP_RATIO); always Toeplitz beyond the SAT kernels' TRITON_MAX_PLANE."""
+    """Which Triton kernels run for an (H, W) image in ``dtype``: the cheaper by the tap-ratio rules
+    (BOX_CONV_TAP_RATIO and BOX_CONV_TOEPLITZ_SHARE, TOEPLITZ_TAP_RATIO, BOX_TAP_RATIO); always
+    Toeplitz and box products beyond the SAT kernels' TRITON_MAX_PLANE."""
     taps = sat_tap_count(grid, height, width)
     precision = "16" if dtype in (torch.bfloat16, torch.float16) else "32"
     too_big_for_sat = max(height, width) > TRITON_MAX_PLANE
-    box_macs = len(grid) * toeplitz.padded_width(width)
-    conv = too_big_for_sat or height * width <= TOEPLITZ_TAP_RATIO[precision] * taps
-    grad_weight = too_big_for_sat or box_macs <= BOX_TAP_RATIO[precision] * taps
-    return TritonForms("toeplitz" if conv else "sat", "box" if grad_weight else "sat")
+    boxes = box_macs(grid, width)
+    if too_big_for_sat:
+        conv = "toeplitz"
+    elif boxes <= BOX_CONV_TAP_RATIO[precision] * taps and boxes <= BOX_CONV_TOEPLITZ_SHARE * height * width:
+        conv = "box"
+    else:
+        conv = "toeplitz" if height * width <= TOEPLITZ_TAP_RATIO[precision] * taps else "sat"
+    grad_weight = too_big_for_sat or boxes <= BOX_TAP_RATIO[precision] * taps
+    return TritonForms(conv, "box" if grad_weight else "sat")
 
 
 def choose_backend(device: torch.device | str, height: int, width: int, grid: Sequence[int],
                    dtype: torch.dtype = torch.float32) -> BackendChoice:
     """The ``auto`` rule for a (B, C, H, W) input of ``dtype`` (after autocast).
 
-    CUDA: triton when its Toeplitz form applies (``triton_forms``); otherwise torch (cuDNN) when
+    CUDA: triton when its Toeplitz or box form applies (``triton_forms``); otherwise torch (cuDNN) when
     K² < CUDA_TRITON_MIN_TAP_RATIO x the SAT taps, sat beyond TRITON_MAX_PLANE, else triton's SAT
     kernels; torch when triton does not import.
     CPU: sat when K² is at least CPU_SAT_MIN_TAP_RATIO times the SAT tap count, torch otherwise."""
@@ -117,6 +138,10 @@ def choose_backend(device: torch.device | str, height: int, width: int, grid: Se
             return BackendChoice("triton", f"CUDA, triton {kernels.triton.__version__}: Toeplitz GEMM on tensor "
                                            f"cores, {height * width} MACs per output instead of K²={dense} "
                                            f"(SAT: {taps} taps); {weight_part}")
+        if forms.conv == "box":
+            return BackendChoice("triton", f"CUDA, triton {kernels.triton.__version__}: box-form GEMM on tensor "
+                                           f"cores, {box_macs(grid, width)} MACs per output instead of "
+                                           f"K²={dense} (SAT: {taps} taps, Toeplitz: {height * width}); {weight_part}")
         if dense < CUDA_TRITON_MIN_TAP_RATIO * taps:
             return BackendChoice("torch", f"CUDA: K²={dense} dense taps < {CUDA_TRITON_MIN_TAP_RATIO:g} x "
                                           f"{taps} SAT taps, cuDNN's depthwise conv is faster")
@@ -160,8 +185,11 @@ def _conv_impl(x: torch.Tensor, weight: torch.Tensor, grid: tuple[int, ...], bac
         raise ValueError(f"pelk::peripheral_conv2d runs the 'sat' or 'triton' backend, got {backend!r}")
     kernels, _ = _triton()
     height, width = x.shape[-2:]
-    if triton_forms(height, width, grid, x.dtype).conv == "sat":
+    form = triton_forms(height, width, grid, x.dtype).conv
+    if form == "sat":
         return sat.peripheral_conv2d_taps(x, weight, grid, kernels.sat_taps_triton)
+    if form == "box":
+        return toeplitz.peripheral_conv2d_box(x, weight, grid, kernels.box_conv_triton)
     reach = toeplitz.lag_reach(grid, height)
     return toeplitz.peripheral_conv2d_lags(
         x, weight, grid, lambda images, kernel: kernels.toeplitz_conv_triton(images, kernel, reach))

@@ -14,6 +14,14 @@ cores, and exact in bf16/fp16: every entry of Kc is one shared weight, so castin
 Kc to the input dtype rounds exactly as the dense reference does. It wins where
 the image is small against the kernel (PeLK stages 2-4) and at reduced precision.
 
+The **box form** factors the piecewise-constant kernel by kernel-row cell a: with X_a the
+vertical box sum of the input over a's row lags (two lookups into a column prefix sum) and R_a
+the (W x W) horizontal Toeplitz matrix of w_θ's row a, Y = Σ_a X_a R_a: one GEMM over the image
+rows with k'·W multiply-adds per output (``box_conv``), the forward twin of the box products
+below. In bf16/fp16 a multi-row cell's X_a is split into two half-precision parts (about 16 bits
+kept); a one-row cell's X_a is an input row, exact as it is. It wins in fp32 on the larger planes
+(PeLK stages 1-2), where the Toeplitz form's H·W products cost three TF32 products each.
+
 Grad-weight sums the lag correlation dKc[δ] = Σ_{n,p} dY[n, p] · X[n, p + δ] over each
 cell. Summing the vertical lags of cell a first gives the box-filtered input
 X_a[n, h, w] = Σ_{δh in cell a} X[n, h + δh, w] (two lookups into a column prefix sum), and
@@ -92,9 +100,51 @@ def toeplitz_conv(x: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
 
 
 def padded_width(width: int) -> int:
-    """W padded to a power of two >= 16 (a tensor-core dot's K): the width ``op.triton_forms`` counts
-    the box products' multiply-adds at."""
+    """W padded to a power of two >= 16 (a tensor-core dot's K): the box form's plane width, and the
+    width ``op.triton_forms`` counts the box products' multiply-adds at."""
     return max(16, 1 << (width - 1).bit_length())
+
+
+def column_block_index(grid: tuple[int, ...], width: int, device: torch.device) -> torch.Tensor:
+    """(k'·Wp·Wp,) positions in w_θ (C, k'·k') plus one zero column (index k'·k') that make up the
+    column blocks, cached per device; Wp = padded_width(W)."""
+    def build() -> torch.Tensor:
+        cells, padded = len(grid), padded_width(width)
+        column_lags = torch.tensor(lag_cells(grid, width))
+        q, p = torch.arange(padded)[:, None], torch.arange(padded)[None, :]
+        columns = torch.where((q < width) & (p < width), column_lags[(q - p + width - 1).clamp(0, 2 * width - 2)],
+                              cells)
+        rows = torch.arange(cells)[:, None, None]
+        return torch.where(columns[None] < cells, rows * cells + columns[None], cells * cells).flatten()
+
+    return device_constant(("column block index", grid, width), device, build)
+
+
+def column_blocks(weight: torch.Tensor, grid: tuple[int, ...], width: int, dtype: torch.dtype) -> torch.Tensor:
+    """w_θ (C, 1, k', k') -> R (C, k', Wp, Wp) in ``dtype``: the horizontal Toeplitz matrix of
+    kernel-row cell a, R[c, a, wq, wp] = w_θ[c, a, cell of wq - wp] (0 beyond the kernel and in the
+    padding wq or wp >= W)."""
+    index = column_block_index(tuple(grid), width, weight.device)
+    padded = padded_width(width)
+    return _gather_shared(weight, index, dtype).view(weight.shape[0], len(grid), padded, padded)
+
+
+def box_conv(x: torch.Tensor, blocks: torch.Tensor, grid: tuple[int, ...]) -> torch.Tensor:
+    """Y = Σ_a X_a R_a: per kernel-row cell a, the vertical box sum X_a of x over a's row lags
+    (from a column prefix sum) times the horizontal Toeplitz block R_a.
+
+    x (B, C, H, W), blocks R (C, k', Wp, Wp) -> (B, C, H, W); accumulates in fp32 (fp64 for fp64).
+    """
+    width = x.shape[-1]
+    prefix = F.pad(column_prefix(x), (0, blocks.shape[-1] - width))
+    y = sum(torch.einsum("nchq,cqp->nchp", vertical_box(prefix, lags), blocks[:, cell].to(prefix.dtype))
+            for cell, lags in enumerate(cell_lag_ranges(tuple(grid))))
+    return y[..., :width].to(x.dtype)
+
+
+def peripheral_conv2d_box(x: torch.Tensor, weight: torch.Tensor, grid: tuple[int, ...], conv=box_conv) -> torch.Tensor:
+    """Peripheral conv in the box form through ``conv(x, R, grid)``: (B, C, H, W) -> (B, C, H, W)."""
+    return conv(x, column_blocks(weight, grid, x.shape[-1], x.dtype), grid)
 
 
 def cell_lag_ranges(grid: tuple[int, ...]) -> list[tuple[int, int]]:

@@ -1,11 +1,13 @@
-"""Triton kernels for peripheral convolution: the SAT form (sat.py) and the Toeplitz form (toeplitz.py).
+"""Triton kernels for peripheral convolution: the SAT form (sat.py), the Toeplitz and box forms (toeplitz.py).
 
-Five launchers, twins of the plain-torch primitives with the same signatures:
+Six launchers, twins of the plain-torch primitives with the same signatures:
 
 * ``sat_taps_triton(x, row_offsets, col_offsets, coeffs)``: SAT forward and grad-input.
 * ``sat_tap_sums_triton(dy, x, row_offsets, col_offsets)``: SAT grad-weight.
 * ``toeplitz_conv_triton(x, lag_kernel)``: Toeplitz forward and grad-input (tensor cores).
-* ``box_products_triton(dy, x, grid)``: Toeplitz-family grad-weight (tensor cores), on
+* ``box_conv_triton(x, column_blocks, grid)``: box-form forward and grad-input (tensor cores), on
+  ``column_prefix_triton(x)``.
+* ``box_products_triton(dy, x, grid)``: box-form grad-weight (tensor cores), on
   ``column_prefix_triton(x)``.
 
 SAT: a program owns BLOCK_C whole (H, W) planes of one image. It builds their
@@ -17,6 +19,10 @@ column shift, so a gather costs one load per column offset, not per tap.
 
 Toeplitz: per channel, a GEMM over flattened pixels whose Toeplitz operand is
 gathered on the fly from the (2H-1, 2W-1) lag kernel; see each kernel.
+
+Box form: per channel, a GEMM over image rows whose A operand is formed from the column
+prefix sum one kernel-row cell at a time (``_box_conv_kernel``; ``_box_products_kernel`` is its
+grad-weight twin).
 
 Plane sizes H and W are compile-time constants: a model has a few of them, and knowing them lets
 Triton prove that image rows are aligned, so loads vectorize and the GEMMs' input tiles are copied
@@ -197,6 +203,53 @@ def _toeplitz_kernel(x_ptr, kc_ptr, y_ptr, B, C, H: tl.constexpr, W: tl.constexp
         acc = _dot_step(acc, a, b, PRECISION, UPCAST)
     tl.store(y_ptr + (images.to(tl.int64) * C + c)[:, None] * hw + p[None, :], acc.to(y_ptr.dtype.element_ty),
              mask=(images < B)[:, None] & (p < hw)[None, :])
+
+
+@triton.jit
+def _box_conv_kernel(prefix_ptr, blocks_ptr, lo_ptr, hi_ptr, wide_ptr, y_ptr, B, C, H: tl.constexpr,
+                     W: tl.constexpr, CELLS, CELL_BEGIN, CELL_END, WIDE_CELLS, PRECISION: tl.constexpr,
+                     UPCAST: tl.constexpr, HI_LO: tl.constexpr, BLOCK_M: tl.constexpr, W_PAD: tl.constexpr):
+    """y[n, c, h] = Σ_a X_a[n, c, h] @ R_a[c] (the box form, toeplitz.box_conv).
+
+    Program = BLOCK_M rows (n, h) of channel c: a GEMM over the kernel-row cells whose A operand,
+    X_a = prefix[h + hi_a] - prefix[h + lo_a], comes from the fp32 column prefix. Cells tile the
+    lags (hi_a = lo_{a+1}), so each cell loads one row set and reuses the last as its top. Only
+    cells CELL_BEGIN..CELL_END-1 (those within the image's reach) are visited. With HI_LO
+    (bf16/fp16) X_a is rounded to half precision there, and a second loop over the WIDE_CELLS
+    multi-row cells listed at wide_ptr adds the product of its rounding residue (a one-row
+    cell's X_a is an input row, exact in half precision).
+    """
+    pid_m, c = tl.program_id(0), tl.program_id(1)
+    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    h = rows % H
+    plane = (rows // H).to(tl.int64) * C + c
+    w = tl.arange(0, W_PAD)
+    inside = (rows < B * H)[:, None] & (w < W)[None, :]
+    columns = prefix_ptr + plane[:, None] * ((H + 1) * W) + w[None, :]
+    blocks = blocks_ptr + c.to(tl.int64) * CELLS * (W_PAD * W_PAD) + w[:, None] * W_PAD + w[None, :]
+    half = blocks_ptr.dtype.element_ty
+    acc = tl.zeros((BLOCK_M, W_PAD), dtype=tl.float64 if PRECISION == "ieee" else tl.float32)
+    top = tl.load(columns + (tl.minimum(tl.maximum(h + tl.load(lo_ptr + CELL_BEGIN), 0), H) * W)[:, None],
+                  mask=inside, other=0.0)
+    for cell in range(CELL_BEGIN, CELL_END):
+        bottom = tl.load(columns + (tl.minimum(tl.maximum(h + tl.load(hi_ptr + cell), 0), H) * W)[:, None],
+                         mask=inside, other=0.0)
+        box = bottom - top
+        top = bottom
+        if HI_LO:
+            box = box.to(half)
+        acc = _dot_step(acc, box, tl.load(blocks + cell * (W_PAD * W_PAD)), PRECISION, UPCAST)
+    if HI_LO:
+        for index in range(WIDE_CELLS):
+            cell = tl.load(wide_ptr + index)
+            box = (tl.load(columns + (tl.minimum(tl.maximum(h + tl.load(hi_ptr + cell), 0), H) * W)[:, None],
+                           mask=inside, other=0.0)
+                   - tl.load(columns + (tl.minimum(tl.maximum(h + tl.load(lo_ptr + cell), 0), H) * W)[:, None],
+                             mask=inside, other=0.0))
+            residue = (box - box.to(half).to(tl.float32)).to(half)
+            acc = _dot_step(acc, residue, tl.load(blocks + cell * (W_PAD * W_PAD)), PRECISION, UPCAST)
+    tl.store(y_ptr + plane[:, None] * (H * W) + (h * W)[:, None] + w[None, :], acc.to(y_ptr.dtype.element_ty),
+             mask=inside)
 
 
 @triton.jit
@@ -394,6 +447,34 @@ def toeplitz_conv_triton(x: torch.Tensor, kernel: torch.Tensor, lag_reach: tuple
     _toeplitz_kernel[launch](x, kernel.to(x.dtype).contiguous(), y, batch, channels, height, width, lo, hi,
                              PRECISION=_dot_precision(x.dtype), UPCAST=_upcast(x.dtype), BLOCK_M=block_m,
                              BLOCK_N=block_n, BLOCK_K=block_k, num_warps=num_warps, num_stages=num_stages)
+    return y.to(x.dtype)
+
+
+def box_conv_triton(x: torch.Tensor, blocks: torch.Tensor, grid: Sequence[int], block_m: int = 32,
+                    num_warps: int = 2, num_stages: int = 3, precision: str | None = None) -> torch.Tensor:
+    """Triton twin of ``toeplitz.box_conv``: x (B, C, H, W), R (C, k', Wp, Wp) in x.dtype -> (B, C, H, W).
+
+    A program computes ``block_m`` image rows (n, h) of one channel; cells whose lags miss the
+    image entirely are skipped. ``precision``: tl.dot's input precision for fp32 (default "tf32x3").
+    Default tile from an H100 sweep (bench/results/2026-11-25-h100-forms-boxconv-constexpr.md): 32
+    rows, 2 warps, 3 stages was the fastest of eight at stages 1 and 2 in fp32.
+    """
+    x = x.contiguous()
+    batch, channels, height, width = x.shape
+    prefix = column_prefix_triton(x)
+    lags_lo, lags_hi, cells = _cell_lag_tensors(grid, x.device)
+    ranges = cell_lag_ranges(tuple(grid))
+    reach = [cell for cell, (lo, hi) in enumerate(ranges) if lo < height and hi > 1 - height]
+    wide = _offsets_tensor(tuple(cell for cell in reach if ranges[cell][1] - ranges[cell][0] > 1), x.device)
+    if x.dtype == torch.float64:
+        block_m = 16  # the fp64 fallback holds a (BLOCK_M, Wp, Wp) product
+    block_m = max(16, min(block_m, triton.next_power_of_2(batch * height)))
+    y = torch.empty_like(x, dtype=_output_dtype(x.dtype))
+    _box_conv_kernel[(triton.cdiv(batch * height, block_m), channels)](
+        prefix, blocks.to(x.dtype).contiguous(), lags_lo, lags_hi, wide, y, batch, channels, height, width, cells,
+        reach[0], reach[-1] + 1, wide.numel(), PRECISION=precision or _dot_precision(x.dtype),
+        UPCAST=_upcast(x.dtype), HI_LO=x.dtype in (torch.bfloat16, torch.float16), BLOCK_M=block_m,
+        W_PAD=blocks.shape[-1], num_warps=num_warps, num_stages=num_stages)
     return y.to(x.dtype)
 
 

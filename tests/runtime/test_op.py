@@ -59,15 +59,18 @@ def test_auto_on_cuda_follows_the_measured_layer_table():
     stage4 = choose_backend("cuda", 7, 7, PAPER_GRIDS[13])
     assert stage4.name == "triton" and "Toeplitz GEMM" in stage4.reason and "box-product GEMMs" in stage4.reason
     stage1_fp32 = choose_backend("cuda", 56, 56, PAPER_GRIDS[101])
-    assert stage1_fp32.name == "triton" and "SAT kernels" in stage1_fp32.reason
+    assert stage1_fp32.name == "triton" and "box-form GEMM" in stage1_fp32.reason
     stage1_bf16 = choose_backend("cuda", 56, 56, PAPER_GRIDS[101], torch.bfloat16)
     assert "Toeplitz GEMM" in stage1_bf16.reason
 
 
 def test_triton_forms_follow_the_tap_ratios():
     assert triton_forms(7, 7, PAPER_GRIDS[13], torch.float32) == ("toeplitz", "box")
-    assert triton_forms(28, 28, PAPER_GRIDS[51], torch.float32) == ("toeplitz", "box")
-    assert triton_forms(56, 56, PAPER_GRIDS[101], torch.float32) == ("sat", "box")
+    assert triton_forms(14, 14, PAPER_GRIDS[51], torch.float32) == ("toeplitz", "box")
+    # fp32 at stages 1-2: k'·Wp box multiply-adds beat H·W Toeplitz ones and the SAT taps.
+    assert triton_forms(28, 28, PAPER_GRIDS[51], torch.float32) == ("box", "box")
+    assert triton_forms(56, 56, PAPER_GRIDS[101], torch.float32) == ("box", "box")
+    assert triton_forms(28, 28, PAPER_GRIDS[51], torch.bfloat16) == ("toeplitz", "box")
     assert triton_forms(56, 56, PAPER_GRIDS[101], torch.bfloat16) == ("toeplitz", "box")
     # A tiny kernel on a big plane: 16 SAT taps against 3 x 64 box multiply-adds.
     assert triton_forms(56, 56, (1, 1, 1), torch.float32) == ("sat", "sat")

@@ -35,6 +35,7 @@ def test_toeplitz_form_and_box_products_match_the_reference_in_fp64(grid, batch,
     weight.requires_grad_()
     y = peripheral_conv2d_reference(x, weight, grid)
     torch.testing.assert_close(toeplitz.peripheral_conv2d_lags(x, weight.detach(), grid), y)
+    torch.testing.assert_close(toeplitz.peripheral_conv2d_box(x, weight.detach(), grid), y)
     dy = torch.randn_like(y)
     y.backward(dy)
     torch.testing.assert_close(toeplitz.peripheral_grad_weight_boxes(dy, x, grid), weight.grad)

@@ -64,13 +64,17 @@ def test_triton_is_exact_in_fp64_on_a_paper_grid_larger_than_the_image():
     torch.testing.assert_close(triton_conv(x, weight, grid), peripheral_conv2d_reference(x, weight, grid))
 
 
-@pytest.fixture(params=["toeplitz", "sat"])
+@pytest.fixture(params=["toeplitz", "box", "sat"])
 def form(request, monkeypatch):
-    """Force the triton backend's kernel family: every tap ratio 0 (SAT) or unbounded (Toeplitz)."""
+    """Force the triton backend's forward form (the ratio of the chosen one unbounded, the others 0);
+    grad-weight runs the box products, or the SAT tap sums with the SAT form."""
     from runtime import op
-    ratio = float("inf") if request.param == "toeplitz" else 0.0
-    monkeypatch.setattr(op, "TOEPLITZ_TAP_RATIO", {"16": ratio, "32": ratio})
-    monkeypatch.setattr(op, "BOX_TAP_RATIO", {"16": ratio, "32": ratio})
+    unbounded = {name: float("inf") if request.param == name else 0.0 for name in ("toeplitz", "box", "sat")}
+    monkeypatch.setattr(op, "TOEPLITZ_TAP_RATIO", {"16": unbounded["toeplitz"], "32": unbounded["toeplitz"]})
+    monkeypatch.setattr(op, "BOX_CONV_TAP_RATIO", {"16": unbounded["box"], "32": unbounded["box"]})
+    monkeypatch.setattr(op, "BOX_CONV_TOEPLITZ_SHARE", unbounded["box"])
+    grad_weight = 0.0 if request.param == "sat" else float("inf")
+    monkeypatch.setattr(op, "BOX_TAP_RATIO", {"16": grad_weight, "32": grad_weight})
     return request.param
 
 
@@ -121,6 +125,9 @@ def test_toeplitz_kernels_match_their_torch_twins(grid, batch, height, width, dt
                                               block_m=16, block_n=16, block_k=16).cpu()
     assert got.dtype == dtype
     assert relative_error(got, toeplitz.toeplitz_conv(x, kernel).double()) <= KERNEL_TOLERANCE[dtype]
+    blocks = toeplitz.column_blocks(weight, grid, width, dtype)
+    got = triton_kernels.box_conv_triton(x.to(DEVICE), blocks.to(DEVICE), grid, block_m=16).cpu()
+    assert relative_error(got, toeplitz.box_conv(x, blocks, grid).double()) <= KERNEL_TOLERANCE[dtype]
     products = triton_kernels.box_products_triton(dy.to(DEVICE), x.to(DEVICE), grid, block_k=16).cpu()
     assert relative_error(products, toeplitz.box_products(dy, x, grid).double()) <= 1e-5
 
