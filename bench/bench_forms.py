@@ -1,4 +1,4 @@
-"""Kernel-level calibration of the triton backend's two forms (GPU).
+"""Kernel-level calibration of the triton backend's forms (GPU).
 
 For every PeLK-T large-kernel layer shape (bench_layers.SHAPES) and dtype, times
 side by side in one run, CUDA-graph replays (``do_bench_cudagraph``, no host cost):
@@ -9,8 +9,9 @@ side by side in one run, CUDA-graph replays (``do_bench_cudagraph``, no host cos
   at each tl.dot input precision of ``--fp32-precisions``;
 * grad-weight: the SAT tap-sums kernel and the box-products kernel (+ prefix and cell sums).
 
-``runtime.op.TOEPLITZ_TAP_RATIO`` / ``BOX_TAP_RATIO`` are read off this table. It also checks
-each Toeplitz result against the SAT result of the same shape (relative error column).
+``runtime.op.TOEPLITZ_TAP_RATIO``, ``BOX_CONV_TAP_RATIO``, ``BOX_CONV_TOEPLITZ_SHARE`` and
+``BOX_TAP_RATIO`` are read off this table. It also checks each Toeplitz result against the SAT
+result of the same shape, and the box forward and dense cuDNN against float64 (error columns).
 
     python3 bench/bench_forms.py --out forms.md
     python3 bench/bench_forms.py --stages 3 --dtypes fp32 --configs 32x64x32/4/2,16x64x32/4/2
@@ -37,7 +38,7 @@ CONFIGS = [(64, 64, 32, 4, 3), (64, 128, 32, 4, 3), (64, 128, 32, 8, 4), (64, 25
 # (block_k, num_warps, num_stages) for box_products_triton.
 BOX_CONFIGS = [(32, 4, 1), (32, 4, 3)]
 # (block_m image rows, num_warps, num_stages) for box_conv_triton.
-BOX_CONV_CONFIGS = [(128, 4, 2), (64, 4, 2), (128, 8, 3)]
+BOX_CONV_CONFIGS = [(32, 2, 3), (64, 4, 2), (128, 8, 3)]
 # (tile_elements, num_warps, col_chunk) for sat_taps_triton.
 SAT_CONFIGS = [(256, 2, 8), (256, 2, 1)]
 
