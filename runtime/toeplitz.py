@@ -100,8 +100,8 @@ def toeplitz_conv(x: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
 
 
 def padded_width(width: int) -> int:
-    """W padded to a power of two >= 16 (a tensor-core dot's K): the box form's plane width, and the
-    width ``op.triton_forms`` counts the box products' multiply-adds at."""
+    """W padded to a power of two >= 16 (a tensor-core dot's K): the box forms' plane width, at which
+    ``op.box_macs`` counts their multiply-adds."""
     return max(16, 1 << (width - 1).bit_length())
 
 

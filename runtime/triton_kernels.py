@@ -206,6 +206,13 @@ def _toeplitz_kernel(x_ptr, kc_ptr, y_ptr, B, C, H: tl.constexpr, W: tl.constexp
 
 
 @triton.jit
+def _prefix_rows(columns, h, lag, H: tl.constexpr, W: tl.constexpr, mask):
+    """Rows clamp(h + lag, 0, H) of a column prefix (H+1, W): ``columns`` (M, N) points at row 0 of
+    each row's plane; rows outside the image read the prefix's first or last row."""
+    return tl.load(columns + (tl.minimum(tl.maximum(h + lag, 0), H) * W)[:, None], mask=mask, other=0.0)
+
+
+@triton.jit
 def _box_conv_kernel(prefix_ptr, blocks_ptr, lo_ptr, hi_ptr, wide_ptr, y_ptr, B, C, H: tl.constexpr,
                      W: tl.constexpr, CELLS, CELL_BEGIN, CELL_END, WIDE_CELLS, PRECISION: tl.constexpr,
                      UPCAST: tl.constexpr, HI_LO: tl.constexpr, BLOCK_M: tl.constexpr, W_PAD: tl.constexpr):
@@ -229,11 +236,9 @@ def _box_conv_kernel(prefix_ptr, blocks_ptr, lo_ptr, hi_ptr, wide_ptr, y_ptr, B,
     blocks = blocks_ptr + c.to(tl.int64) * CELLS * (W_PAD * W_PAD) + w[:, None] * W_PAD + w[None, :]
     half = blocks_ptr.dtype.element_ty
     acc = tl.zeros((BLOCK_M, W_PAD), dtype=tl.float64 if PRECISION == "ieee" else tl.float32)
-    top = tl.load(columns + (tl.minimum(tl.maximum(h + tl.load(lo_ptr + CELL_BEGIN), 0), H) * W)[:, None],
-                  mask=inside, other=0.0)
+    top = _prefix_rows(columns, h, tl.load(lo_ptr + CELL_BEGIN), H, W, inside)
     for cell in range(CELL_BEGIN, CELL_END):
-        bottom = tl.load(columns + (tl.minimum(tl.maximum(h + tl.load(hi_ptr + cell), 0), H) * W)[:, None],
-                         mask=inside, other=0.0)
+        bottom = _prefix_rows(columns, h, tl.load(hi_ptr + cell), H, W, inside)
         box = bottom - top
         top = bottom
         if HI_LO:
@@ -242,10 +247,8 @@ def _box_conv_kernel(prefix_ptr, blocks_ptr, lo_ptr, hi_ptr, wide_ptr, y_ptr, B,
     if HI_LO:
         for index in range(WIDE_CELLS):
             cell = tl.load(wide_ptr + index)
-            box = (tl.load(columns + (tl.minimum(tl.maximum(h + tl.load(hi_ptr + cell), 0), H) * W)[:, None],
-                           mask=inside, other=0.0)
-                   - tl.load(columns + (tl.minimum(tl.maximum(h + tl.load(lo_ptr + cell), 0), H) * W)[:, None],
-                             mask=inside, other=0.0))
+            box = (_prefix_rows(columns, h, tl.load(hi_ptr + cell), H, W, inside)
+                   - _prefix_rows(columns, h, tl.load(lo_ptr + cell), H, W, inside))
             residue = (box - box.to(half).to(tl.float32)).to(half)
             acc = _dot_step(acc, residue, tl.load(blocks + cell * (W_PAD * W_PAD)), PRECISION, UPCAST)
     tl.store(y_ptr + plane[:, None] * (H * W) + (h * W)[:, None] + w[None, :], acc.to(y_ptr.dtype.element_ty),
@@ -280,11 +283,8 @@ def _box_products_kernel(dy_ptr, prefix_ptr, lo_ptr, hi_ptr, out_ptr, B, C, H: t
         grad = tl.load(dy_ptr + plane[:, None] * (H * W) + h[:, None] * W + w[None, :],
                        mask=inside & (w < W)[None, :], other=0.0)
         columns = prefix_ptr + plane[:, None] * ((H + 1) * W) + v[None, :]
-        top = tl.minimum(tl.maximum(h + lo, 0), H)[:, None]
-        bottom = tl.minimum(tl.maximum(h + hi, 0), H)[:, None]
         box_mask = inside & (v < W)[None, :]
-        box = (tl.load(columns + bottom * W, mask=box_mask, other=0.0)
-               - tl.load(columns + top * W, mask=box_mask, other=0.0))
+        box = _prefix_rows(columns, h, hi, H, W, box_mask) - _prefix_rows(columns, h, lo, H, W, box_mask)
         grad_t = tl.trans(grad)
         if PRECISION == "ieee":  # fp64: no tensor-core dot
             acc += tl.sum(grad_t.to(tl.float64)[:, :, None] * box[None, :, :], axis=1)
