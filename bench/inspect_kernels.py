@@ -1,0 +1,101 @@
+"""Compile the runtime's tensor-core kernels for an H100 (sm_90) without a GPU and report how
+Triton laid them out: shared memory, asynchronous copies, tensor-core dots and wgmma's waits.
+
+A kernel whose loads are not copied asynchronously, or whose every wgmma waits for the one
+before (``pendings`` all 0), runs its loop unpipelined; that is what plane sizes as runtime
+values did to the Toeplitz and box kernels (docs/runtime.md). Run it before spending GPU time
+on a kernel change; ``--ptx DIR`` also writes each kernel's PTX, to diff two versions.
+
+    python3 bench/inspect_kernels.py
+    python3 bench/inspect_kernels.py --stages 1 --ptx /tmp/ptx
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import sys
+
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from bench.bench_layers import SHAPES  # noqa: E402
+from runtime import triton_kernels  # noqa: E402
+from runtime.toeplitz import padded_width  # noqa: E402
+
+H100 = GPUTarget("cuda", 90, 32)
+TRITON_TYPES = {"fp32": "fp32", "bf16": "bf16"}
+POINTER_ALIGNMENT = [["tt.divisibility", 16]]  # torch allocations are 16-byte aligned
+
+
+def compile_kernel(kernel, pointers: dict[str, str], scalars: tuple[str, ...], constants: dict,
+                   num_warps: int, num_stages: int):
+    """(compiled kernel, TTGIR) for ``kernel`` with pointer args typed by ``pointers`` (name -> '*fp32'),
+    int32 ``scalars`` and compile-time ``constants``, in the kernel's argument order."""
+    names = list(kernel.arg_names)
+    signature = {name: pointers.get(name) or ("i32" if name in scalars else "constexpr") for name in names}
+    attrs = {(names.index(name),): POINTER_ALIGNMENT for name in pointers}
+    compiled = triton.compile(ASTSource(fn=kernel, signature=signature, constexprs=constants, attrs=attrs),
+                              target=H100, options={"num_warps": num_warps, "num_stages": num_stages})
+    return compiled, compiled.asm["ttgir"]
+
+
+def layout_row(label: str, compiled, ttgir: str) -> str:
+    pendings = re.findall(r"pendings = (\d+)", ttgir)
+    return (f"| {label} | {compiled.metadata.shared} | {ttgir.count('async_copy_global_to_local')} | "
+            f"{ttgir.count('tt.dot ')} | {ttgir.count('warp_group_dot ')} | {','.join(pendings) or '-'} |")
+
+
+def kernels_at(size: int, grid: tuple[int, ...], dtype: str):
+    """(label, kernel, pointers, scalars, constants, warps, stages) at the launchers' defaults."""
+    half = dtype != "fp32"
+    precision = "tf32" if half else "tf32x3"
+    small = size * size <= 256
+    yield ("toeplitz", triton_kernels._toeplitz_kernel,
+           {"x_ptr": f"*{dtype}", "kc_ptr": f"*{dtype}", "y_ptr": f"*{dtype}"},
+           ("B", "C", "LAG_LO", "LAG_HI"),
+           {"H": size, "W": size, "PRECISION": precision, "UPCAST": False, "BLOCK_M": 64 if half else 32,
+            "BLOCK_N": 128 if half and not small else 64, "BLOCK_K": 16 if not half and small else 32},
+           4, 3 if half else 2)
+    yield ("box conv", triton_kernels._box_conv_kernel,
+           {"prefix_ptr": "*fp32", "blocks_ptr": f"*{dtype}", "lo_ptr": "*i32", "hi_ptr": "*i32",
+            "wide_ptr": "*i32", "y_ptr": f"*{dtype}"},
+           ("B", "C", "CELLS", "CELL_BEGIN", "CELL_END", "WIDE_CELLS"),
+           {"H": size, "W": size, "PRECISION": precision, "UPCAST": False, "HI_LO": half, "BLOCK_M": 32,
+            "W_PAD": padded_width(size)},
+           2, 3)
+    yield ("box products", triton_kernels._box_products_kernel,
+           {"dy_ptr": f"*{dtype}", "prefix_ptr": "*fp32", "lo_ptr": "*i32", "hi_ptr": "*i32", "out_ptr": "*fp32"},
+           ("B", "C", "CELLS", "PER_SPLIT"),
+           {"H": size, "W": size, "PRECISION": precision, "UPCAST": False, "HI_LO": half,
+            "BLOCK_W": max(16, min(64, triton.next_power_of_2(size))), "BLOCK_K": 32},
+           4, 1)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--stages", default="1,2,3,4", help="comma-separated stages of bench_layers.SHAPES")
+    parser.add_argument("--dtypes", default="fp32,bf16")
+    parser.add_argument("--ptx", help="write each kernel's PTX into this directory")
+    args = parser.parse_args()
+    stages = {int(v) for v in args.stages.split(",")}
+    shapes = {(stage, size): tuple(grid) for stage, _, size, grid in SHAPES if stage in stages}
+    print(f"triton {triton.__version__}, target sm_90, the launchers' default tiles\n")
+    print("| stage, H, dtype, kernel | shared bytes | async copies | mma (sm_80 style) | wgmma | wgmma waits (pendings) |")
+    print("|---|---|---|---|---|---|")
+    for (stage, size), grid in shapes.items():
+        for dtype in args.dtypes.split(","):
+            for label, kernel, pointers, scalars, constants, warps, num_stages in kernels_at(size, grid, TRITON_TYPES[dtype]):
+                compiled, ttgir = compile_kernel(kernel, pointers, scalars, constants, warps, num_stages)
+                print(layout_row(f"{stage}, {size}, {dtype}, {label}", compiled, ttgir), flush=True)
+                if args.ptx:
+                    os.makedirs(args.ptx, exist_ok=True)
+                    name = f"stage{stage}-{dtype}-{label.replace(' ', '-')}.ptx"
+                    with open(os.path.join(args.ptx, name), "w") as handle:
+                        handle.write(compiled.asm["ptx"])
+
+
+if __name__ == "__main__":
+    main()
