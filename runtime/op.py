@@ -20,7 +20,6 @@ public function casts x to the autocast dtype itself, as F.conv2d would.
 """
 from __future__ import annotations
 
-import functools
 import inspect
 from types import ModuleType
 from typing import NamedTuple, Sequence
@@ -62,15 +61,25 @@ BOX_CONV_TAP_RATIO = {"16": 0.0, "32": 4.5}
 BOX_CONV_TOEPLITZ_SHARE = 0.75
 
 
-@functools.cache
-def _triton() -> tuple[ModuleType | None, str]:
-    """(runtime.triton_kernels or None, why not): triton is optional, imported on first use;
-    its absence becomes a reason (auto) or an error (explicit triton), never an import error."""
+def _import_triton_kernels() -> tuple[ModuleType | None, str]:
+    """(runtime.triton_kernels or None, why not): triton is optional; its absence becomes a reason
+    (auto) or an error (explicit triton), never an import error."""
     try:
         from runtime import triton_kernels
     except ImportError as error:  # triton is optional
         return None, f"{type(error).__name__}: {error}"
     return triton_kernels, ""
+
+
+# Imported once, with this module (torch itself imports triton where it is installed). A module
+# constant rather than a cached function: torch.compile traces the backend choice, and Dynamo warns
+# about every functools.cache-wrapped call it traces.
+_TRITON_KERNELS = _import_triton_kernels()
+
+
+def _triton() -> tuple[ModuleType | None, str]:
+    """(runtime.triton_kernels or None, why not)."""
+    return _TRITON_KERNELS
 
 
 class BackendChoice(NamedTuple):

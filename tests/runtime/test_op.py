@@ -64,6 +64,24 @@ def test_auto_on_cuda_follows_the_measured_layer_table():
     assert "Toeplitz GEMM" in stage1_bf16.reason
 
 
+def test_compiling_the_cuda_choice_raises_no_dynamo_warning(monkeypatch):
+    """torch.compile traces ``auto``'s choice, and Dynamo warns once per process about every
+    functools.cache-wrapped call it meets there (the lazy triton import used to be one)."""
+    pytest.importorskip("triton")
+    import warnings
+    from torch._dynamo import utils
+    monkeypatch.setattr(utils, "warn_once_cache", set(), raising=False)  # forget earlier tests' warnings
+
+    @torch.compile(fullgraph=True, backend="eager")
+    def scaled(x):
+        return x * (2 if choose_backend("cuda", 56, 56, PAPER_GRIDS[51]).name == "triton" else 3)
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert scaled(torch.ones(2)).tolist() == [2.0, 2.0]
+    assert [str(w.message) for w in caught if "Dynamo" in str(w.message)] == []
+
+
 def test_triton_forms_follow_the_tap_ratios():
     assert triton_forms(7, 7, PAPER_GRIDS[13], torch.float32) == ("toeplitz", "box")
     assert triton_forms(14, 14, PAPER_GRIDS[51], torch.float32) == ("toeplitz", "box")
