@@ -66,7 +66,7 @@ def _import_triton_kernels() -> tuple[ModuleType | None, str]:
     (auto) or an error (explicit triton), never an import error."""
     try:
         from runtime import triton_kernels
-    except ImportError as error:  # triton is optional
+    except Exception as error:  # triton is optional, and a broken install raises more than ImportError
         return None, f"{type(error).__name__}: {error}"
     return triton_kernels, ""
 
