@@ -5,6 +5,7 @@ side by side in one run, CUDA-graph replays (``do_bench_cudagraph``, no host cos
 
 * forward: dense cuDNN, the SAT kernels (``sat_taps_triton`` + coefficient map) and the
   Toeplitz kernel (``toeplitz_conv_triton`` + lag kernel) at each block config of ``--configs``,
+  its per-lag candidate (``row_lag_conv_triton``) at each of ``--row-lag-configs``,
   and the box form (``box_conv_triton`` + column blocks) at each of ``--box-conv-configs``, for fp32
   at each tl.dot input precision of ``--fp32-precisions``;
 * grad-weight: the SAT tap-sums kernel and the box-products kernel (+ prefix and cell sums).
@@ -37,6 +38,8 @@ CONFIGS = [(64, 64, 32, 4, 3), (64, 128, 32, 4, 3), (64, 128, 32, 8, 4), (64, 25
            (32, 64, 32, 4, 2), (32, 64, 32, 4, 3), (32, 32, 32, 4, 2), (16, 64, 32, 4, 2), (32, 128, 32, 8, 2)]
 # (block_k, num_warps, num_stages) for box_products_triton.
 BOX_CONFIGS = [(32, 4, 1), (32, 4, 3)]
+# (images, output rows, num_warps, num_stages) for row_lag_conv_triton.
+ROW_LAG_CONFIGS = [(64, 4, 8, 3), (64, 2, 4, 3)]
 # (block_m image rows, num_warps, num_stages) for box_conv_triton.
 BOX_CONV_CONFIGS = [(32, 2, 3), (64, 4, 2), (128, 8, 3)]
 # (tile_elements, num_warps, col_chunk) for sat_taps_triton.
@@ -58,6 +61,8 @@ def main() -> None:
                                           "e.g. 64x128x32/4/3 (default: CONFIGS)")
     parser.add_argument("--box-configs", help="box grad-weight configs as K/warps/stages, comma-separated, "
                                               "e.g. 32/8/2 (default: BOX_CONFIGS)")
+    parser.add_argument("--row-lag-configs", help="row-lag candidate configs as images/rows/warps/stages, "
+                                                  "comma-separated, e.g. 64/4/8/3 (default: ROW_LAG_CONFIGS)")
     parser.add_argument("--box-conv-configs", help="box-form forward configs as rows/warps/stages, "
                                                    "comma-separated, e.g. 128/4/2 (default: BOX_CONV_CONFIGS)")
     parser.add_argument("--fp32-precisions", default="tf32x3",
@@ -68,6 +73,7 @@ def main() -> None:
     configs = parse_configs(args.configs) if args.configs else CONFIGS
     sat_configs = parse_configs(args.sat_configs) if args.sat_configs else SAT_CONFIGS
     box_conv_configs = parse_configs(args.box_conv_configs) if args.box_conv_configs else BOX_CONV_CONFIGS
+    row_lag_configs = parse_configs(args.row_lag_configs) if args.row_lag_configs else ROW_LAG_CONFIGS
     precisions = args.fp32_precisions.split(",")
     box_conv_variants = [(config, precision) for precision in precisions for config in box_conv_configs]
     box_configs = parse_configs(args.box_configs) if args.box_configs else BOX_CONFIGS
@@ -86,6 +92,7 @@ def main() -> None:
     header = ["stage", "H", "K", "taps", "dtype", "floor", "dense fwd"]
     header += [f"sat fwd t{t} w{w} c{c}" for t, w, c in sat_configs]
     header += [f"toeplitz {c[0]}x{c[1]}x{c[2]} w{c[3]} s{c[4]}" for c in configs] + ["toeplitz err vs sat"]
+    header += [f"row-lag {i}x{r} w{w} s{st}" for i, r, w, st in row_lag_configs] + ["row-lag err (worst)"]
     header += [f"box fwd {m} rows w{w} s{st}" + (f" {p}" if len(precisions) > 1 else "")
                for (m, w, st), p in box_conv_variants]
     header += ["dense err", "box fwd err (worst)"]
@@ -114,6 +121,11 @@ def main() -> None:
                 return toeplitz.peripheral_conv2d_lags(x, w, grid, lambda images, kernel: (
                     triton_kernels.toeplitz_conv_triton(images, kernel, reach, block_m, block_n, block_k,
                                                         warps, stages)))
+
+            def row_lag_fwd(config):
+                images, rows, warps, stages = config
+                return toeplitz.peripheral_conv2d_lags(x, w, grid, lambda planes, kernel: (
+                    triton_kernels.row_lag_conv_triton(planes, kernel, reach, images, rows, warps, stages)))
 
             def box_fwd(variant):
                 (block_m, warps, stages), precision = variant
@@ -157,9 +169,11 @@ def main() -> None:
 
             row.append(f"{relative_error(toeplitz_fwd(configs[0]), reference):.1e}"
                        + (f" (sat configs: {worst_error(sat_fwd, sat_configs[1:], reference)})" if sat_configs[1:] else ""))
+            exact = dense(x.double(), w.double(), grid)
+            row += [timed_or_fail(lambda: row_lag_fwd(config)) for config in row_lag_configs]
+            row.append(worst_error(row_lag_fwd, row_lag_configs, exact))
             row += [timed_or_fail(lambda: box_fwd(variant)) if dtype == torch.float32 or variant[1] == precisions[0]
                     else "-" for variant in box_conv_variants]
-            exact = dense(x.double(), w.double(), grid)
             row.append(f"{relative_error(dense(x, w, grid), exact):.1e}")
             row.append(worst_error(box_fwd, box_conv_variants, exact))
             row.append(f"{timed(sat_grad):.3f}")

@@ -59,6 +59,12 @@ def kernels_at(size: int, grid: tuple[int, ...], dtype: str):
            {"H": size, "W": size, "PRECISION": precision, "UPCAST": False, "BLOCK_M": 64 if half else 32,
             "BLOCK_N": 128 if half and not small else 64, "BLOCK_K": 16 if not half and small else 32},
            4, 3 if half else 2)
+    yield ("row-lag (candidate)", triton_kernels._row_lag_kernel,
+           {"x_ptr": f"*{dtype}", "kc_ptr": f"*{dtype}", "y_ptr": f"*{dtype}"},
+           ("B", "C", "LAG_LO", "LAG_HI"),
+           {"H": size, "W": size, "PRECISION": precision, "UPCAST": False, "IMAGES": 64, "ROWS": 4,
+            "W_PAD": padded_width(size)},
+           8, 3)
     yield ("box conv", triton_kernels._box_conv_kernel,
            {"prefix_ptr": "*fp32", "blocks_ptr": f"*{dtype}", "lo_ptr": "*i32", "hi_ptr": "*i32",
             "wide_ptr": "*i32", "y_ptr": f"*{dtype}"},

@@ -1,10 +1,11 @@
 """Triton kernels for peripheral convolution: the SAT form (sat.py), the Toeplitz and box forms (toeplitz.py).
 
-Six launchers, twins of the plain-torch primitives with the same signatures:
+Seven launchers, twins of the plain-torch primitives with the same signatures:
 
 * ``sat_taps_triton(x, row_offsets, col_offsets, coeffs)``: SAT forward and grad-input.
 * ``sat_tap_sums_triton(dy, x, row_offsets, col_offsets)``: SAT grad-weight.
-* ``toeplitz_conv_triton(x, lag_kernel)``: Toeplitz forward and grad-input (tensor cores).
+* ``toeplitz_conv_triton(x, lag_kernel)``: Toeplitz forward and grad-input (tensor cores);
+  ``row_lag_conv_triton(x, lag_kernel)`` is the same product taken per vertical lag (a candidate).
 * ``box_conv_triton(x, column_blocks, grid)``: box-form forward and grad-input (tensor cores), on
   ``column_prefix_triton(x)``.
 * ``box_products_triton(dy, x, grid)``: box-form grad-weight (tensor cores), on
@@ -43,7 +44,7 @@ import triton.language as tl
 
 from runtime.constants import device_constant
 from runtime.sat import accumulate_dtype
-from runtime.toeplitz import cell_lag_ranges
+from runtime.toeplitz import cell_lag_ranges, padded_width
 
 
 @triton.jit
@@ -203,6 +204,41 @@ def _toeplitz_kernel(x_ptr, kc_ptr, y_ptr, B, C, H: tl.constexpr, W: tl.constexp
         acc = _dot_step(acc, a, b, PRECISION, UPCAST)
     tl.store(y_ptr + (images.to(tl.int64) * C + c)[:, None] * hw + p[None, :], acc.to(y_ptr.dtype.element_ty),
              mask=(images < B)[:, None] & (p < hw)[None, :])
+
+
+@triton.jit
+def _row_lag_kernel(x_ptr, kc_ptr, y_ptr, B, C, H: tl.constexpr, W: tl.constexpr, LAG_LO, LAG_HI,
+                    PRECISION: tl.constexpr, UPCAST: tl.constexpr, IMAGES: tl.constexpr, ROWS: tl.constexpr,
+                    W_PAD: tl.constexpr):
+    """y[n, c, h] = Σ_δ x[n, c, h + δ] @ T_δ[c], T_δ[v, w] = kc[c, δ, v - w]: the Toeplitz form
+    (toeplitz.toeplitz_conv) taken one vertical lag δ at a time.
+
+    Program = channel c, ROWS output rows of IMAGES images: M = ROWS·IMAGES image rows, N = W_PAD
+    output columns. Per lag δ within the kernel's reach [LAG_LO, LAG_HI] and the image, one
+    tensor-core product of the input rows h + δ (rows outside the image are zero) with the
+    (W_PAD x W_PAD) block T_δ gathered from the lag kernel; every row of the M shares that block.
+    """
+    pid_h, c, pid_n = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    m = tl.arange(0, ROWS * IMAGES)
+    h = pid_h * ROWS + m // IMAGES
+    image = pid_n * IMAGES + m % IMAGES
+    w = tl.arange(0, W_PAD)
+    lag_w = 2 * W - 1
+    planes = x_ptr + (image.to(tl.int64) * C + c) * (H * W)
+    kernel = kc_ptr + c.to(tl.int64) * ((2 * H - 1) * lag_w) + (H - 1) * lag_w + (W - 1)
+    block = kernel + w[:, None] - w[None, :]
+    block_mask = (w < W)[:, None] & (w < W)[None, :]
+    real = (image < B) & (h < H)
+    lag_begin = tl.maximum(LAG_LO, -(pid_h * ROWS + ROWS - 1))
+    lag_end = tl.minimum(LAG_HI, H - 1 - pid_h * ROWS)
+    acc = tl.zeros((ROWS * IMAGES, W_PAD), dtype=tl.float64 if PRECISION == "ieee" else tl.float32)
+    for lag in range(lag_begin, lag_end + 1):
+        source = h + lag
+        a = tl.load(planes[:, None] + (source * W)[:, None] + w[None, :],
+                    mask=(real & (source >= 0) & (source < H))[:, None] & (w < W)[None, :], other=0.0)
+        acc = _dot_step(acc, a, tl.load(block + lag * lag_w, mask=block_mask, other=0.0), PRECISION, UPCAST)
+    tl.store(y_ptr + (image.to(tl.int64) * C + c)[:, None] * (H * W) + (h * W)[:, None] + w[None, :],
+             acc.to(y_ptr.dtype.element_ty), mask=real[:, None] & (w < W)[None, :])
 
 
 @triton.jit
@@ -447,6 +483,29 @@ def toeplitz_conv_triton(x: torch.Tensor, kernel: torch.Tensor, lag_reach: tuple
     _toeplitz_kernel[launch](x, kernel.to(x.dtype).contiguous(), y, batch, channels, height, width, lo, hi,
                              PRECISION=_dot_precision(x.dtype), UPCAST=_upcast(x.dtype), BLOCK_M=block_m,
                              BLOCK_N=block_n, BLOCK_K=block_k, num_warps=num_warps, num_stages=num_stages)
+    return y.to(x.dtype)
+
+
+def row_lag_conv_triton(x: torch.Tensor, kernel: torch.Tensor, lag_reach: tuple[int, int] | None = None,
+                        images: int = 64, rows: int = 4, num_warps: int = 8, num_stages: int = 3) -> torch.Tensor:
+    """Triton twin of ``toeplitz.toeplitz_conv`` by vertical lags (a candidate forward, not in
+    ``auto``): x (B, C, H, W), Kc (C, 2H-1, 2W-1) in x.dtype -> (B, C, H, W).
+
+    A program computes ``rows`` output rows of ``images`` images of one channel; ``lag_reach`` (lo, hi)
+    bounds the vertical lags (default all). W is padded to a power of two >= 16 per row.
+    """
+    x = x.contiguous()
+    batch, channels, height, width = x.shape
+    lo, hi = lag_reach or (1 - height, height - 1)
+    if x.dtype == torch.float64:
+        images, rows = 16, 1  # the fp64 fallback holds a (rows·images, Wp, Wp) product
+    images = max(1, min(images, triton.next_power_of_2(batch)))
+    rows = max(rows, triton.cdiv(16, images))  # a tensor-core dot needs M >= 16
+    y = torch.empty_like(x, dtype=_output_dtype(x.dtype))
+    launch = (triton.cdiv(height, rows), channels, triton.cdiv(batch, images))
+    _row_lag_kernel[launch](x, kernel.to(x.dtype).contiguous(), y, batch, channels, height, width, lo, hi,
+                            PRECISION=_dot_precision(x.dtype), UPCAST=_upcast(x.dtype), IMAGES=images, ROWS=rows,
+                            W_PAD=padded_width(width), num_warps=num_warps, num_stages=num_stages)
     return y.to(x.dtype)
 
 
