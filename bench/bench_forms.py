@@ -5,7 +5,7 @@ side by side in one run, CUDA-graph replays (``do_bench_cudagraph``, no host cos
 
 * forward: dense cuDNN, the SAT kernels (``sat_taps_triton`` + coefficient map) and the
   Toeplitz kernel (``toeplitz_conv_triton`` + lag kernel) at each block config of ``--configs``,
-  its per-lag candidate (``row_lag_conv_triton``) at each of ``--row-lag-configs``,
+  the row-lag candidate (``row_lag_conv_triton`` + column blocks) at each of ``--row-lag-configs``,
   and the box form (``box_conv_triton`` + column blocks) at each of ``--box-conv-configs``, for fp32
   at each tl.dot input precision of ``--fp32-precisions``;
 * grad-weight: the SAT tap-sums kernel and the box-products kernel (+ prefix and cell sums).
@@ -124,8 +124,8 @@ def main() -> None:
 
             def row_lag_fwd(config):
                 images, rows, warps, stages = config
-                return toeplitz.peripheral_conv2d_lags(x, w, grid, lambda planes, kernel: (
-                    triton_kernels.row_lag_conv_triton(planes, kernel, reach, images, rows, warps, stages)))
+                return toeplitz.peripheral_conv2d_box(x, w, grid, lambda planes, blocks, cells: (
+                    triton_kernels.row_lag_conv_triton(planes, blocks, cells, images, rows, warps, stages)))
 
             def box_fwd(variant):
                 (block_m, warps, stages), precision = variant

@@ -60,8 +60,8 @@ def kernels_at(size: int, grid: tuple[int, ...], dtype: str):
             "BLOCK_N": 128 if half and not small else 64, "BLOCK_K": 16 if not half and small else 32},
            4, 3 if half else 2)
     yield ("row-lag (candidate)", triton_kernels._row_lag_kernel,
-           {"x_ptr": f"*{dtype}", "kc_ptr": f"*{dtype}", "y_ptr": f"*{dtype}"},
-           ("B", "C", "LAG_LO", "LAG_HI"),
+           {"x_ptr": f"*{dtype}", "blocks_ptr": f"*{dtype}", "cells_ptr": "*i32", "y_ptr": f"*{dtype}"},
+           ("B", "C", "CELLS", "LAG_LO", "LAG_HI"),
            {"H": size, "W": size, "PRECISION": precision, "UPCAST": False, "IMAGES": 64, "ROWS": 4,
             "W_PAD": padded_width(size)},
            8, 3)

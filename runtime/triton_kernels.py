@@ -4,10 +4,10 @@ Seven launchers, twins of the plain-torch primitives with the same signatures:
 
 * ``sat_taps_triton(x, row_offsets, col_offsets, coeffs)``: SAT forward and grad-input.
 * ``sat_tap_sums_triton(dy, x, row_offsets, col_offsets)``: SAT grad-weight.
-* ``toeplitz_conv_triton(x, lag_kernel)``: Toeplitz forward and grad-input (tensor cores);
-  ``row_lag_conv_triton(x, lag_kernel)`` is the same product taken per vertical lag (a candidate).
+* ``toeplitz_conv_triton(x, lag_kernel)``: Toeplitz forward and grad-input (tensor cores).
 * ``box_conv_triton(x, column_blocks, grid)``: box-form forward and grad-input (tensor cores), on
-  ``column_prefix_triton(x)``.
+  ``column_prefix_triton(x)``; ``row_lag_conv_triton(x, column_blocks, grid)`` is the same product
+  taken per vertical lag instead of per cell (a candidate).
 * ``box_products_triton(dy, x, grid)``: box-form grad-weight (tensor cores), on
   ``column_prefix_triton(x)``.
 
@@ -44,7 +44,7 @@ import triton.language as tl
 
 from runtime.constants import device_constant
 from runtime.sat import accumulate_dtype
-from runtime.toeplitz import cell_lag_ranges, padded_width
+from runtime.toeplitz import cell_lag_ranges, lag_cells, lag_reach
 
 
 @triton.jit
@@ -207,27 +207,25 @@ def _toeplitz_kernel(x_ptr, kc_ptr, y_ptr, B, C, H: tl.constexpr, W: tl.constexp
 
 
 @triton.jit
-def _row_lag_kernel(x_ptr, kc_ptr, y_ptr, B, C, H: tl.constexpr, W: tl.constexpr, LAG_LO, LAG_HI,
-                    PRECISION: tl.constexpr, UPCAST: tl.constexpr, IMAGES: tl.constexpr, ROWS: tl.constexpr,
-                    W_PAD: tl.constexpr):
-    """y[n, c, h] = Σ_δ x[n, c, h + δ] @ T_δ[c], T_δ[v, w] = kc[c, δ, v - w]: the Toeplitz form
-    (toeplitz.toeplitz_conv) taken one vertical lag δ at a time.
+def _row_lag_kernel(x_ptr, blocks_ptr, cells_ptr, y_ptr, B, C, H: tl.constexpr, W: tl.constexpr, CELLS,
+                    LAG_LO, LAG_HI, PRECISION: tl.constexpr, UPCAST: tl.constexpr, IMAGES: tl.constexpr,
+                    ROWS: tl.constexpr, W_PAD: tl.constexpr):
+    """y[n, c, h] = Σ_δ x[n, c, h + δ] @ R_{cell(δ)}[c]: the box form (toeplitz.box_conv) taken one
+    vertical lag δ at a time, so its A operand is plain input rows (exact in bf16, no hi/lo split).
 
     Program = channel c, ROWS output rows of IMAGES images: M = ROWS·IMAGES image rows, N = W_PAD
     output columns. Per lag δ within the kernel's reach [LAG_LO, LAG_HI] and the image, one
-    tensor-core product of the input rows h + δ (rows outside the image are zero) with the
-    (W_PAD x W_PAD) block T_δ gathered from the lag kernel; every row of the M shares that block.
+    tensor-core product of the input rows h + δ (rows outside the image are zero) with the column
+    block of δ's kernel-row cell (``cells_ptr`` maps lag δ + H - 1 to it); every row of the M
+    shares that block, and both operands are plain tile loads.
     """
     pid_h, c, pid_n = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     m = tl.arange(0, ROWS * IMAGES)
     h = pid_h * ROWS + m // IMAGES
     image = pid_n * IMAGES + m % IMAGES
     w = tl.arange(0, W_PAD)
-    lag_w = 2 * W - 1
     planes = x_ptr + (image.to(tl.int64) * C + c) * (H * W)
-    kernel = kc_ptr + c.to(tl.int64) * ((2 * H - 1) * lag_w) + (H - 1) * lag_w + (W - 1)
-    block = kernel + w[:, None] - w[None, :]
-    block_mask = (w < W)[:, None] & (w < W)[None, :]
+    blocks = blocks_ptr + c.to(tl.int64) * CELLS * (W_PAD * W_PAD) + w[:, None] * W_PAD + w[None, :]
     real = (image < B) & (h < H)
     lag_begin = tl.maximum(LAG_LO, -(pid_h * ROWS + ROWS - 1))
     lag_end = tl.minimum(LAG_HI, H - 1 - pid_h * ROWS)
@@ -236,7 +234,8 @@ def _row_lag_kernel(x_ptr, kc_ptr, y_ptr, B, C, H: tl.constexpr, W: tl.constexpr
         source = h + lag
         a = tl.load(planes[:, None] + (source * W)[:, None] + w[None, :],
                     mask=(real & (source >= 0) & (source < H))[:, None] & (w < W)[None, :], other=0.0)
-        acc = _dot_step(acc, a, tl.load(block + lag * lag_w, mask=block_mask, other=0.0), PRECISION, UPCAST)
+        block = tl.load(blocks + tl.load(cells_ptr + lag + H - 1) * (W_PAD * W_PAD))
+        acc = _dot_step(acc, a, block, PRECISION, UPCAST)
     tl.store(y_ptr + (image.to(tl.int64) * C + c)[:, None] * (H * W) + (h * W)[:, None] + w[None, :],
              acc.to(y_ptr.dtype.element_ty), mask=real[:, None] & (w < W)[None, :])
 
@@ -486,26 +485,29 @@ def toeplitz_conv_triton(x: torch.Tensor, kernel: torch.Tensor, lag_reach: tuple
     return y.to(x.dtype)
 
 
-def row_lag_conv_triton(x: torch.Tensor, kernel: torch.Tensor, lag_reach: tuple[int, int] | None = None,
-                        images: int = 64, rows: int = 4, num_warps: int = 8, num_stages: int = 3) -> torch.Tensor:
-    """Triton twin of ``toeplitz.toeplitz_conv`` by vertical lags (a candidate forward, not in
-    ``auto``): x (B, C, H, W), Kc (C, 2H-1, 2W-1) in x.dtype -> (B, C, H, W).
+def row_lag_conv_triton(x: torch.Tensor, blocks: torch.Tensor, grid: Sequence[int], images: int = 64,
+                        rows: int = 4, num_warps: int = 8, num_stages: int = 3) -> torch.Tensor:
+    """Triton twin of ``toeplitz.box_conv`` by vertical lags (a candidate forward, not in ``auto``):
+    x (B, C, H, W), R (C, k', Wp, Wp) in x.dtype -> (B, C, H, W).
 
-    A program computes ``rows`` output rows of ``images`` images of one channel; ``lag_reach`` (lo, hi)
-    bounds the vertical lags (default all). W is padded to a power of two >= 16 per row.
+    A program computes ``rows`` output rows of ``images`` images of one channel; only lags within
+    the kernel's vertical reach are visited.
     """
     x = x.contiguous()
     batch, channels, height, width = x.shape
-    lo, hi = lag_reach or (1 - height, height - 1)
+    lo, hi = lag_reach(tuple(grid), height)
+    # Kernel-row cell of each lag -(H-1)..H-1; lags beyond the kernel (cell k') are never visited.
+    cells = _offsets_tensor(tuple(min(cell, len(grid) - 1) for cell in lag_cells(tuple(grid), height)), x.device)
     if x.dtype == torch.float64:
         images, rows = 16, 1  # the fp64 fallback holds a (rows·images, Wp, Wp) product
     images = max(1, min(images, triton.next_power_of_2(batch)))
     rows = max(rows, triton.cdiv(16, images))  # a tensor-core dot needs M >= 16
     y = torch.empty_like(x, dtype=_output_dtype(x.dtype))
     launch = (triton.cdiv(height, rows), channels, triton.cdiv(batch, images))
-    _row_lag_kernel[launch](x, kernel.to(x.dtype).contiguous(), y, batch, channels, height, width, lo, hi,
-                            PRECISION=_dot_precision(x.dtype), UPCAST=_upcast(x.dtype), IMAGES=images, ROWS=rows,
-                            W_PAD=padded_width(width), num_warps=num_warps, num_stages=num_stages)
+    _row_lag_kernel[launch](x, blocks.to(x.dtype).contiguous(), cells, y, batch, channels, height, width,
+                            len(grid), lo, hi, PRECISION=_dot_precision(x.dtype), UPCAST=_upcast(x.dtype),
+                            IMAGES=images, ROWS=rows, W_PAD=blocks.shape[-1], num_warps=num_warps,
+                            num_stages=num_stages)
     return y.to(x.dtype)
 
 
