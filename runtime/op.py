@@ -71,15 +71,10 @@ def _import_triton_kernels() -> tuple[ModuleType | None, str]:
     return triton_kernels, ""
 
 
-# Imported once, with this module (torch itself imports triton where it is installed). A module
-# constant rather than a cached function: torch.compile traces the backend choice, and Dynamo warns
-# about every functools.cache-wrapped call it traces.
+# (runtime.triton_kernels or None, why not), imported once with this module (torch itself imports
+# triton where it is installed). A module constant rather than a cached function: torch.compile
+# traces the backend choice, and Dynamo warns about every functools.cache-wrapped call it traces.
 _TRITON_KERNELS = _import_triton_kernels()
-
-
-def _triton() -> tuple[ModuleType | None, str]:
-    """(runtime.triton_kernels or None, why not)."""
-    return _TRITON_KERNELS
 
 
 class BackendChoice(NamedTuple):
@@ -137,7 +132,7 @@ def choose_backend(device: torch.device | str, height: int, width: int, grid: Se
     device = torch.device(device)
     dense, taps = sum(grid) ** 2, sat_tap_count(grid, height, width)
     if device.type == "cuda":
-        kernels, error = _triton()
+        kernels, error = _TRITON_KERNELS
         if kernels is None:
             return BackendChoice("torch", f"CUDA tensor but triton does not import ({error})")
         forms = triton_forms(height, width, grid, dtype)
@@ -176,7 +171,7 @@ def resolve_backend(backend: str, x: torch.Tensor, grid: Sequence[int]) -> str:
     if backend == "auto":
         return choose_backend(x.device, x.shape[2], x.shape[3], grid, x.dtype).name
     if backend == "triton":
-        kernels, error = _triton()
+        kernels, error = _TRITON_KERNELS
         if kernels is None:
             raise RuntimeError(f"backend='triton' needs triton, which does not import ({error})")
         if x.device.type == "cpu" and not kernels.INTERPRETED:
@@ -192,7 +187,7 @@ def _conv_impl(x: torch.Tensor, weight: torch.Tensor, grid: tuple[int, ...], bac
         return sat.peripheral_conv2d_taps(x, weight, grid, sat.sat_taps)
     if backend != "triton":
         raise ValueError(f"pelk::peripheral_conv2d runs the 'sat' or 'triton' backend, got {backend!r}")
-    kernels, _ = _triton()
+    kernels, _ = _TRITON_KERNELS
     height, width = x.shape[-2:]
     form = triton_forms(height, width, grid, x.dtype).conv
     if form == "sat":
@@ -209,7 +204,7 @@ def _grad_weight_impl(dy: torch.Tensor, x: torch.Tensor, grid: tuple[int, ...], 
         return sat.peripheral_grad_weight_taps(dy, x, grid, sat.sat_tap_sums)
     if backend != "triton":
         raise ValueError(f"pelk::peripheral_conv2d_grad_weight runs 'sat' or 'triton', got {backend!r}")
-    kernels, _ = _triton()
+    kernels, _ = _TRITON_KERNELS
     if triton_forms(x.shape[-2], x.shape[-1], grid, x.dtype).grad_weight == "sat":
         return sat.peripheral_grad_weight_taps(dy, x, grid, kernels.sat_tap_sums_triton)
     return toeplitz.peripheral_grad_weight_boxes(dy, x, grid, kernels.box_products_triton)
