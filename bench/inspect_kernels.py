@@ -1,5 +1,6 @@
 """Compile the runtime's tensor-core kernels for an H100 (sm_90) without a GPU and report how
-Triton laid them out: shared memory, asynchronous copies, tensor-core dots and wgmma's waits.
+Triton laid them out: shared memory, asynchronous copies (and whether they bypass L1:
+``cp.async.cg``), tensor-core dots and wgmma's waits.
 
 A kernel whose loads are not copied asynchronously, or whose every wgmma waits for the one
 before (``pendings`` all 0), runs its loop unpipelined; that is what plane sizes as runtime
@@ -44,7 +45,9 @@ def compile_kernel(kernel, pointers: dict[str, str], scalars: tuple[str, ...], c
 
 def layout_row(label: str, compiled, ttgir: str) -> str:
     pendings = re.findall(r"pendings = (\d+)", ttgir)
+    ptx = compiled.asm["ptx"]
     return (f"| {label} | {compiled.metadata.shared} | {ttgir.count('async_copy_global_to_local')} | "
+            f"{ptx.count('cp.async.cg')} / {ptx.count('cp.async.ca')} | "
             f"{ttgir.count('tt.dot ')} | {ttgir.count('warp_group_dot ')} | {','.join(pendings) or '-'} |")
 
 
@@ -57,26 +60,33 @@ def kernels_at(size: int, grid: tuple[int, ...], dtype: str):
            {"x_ptr": f"*{dtype}", "kc_ptr": f"*{dtype}", "y_ptr": f"*{dtype}"},
            ("B", "C", "LAG_LO", "LAG_HI"),
            {"H": size, "W": size, "PRECISION": precision, "UPCAST": False, "BLOCK_M": 64 if half else 32,
-            "BLOCK_N": 128 if half and not small else 64, "BLOCK_K": 16 if not half and small else 32},
+            "BLOCK_N": 128 if half and not small else 64, "BLOCK_K": 16 if not half and small else 32,
+            "CACHE": ""},
            4, 3 if half else 2)
     yield ("row-lag (candidate)", triton_kernels._row_lag_kernel,
            {"x_ptr": f"*{dtype}", "blocks_ptr": f"*{dtype}", "cells_ptr": "*i32", "y_ptr": f"*{dtype}"},
            ("B", "C", "CELLS", "LAG_LO", "LAG_HI"),
            {"H": size, "W": size, "PRECISION": precision, "UPCAST": False, "IMAGES": 64, "ROWS": 4,
-            "W_PAD": padded_width(size)},
+            "W_PAD": padded_width(size), "CACHE": ""},
            8, 3)
     yield ("box conv", triton_kernels._box_conv_kernel,
-           {"prefix_ptr": "*fp32", "blocks_ptr": f"*{dtype}", "lo_ptr": "*i32", "hi_ptr": "*i32",
-            "wide_ptr": "*i32", "y_ptr": f"*{dtype}"},
-           ("B", "C", "CELLS", "CELL_BEGIN", "CELL_END", "WIDE_CELLS"),
-           {"H": size, "W": size, "PRECISION": precision, "UPCAST": False, "HI_LO": half, "BLOCK_M": 32,
-            "W_PAD": padded_width(size)},
-           2, 3)
+           {"x_ptr": f"*{dtype}", "prefix_ptr": "*fp32", "blocks_ptr": f"*{dtype}", "lo_ptr": "*i32",
+            "hi_ptr": "*i32", "narrow_ptr": "*i32", "wide_ptr": "*i32", "y_ptr": f"*{dtype}"},
+           ("B", "C", "CELLS", "CELL_BEGIN", "CELL_END", "NARROW", "WIDE"),
+           {"H": size, "W": size, "PRECISION": precision, "UPCAST": False, "HI_LO": half,
+            "BLOCK_M": 128 if half else 32, "W_PAD": padded_width(size), "CACHE": ""},
+           4 if half else 2, 1 if half else 3)
+    yield ("plane box (candidate)", triton_kernels._plane_box_kernel,
+           {"x_ptr": f"*{dtype}", "blocks_ptr": f"*{dtype}", "lo_ptr": "*i32", "hi_ptr": "*i32", "y_ptr": f"*{dtype}"},
+           ("C", "CELLS", "CELL_BEGIN", "CELL_END"),
+           {"H": size, "W": size, "PRECISION": precision, "UPCAST": False, "HI_LO": half,
+            "H_PAD": padded_width(size), "W_PAD": padded_width(size)},
+           4, 1)
     yield ("box products", triton_kernels._box_products_kernel,
            {"dy_ptr": f"*{dtype}", "prefix_ptr": "*fp32", "lo_ptr": "*i32", "hi_ptr": "*i32", "out_ptr": "*fp32"},
            ("B", "C", "CELLS", "PER_SPLIT"),
            {"H": size, "W": size, "PRECISION": precision, "UPCAST": False, "HI_LO": half,
-            "BLOCK_W": max(16, min(64, triton.next_power_of_2(size))), "BLOCK_K": 32},
+            "BLOCK_W": max(16, min(64, triton.next_power_of_2(size))), "BLOCK_K": 32, "CACHE": ""},
            4, 1)
 
 
@@ -89,8 +99,9 @@ def main() -> None:
     stages = {int(v) for v in args.stages.split(",")}
     shapes = {(stage, size): tuple(grid) for stage, _, size, grid in SHAPES if stage in stages}
     print(f"triton {triton.__version__}, target sm_90, the launchers' default tiles\n")
-    print("| stage, H, dtype, kernel | shared bytes | async copies | mma (sm_80 style) | wgmma | wgmma waits (pendings) |")
-    print("|---|---|---|---|---|---|")
+    print("| stage, H, dtype, kernel | shared bytes | async copies | cp.async L2 only / via L1 | mma (sm_80 style) "
+          "| wgmma | wgmma waits (pendings) |")
+    print("|---|---|---|---|---|---|---|")
     for (stage, size), grid in shapes.items():
         for dtype in args.dtypes.split(","):
             for label, kernel, pointers, scalars, constants, warps, num_stages in kernels_at(size, grid, TRITON_TYPES[dtype]):

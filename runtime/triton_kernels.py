@@ -44,7 +44,7 @@ import triton.language as tl
 
 from runtime.constants import device_constant
 from runtime.sat import accumulate_dtype
-from runtime.toeplitz import cell_lag_ranges, lag_cells, lag_reach
+from runtime.toeplitz import cell_lag_ranges, lag_cells, lag_reach, padded_width
 
 
 @triton.jit
@@ -174,7 +174,7 @@ def _dot_step(acc, a, b, PRECISION: tl.constexpr, UPCAST: tl.constexpr):
 @triton.jit
 def _toeplitz_kernel(x_ptr, kc_ptr, y_ptr, B, C, H: tl.constexpr, W: tl.constexpr, LAG_LO, LAG_HI,
                      PRECISION: tl.constexpr, UPCAST: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                     BLOCK_K: tl.constexpr):
+                     BLOCK_K: tl.constexpr, CACHE: tl.constexpr):
     """y[n, c, p] = Σ_q x[n, c, q] · kc[c, q - p] over flattened pixels p, q (see toeplitz.py).
 
     Program = BLOCK_M images x BLOCK_N output pixels of channel c: a GEMM whose B operand
@@ -199,7 +199,8 @@ def _toeplitz_kernel(x_ptr, kc_ptr, y_ptr, B, C, H: tl.constexpr, W: tl.constexp
     for q0 in range(q_begin, q_end, BLOCK_K):
         q = q0 + tl.arange(0, BLOCK_K)
         u = (q // W) * lag_w + q % W
-        a = tl.load(x_rows[:, None] + q[None, :], mask=(images < B)[:, None] & (q < hw)[None, :], other=0.0)
+        a = tl.load(x_rows[:, None] + q[None, :], mask=(images < B)[:, None] & (q < hw)[None, :], other=0.0,
+                    cache_modifier=CACHE)
         b = tl.load(kernel + (u[:, None] - v[None, :]), mask=(q < hw)[:, None] & (p < hw)[None, :], other=0.0)
         acc = _dot_step(acc, a, b, PRECISION, UPCAST)
     tl.store(y_ptr + (images.to(tl.int64) * C + c)[:, None] * hw + p[None, :], acc.to(y_ptr.dtype.element_ty),
@@ -209,7 +210,7 @@ def _toeplitz_kernel(x_ptr, kc_ptr, y_ptr, B, C, H: tl.constexpr, W: tl.constexp
 @triton.jit
 def _row_lag_kernel(x_ptr, blocks_ptr, cells_ptr, y_ptr, B, C, H: tl.constexpr, W: tl.constexpr, CELLS,
                     LAG_LO, LAG_HI, PRECISION: tl.constexpr, UPCAST: tl.constexpr, IMAGES: tl.constexpr,
-                    ROWS: tl.constexpr, W_PAD: tl.constexpr):
+                    ROWS: tl.constexpr, W_PAD: tl.constexpr, CACHE: tl.constexpr):
     """y[n, c, h] = Σ_δ x[n, c, h + δ] @ R_{cell(δ)}[c]: the box form (toeplitz.box_conv) taken one
     vertical lag δ at a time, so its A operand is plain input rows (exact in bf16, no hi/lo split).
 
@@ -233,33 +234,36 @@ def _row_lag_kernel(x_ptr, blocks_ptr, cells_ptr, y_ptr, B, C, H: tl.constexpr, 
     for lag in range(lag_begin, lag_end + 1):
         source = h + lag
         a = tl.load(planes[:, None] + (source * W)[:, None] + w[None, :],
-                    mask=(real & (source >= 0) & (source < H))[:, None] & (w < W)[None, :], other=0.0)
-        block = tl.load(blocks + tl.load(cells_ptr + lag + H - 1) * (W_PAD * W_PAD))
+                    mask=(real & (source >= 0) & (source < H))[:, None] & (w < W)[None, :], other=0.0,
+                    cache_modifier=CACHE)
+        block = tl.load(blocks + tl.load(cells_ptr + lag + H - 1) * (W_PAD * W_PAD), cache_modifier=CACHE)
         acc = _dot_step(acc, a, block, PRECISION, UPCAST)
     tl.store(y_ptr + (image.to(tl.int64) * C + c)[:, None] * (H * W) + (h * W)[:, None] + w[None, :],
              acc.to(y_ptr.dtype.element_ty), mask=real[:, None] & (w < W)[None, :])
 
 
 @triton.jit
-def _prefix_rows(columns, h, lag, H: tl.constexpr, W: tl.constexpr, mask):
+def _prefix_rows(columns, h, lag, H: tl.constexpr, W: tl.constexpr, mask, CACHE: tl.constexpr):
     """Rows clamp(h + lag, 0, H) of a column prefix (H+1, W): ``columns`` (M, N) points at row 0 of
-    each row's plane; rows outside the image read the prefix's first or last row."""
-    return tl.load(columns + (tl.minimum(tl.maximum(h + lag, 0), H) * W)[:, None], mask=mask, other=0.0)
+    each row's plane; rows outside the image read the prefix's first or last row. ``CACHE``: the
+    load's cache modifier (".ca" keeps the rows in L1, where neighbouring cells find them)."""
+    return tl.load(columns + (tl.minimum(tl.maximum(h + lag, 0), H) * W)[:, None], mask=mask, other=0.0,
+                   cache_modifier=CACHE)
 
 
 @triton.jit
-def _box_conv_kernel(prefix_ptr, blocks_ptr, lo_ptr, hi_ptr, wide_ptr, y_ptr, B, C, H: tl.constexpr,
-                     W: tl.constexpr, CELLS, CELL_BEGIN, CELL_END, WIDE_CELLS, PRECISION: tl.constexpr,
-                     UPCAST: tl.constexpr, HI_LO: tl.constexpr, BLOCK_M: tl.constexpr, W_PAD: tl.constexpr):
+def _box_conv_kernel(x_ptr, prefix_ptr, blocks_ptr, lo_ptr, hi_ptr, narrow_ptr, wide_ptr, y_ptr, B, C,
+                     H: tl.constexpr, W: tl.constexpr, CELLS, CELL_BEGIN, CELL_END, NARROW, WIDE,
+                     PRECISION: tl.constexpr, UPCAST: tl.constexpr, HI_LO: tl.constexpr, BLOCK_M: tl.constexpr,
+                     W_PAD: tl.constexpr, CACHE: tl.constexpr):
     """y[n, c, h] = Σ_a X_a[n, c, h] @ R_a[c] (the box form, toeplitz.box_conv).
 
-    Program = BLOCK_M rows (n, h) of channel c: a GEMM over the kernel-row cells whose A operand,
-    X_a = prefix[h + hi_a] - prefix[h + lo_a], comes from the fp32 column prefix. Cells tile the
-    lags (hi_a = lo_{a+1}), so each cell loads one row set and reuses the last as its top. Only
-    cells CELL_BEGIN..CELL_END-1 (those within the image's reach) are visited. With HI_LO
-    (bf16/fp16) X_a is rounded to half precision there, and a second loop over the WIDE_CELLS
-    multi-row cells listed at wide_ptr adds the product of its rounding residue (a one-row
-    cell's X_a is an input row, exact in half precision).
+    Program = BLOCK_M rows (n, h) of channel c: a GEMM over the kernel-row cells within the image's
+    reach (CELL_BEGIN..CELL_END-1), whose A operand X_a = prefix[h + hi_a] - prefix[h + lo_a] comes
+    from the fp32 column prefix. fp32/fp64: cells tile the lags (hi_a = lo_{a+1}), so each cell
+    loads one row set and reuses the last as its top. HI_LO (bf16/fp16): a one-row cell (the NARROW
+    at narrow_ptr) reads X_a = x[h + lo_a] straight from the input, exact; a multi-row cell (the
+    WIDE at wide_ptr) rounds X_a to half precision and adds the product of its rounding residue.
     """
     pid_m, c = tl.program_id(0), tl.program_id(1)
     rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -269,31 +273,76 @@ def _box_conv_kernel(prefix_ptr, blocks_ptr, lo_ptr, hi_ptr, wide_ptr, y_ptr, B,
     inside = (rows < B * H)[:, None] & (w < W)[None, :]
     columns = prefix_ptr + plane[:, None] * ((H + 1) * W) + w[None, :]
     blocks = blocks_ptr + c.to(tl.int64) * CELLS * (W_PAD * W_PAD) + w[:, None] * W_PAD + w[None, :]
-    half = blocks_ptr.dtype.element_ty
     acc = tl.zeros((BLOCK_M, W_PAD), dtype=tl.float64 if PRECISION == "ieee" else tl.float32)
-    top = _prefix_rows(columns, h, tl.load(lo_ptr + CELL_BEGIN), H, W, inside)
-    for cell in range(CELL_BEGIN, CELL_END):
-        bottom = _prefix_rows(columns, h, tl.load(hi_ptr + cell), H, W, inside)
-        box = bottom - top
-        top = bottom
-        if HI_LO:
-            box = box.to(half)
-        acc = _dot_step(acc, box, tl.load(blocks + cell * (W_PAD * W_PAD)), PRECISION, UPCAST)
     if HI_LO:
-        for index in range(WIDE_CELLS):
+        half = blocks_ptr.dtype.element_ty
+        inputs = x_ptr + plane[:, None] * (H * W) + w[None, :]
+        for index in range(NARROW):
+            cell = tl.load(narrow_ptr + index)
+            source = h + tl.load(lo_ptr + cell)
+            row = tl.load(inputs + (source * W)[:, None], mask=inside & ((source >= 0) & (source < H))[:, None],
+                          other=0.0, cache_modifier=CACHE)
+            acc = _dot_step(acc, row, tl.load(blocks + cell * (W_PAD * W_PAD), cache_modifier=CACHE), PRECISION,
+                            UPCAST)
+        for index in range(WIDE):
             cell = tl.load(wide_ptr + index)
-            box = (_prefix_rows(columns, h, tl.load(hi_ptr + cell), H, W, inside)
-                   - _prefix_rows(columns, h, tl.load(lo_ptr + cell), H, W, inside))
-            residue = (box - box.to(half).to(tl.float32)).to(half)
-            acc = _dot_step(acc, residue, tl.load(blocks + cell * (W_PAD * W_PAD)), PRECISION, UPCAST)
+            box = (_prefix_rows(columns, h, tl.load(hi_ptr + cell), H, W, inside, CACHE)
+                   - _prefix_rows(columns, h, tl.load(lo_ptr + cell), H, W, inside, CACHE))
+            block = tl.load(blocks + cell * (W_PAD * W_PAD), cache_modifier=CACHE)
+            box_hi = box.to(half)
+            acc = _dot_step(acc, box_hi, block, PRECISION, UPCAST)
+            acc = _dot_step(acc, (box - box_hi.to(tl.float32)).to(half), block, PRECISION, UPCAST)
+    else:
+        top = _prefix_rows(columns, h, tl.load(lo_ptr + CELL_BEGIN), H, W, inside, CACHE)
+        for cell in range(CELL_BEGIN, CELL_END):
+            bottom = _prefix_rows(columns, h, tl.load(hi_ptr + cell), H, W, inside, CACHE)
+            acc = _dot_step(acc, bottom - top, tl.load(blocks + cell * (W_PAD * W_PAD), cache_modifier=CACHE),
+                            PRECISION, UPCAST)
+            top = bottom
     tl.store(y_ptr + plane[:, None] * (H * W) + (h * W)[:, None] + w[None, :], acc.to(y_ptr.dtype.element_ty),
              mask=inside)
 
 
 @triton.jit
+def _plane_box_kernel(x_ptr, blocks_ptr, lo_ptr, hi_ptr, y_ptr, C, H: tl.constexpr, W: tl.constexpr, CELLS,
+                      CELL_BEGIN, CELL_END, PRECISION: tl.constexpr, UPCAST: tl.constexpr, HI_LO: tl.constexpr,
+                      H_PAD: tl.constexpr, W_PAD: tl.constexpr):
+    """y[n, c] = Σ_a (V_a @ x[n, c]) @ R_a[c]: the box form with its box sums on tensor cores too.
+
+    Program = one (n, c) plane, held on chip (H_PAD x W_PAD): per kernel-row cell a within the
+    image's reach, X_a = V_a @ x with V_a (H_PAD x H_PAD) the 0/1 band of a's row lags, built in
+    registers (exact in every dtype, and X_a is exact in its fp32 accumulator), then X_a @ R_a. With
+    HI_LO (bf16/fp16) X_a is rounded to half precision and, for a multi-row cell, the product of its
+    rounding residue is added. No box sum reads memory: the plane is read once, the blocks per cell.
+    """
+    n, c = tl.program_id(0), tl.program_id(1)
+    plane = (n.to(tl.int64) * C + c) * (H * W)
+    u = tl.arange(0, H_PAD)
+    w = tl.arange(0, W_PAD)
+    inside = (u < H)[:, None] & (w < W)[None, :]
+    x = tl.load(x_ptr + plane + u[:, None] * W + w[None, :], mask=inside, other=0.0)
+    lags = u[None, :] - u[:, None]  # (H_PAD out rows, H_PAD in rows): input row - output row
+    blocks = blocks_ptr + c.to(tl.int64) * CELLS * (W_PAD * W_PAD) + w[:, None] * W_PAD + w[None, :]
+    acc = tl.zeros((H_PAD, W_PAD), dtype=tl.float64 if PRECISION == "ieee" else tl.float32)
+    for cell in range(CELL_BEGIN, CELL_END):
+        lo, hi = tl.load(lo_ptr + cell), tl.load(hi_ptr + cell)
+        band = tl.where((lags >= lo) & (lags < hi), 1.0, 0.0).to(x.dtype)
+        box = _dot_step(tl.zeros((H_PAD, W_PAD), dtype=acc.dtype), band, x, PRECISION, UPCAST)
+        block = tl.load(blocks + cell * (W_PAD * W_PAD))
+        if HI_LO:
+            box_hi = box.to(x.dtype)
+            acc = _dot_step(acc, box_hi, block, PRECISION, UPCAST)
+            if hi - lo > 1:
+                acc = _dot_step(acc, (box - box_hi.to(tl.float32)).to(x.dtype), block, PRECISION, UPCAST)
+        else:
+            acc = _dot_step(acc, box, block, PRECISION, UPCAST)
+    tl.store(y_ptr + plane + u[:, None] * W + w[None, :], acc.to(y_ptr.dtype.element_ty), mask=inside)
+
+
+@triton.jit
 def _box_products_kernel(dy_ptr, prefix_ptr, lo_ptr, hi_ptr, out_ptr, B, C, H: tl.constexpr, W: tl.constexpr,
                          CELLS, PER_SPLIT, PRECISION: tl.constexpr, UPCAST: tl.constexpr, HI_LO: tl.constexpr,
-                         BLOCK_W: tl.constexpr, BLOCK_K: tl.constexpr):
+                         BLOCK_W: tl.constexpr, BLOCK_K: tl.constexpr, CACHE: tl.constexpr):
     """out[s, c, a, w, v] = Σ_{(n, h) in split s} dy[n, c, h, w] · X_a[n, c, h, v] (see toeplitz.py).
 
     Program = channel c, cell a, one (BLOCK_W x BLOCK_W) tile of (w, v), one split of the B·H
@@ -319,7 +368,8 @@ def _box_products_kernel(dy_ptr, prefix_ptr, lo_ptr, hi_ptr, out_ptr, B, C, H: t
                        mask=inside & (w < W)[None, :], other=0.0)
         columns = prefix_ptr + plane[:, None] * ((H + 1) * W) + v[None, :]
         box_mask = inside & (v < W)[None, :]
-        box = _prefix_rows(columns, h, hi, H, W, box_mask) - _prefix_rows(columns, h, lo, H, W, box_mask)
+        box = (_prefix_rows(columns, h, hi, H, W, box_mask, CACHE)
+               - _prefix_rows(columns, h, lo, H, W, box_mask, CACHE))
         grad_t = tl.trans(grad)
         if PRECISION == "ieee":  # fp64: no tensor-core dot
             acc += tl.sum(grad_t.to(tl.float64)[:, :, None] * box[None, :, :], axis=1)
@@ -458,10 +508,11 @@ def sat_tap_sums_triton(dy: torch.Tensor, x: torch.Tensor, row_offsets: Sequence
 
 def toeplitz_conv_triton(x: torch.Tensor, kernel: torch.Tensor, lag_reach: tuple[int, int] | None = None,
                          block_m: int | None = None, block_n: int | None = None, block_k: int | None = None,
-                         num_warps: int = 4, num_stages: int | None = None) -> torch.Tensor:
+                         num_warps: int = 4, num_stages: int | None = None, cache: str = "") -> torch.Tensor:
     """Triton twin of ``toeplitz.toeplitz_conv``: x (B, C, H, W), Kc (C, 2H-1, 2W-1) in x.dtype -> (B, C, H, W).
 
     ``lag_reach`` (lo, hi): the vertical lags where Kc is non-zero (default all); rows beyond are skipped.
+    ``cache``: the input loads' cache modifier (".ca": through L1 as well as L2).
     Default tiles (bench/bench_forms.py, H100): 16-bit 64 images x 128 pixels (64 for planes up to
     256 pixels) x 32 deep, 3 stages; fp32 (three TF32 products) 32 x 64 x 32 (16 deep for planes up
     to 256 pixels: 58 vs 70 µs at 14x14), 2 stages.
@@ -481,17 +532,18 @@ def toeplitz_conv_triton(x: torch.Tensor, kernel: torch.Tensor, lag_reach: tuple
     launch = (triton.cdiv(height * width, block_n), channels, triton.cdiv(batch, block_m))
     _toeplitz_kernel[launch](x, kernel.to(x.dtype).contiguous(), y, batch, channels, height, width, lo, hi,
                              PRECISION=_dot_precision(x.dtype), UPCAST=_upcast(x.dtype), BLOCK_M=block_m,
-                             BLOCK_N=block_n, BLOCK_K=block_k, num_warps=num_warps, num_stages=num_stages)
+                             BLOCK_N=block_n, BLOCK_K=block_k, CACHE=cache, num_warps=num_warps,
+                             num_stages=num_stages)
     return y.to(x.dtype)
 
 
 def row_lag_conv_triton(x: torch.Tensor, blocks: torch.Tensor, grid: Sequence[int], images: int = 64,
-                        rows: int = 4, num_warps: int = 8, num_stages: int = 3) -> torch.Tensor:
+                        rows: int = 4, num_warps: int = 8, num_stages: int = 3, cache: str = "") -> torch.Tensor:
     """Triton twin of ``toeplitz.box_conv`` by vertical lags (a candidate forward, not in ``auto``):
     x (B, C, H, W), R (C, k', Wp, Wp) in x.dtype -> (B, C, H, W).
 
     A program computes ``rows`` output rows of ``images`` images of one channel; only lags within
-    the kernel's vertical reach are visited.
+    the kernel's vertical reach are visited. ``cache``: the loads' cache modifier (".ca": L1 too).
     """
     x = x.contiguous()
     batch, channels, height, width = x.shape
@@ -506,36 +558,65 @@ def row_lag_conv_triton(x: torch.Tensor, blocks: torch.Tensor, grid: Sequence[in
     launch = (triton.cdiv(height, rows), channels, triton.cdiv(batch, images))
     _row_lag_kernel[launch](x, blocks.to(x.dtype).contiguous(), cells, y, batch, channels, height, width,
                             len(grid), lo, hi, PRECISION=_dot_precision(x.dtype), UPCAST=_upcast(x.dtype),
-                            IMAGES=images, ROWS=rows, W_PAD=blocks.shape[-1], num_warps=num_warps,
+                            IMAGES=images, ROWS=rows, W_PAD=blocks.shape[-1], CACHE=cache, num_warps=num_warps,
                             num_stages=num_stages)
     return y.to(x.dtype)
 
 
-def box_conv_triton(x: torch.Tensor, blocks: torch.Tensor, grid: Sequence[int], block_m: int = 32,
-                    num_warps: int = 2, num_stages: int = 3, precision: str | None = None) -> torch.Tensor:
+def box_conv_triton(x: torch.Tensor, blocks: torch.Tensor, grid: Sequence[int], block_m: int | None = None,
+                    num_warps: int | None = None, num_stages: int | None = None, precision: str | None = None,
+                    cache: str = "") -> torch.Tensor:
     """Triton twin of ``toeplitz.box_conv``: x (B, C, H, W), R (C, k', Wp, Wp) in x.dtype -> (B, C, H, W).
 
     A program computes ``block_m`` image rows (n, h) of one channel; cells whose lags miss the
-    image entirely are skipped. ``precision``: tl.dot's input precision for fp32 (default "tf32x3").
-    Default tile from an H100 sweep (bench/results/2026-11-25-h100-forms-boxconv-constexpr.md): 32
-    rows, 2 warps, 3 stages was the fastest of eight at stages 1 and 2 in fp32.
+    image entirely are skipped. ``precision``: tl.dot's input precision for fp32 (default "tf32x3");
+    ``cache``: the loads' cache modifier (".ca": pipelined copies go through L1 as well as L2).
+    Default tiles from H100 sweeps: fp32 32 rows, 2 warps, 3 stages, the fastest of eight at
+    stages 1 and 2 (bench/results/2026-11-25-h100-forms-boxconv-constexpr.md); 16-bit 128 rows,
+    4 warps, one stage (unpipelined).
     """
     x = x.contiguous()
     batch, channels, height, width = x.shape
+    reduced = x.dtype in (torch.bfloat16, torch.float16)
+    block_m = block_m or (128 if reduced else 32)
+    num_warps = num_warps or (4 if reduced else 2)
+    num_stages = num_stages or (1 if reduced else 3)
     prefix = column_prefix_triton(x)
     lags_lo, lags_hi, cells = _cell_lag_tensors(grid, x.device)
     ranges = cell_lag_ranges(tuple(grid))
     reach = [cell for cell, (lo, hi) in enumerate(ranges) if lo < height and hi > 1 - height]
+    narrow = _offsets_tensor(tuple(cell for cell in reach if ranges[cell][1] - ranges[cell][0] == 1), x.device)
     wide = _offsets_tensor(tuple(cell for cell in reach if ranges[cell][1] - ranges[cell][0] > 1), x.device)
     if x.dtype == torch.float64:
         block_m = 16  # the fp64 fallback holds a (BLOCK_M, Wp, Wp) product
     block_m = max(16, min(block_m, triton.next_power_of_2(batch * height)))
     y = torch.empty_like(x, dtype=_output_dtype(x.dtype))
     _box_conv_kernel[(triton.cdiv(batch * height, block_m), channels)](
-        prefix, blocks.to(x.dtype).contiguous(), lags_lo, lags_hi, wide, y, batch, channels, height, width, cells,
-        reach[0], reach[-1] + 1, wide.numel(), PRECISION=precision or _dot_precision(x.dtype),
-        UPCAST=_upcast(x.dtype), HI_LO=x.dtype in (torch.bfloat16, torch.float16), BLOCK_M=block_m,
-        W_PAD=blocks.shape[-1], num_warps=num_warps, num_stages=num_stages)
+        x, prefix, blocks.to(x.dtype).contiguous(), lags_lo, lags_hi, narrow, wide, y, batch, channels, height,
+        width, cells, reach[0], reach[-1] + 1, narrow.numel(), wide.numel(),
+        PRECISION=precision or _dot_precision(x.dtype), UPCAST=_upcast(x.dtype), HI_LO=reduced, BLOCK_M=block_m,
+        W_PAD=blocks.shape[-1], CACHE=cache, num_warps=num_warps, num_stages=num_stages)
+    return y.to(x.dtype)
+
+
+def plane_box_conv_triton(x: torch.Tensor, blocks: torch.Tensor, grid: Sequence[int], num_warps: int = 4,
+                          num_stages: int = 1) -> torch.Tensor:
+    """Triton twin of ``toeplitz.box_conv`` with the box sums as tensor-core products (a candidate
+    forward, not in ``auto``): x (B, C, H, W), R (C, k', Wp, Wp) in x.dtype -> (B, C, H, W).
+
+    A program holds one (H, W) plane padded to powers of two; cells whose lags miss the image are skipped.
+    """
+    x = x.contiguous()
+    batch, channels, height, width = x.shape
+    lags_lo, lags_hi, cells = _cell_lag_tensors(grid, x.device)
+    ranges = cell_lag_ranges(tuple(grid))
+    reach = [cell for cell, (lo, hi) in enumerate(ranges) if lo < height and hi > 1 - height]
+    y = torch.empty_like(x, dtype=_output_dtype(x.dtype))
+    _plane_box_kernel[(batch, channels)](
+        x, blocks.to(x.dtype).contiguous(), lags_lo, lags_hi, y, channels, height, width, cells, reach[0],
+        reach[-1] + 1, PRECISION=_dot_precision(x.dtype), UPCAST=_upcast(x.dtype),
+        HI_LO=x.dtype in (torch.bfloat16, torch.float16), H_PAD=padded_width(height), W_PAD=blocks.shape[-1],
+        num_warps=num_warps, num_stages=num_stages)
     return y.to(x.dtype)
 
 
@@ -578,6 +659,6 @@ def box_products_triton(dy: torch.Tensor, x: torch.Tensor, grid: Sequence[int], 
     _box_products_kernel[(channels * cells, splits, tiles)](
         dy, prefix, lags_lo, lags_hi, partial, batch, channels, height, width, cells, per_split,
         PRECISION=_dot_precision(x.dtype), UPCAST=_upcast(x.dtype),
-        HI_LO=x.dtype in (torch.bfloat16, torch.float16), BLOCK_W=block_w, BLOCK_K=block_k,
+        HI_LO=x.dtype in (torch.bfloat16, torch.float16), BLOCK_W=block_w, BLOCK_K=block_k, CACHE="",
         num_warps=num_warps, num_stages=num_stages)
     return partial.sum(0)
