@@ -6,7 +6,7 @@ side by side in one run, CUDA-graph replays (``do_bench_cudagraph``, no host cos
 * forward: dense cuDNN, the SAT kernels (``sat_taps_triton`` + coefficient map) and the
   Toeplitz kernel (``toeplitz_conv_triton`` + lag kernel) at each block config of ``--configs``,
   the row-lag candidate (``row_lag_conv_triton`` + column blocks) at each of ``--row-lag-configs``,
-  the plane-box candidate (``plane_box_conv_triton`` + column blocks) at each of ``--plane-box-configs``,
+  the plane-box form (``plane_box_conv_triton`` + column blocks) at each of ``--plane-box-configs``,
   and the box form (``box_conv_triton`` + column blocks) at each of ``--box-conv-configs``, for fp32
   at each tl.dot input precision of ``--fp32-precisions``;
 * grad-weight: the SAT tap-sums kernel and the box-products kernel (+ prefix and cell sums).
@@ -41,8 +41,8 @@ CONFIGS = [(64, 64, 32, 4, 3), (64, 128, 32, 4, 3), (64, 128, 32, 8, 4), (64, 25
 BOX_CONFIGS = [(32, 4, 1), (32, 4, 3)]
 # (images, output rows, num_warps, num_stages) for row_lag_conv_triton.
 ROW_LAG_CONFIGS = [(64, 4, 8, 3), (64, 2, 4, 3)]
-# (num_warps, num_stages) for plane_box_conv_triton.
-PLANE_BOX_CONFIGS = [(4, 1), (8, 1)]
+# (num_warps, num_stages, row_cells) for plane_box_conv_triton.
+PLANE_BOX_CONFIGS = [(4, 1, 2), (4, 1, 1)]
 # (block_m image rows, num_warps, num_stages) for box_conv_triton.
 BOX_CONV_CONFIGS = [(32, 2, 3), (64, 4, 2), (128, 8, 3)]
 # (tile_elements, num_warps, col_chunk) for sat_taps_triton.
@@ -78,8 +78,9 @@ def main() -> None:
     parser.add_argument("--row-lag-configs", help="row-lag candidate configs as images/rows/warps/stages, "
                                                   "comma-separated, e.g. 64/4/8/3; a trailing /ca loads through L1 "
                                                   "(default: ROW_LAG_CONFIGS)")
-    parser.add_argument("--plane-box-configs", help="plane-box candidate configs as warps/stages, comma-separated, "
-                                                    "e.g. 4/1 (default: PLANE_BOX_CONFIGS)")
+    parser.add_argument("--plane-box-configs", help="plane-box forward configs as warps/stages/most rows of a cell "
+                                                    "taken row by row, comma-separated, e.g. 4/1/2 "
+                                                    "(default: PLANE_BOX_CONFIGS)")
     parser.add_argument("--box-conv-configs", help="box-form forward configs as rows/warps/stages, "
                                                    "comma-separated, e.g. 128/4/2; a trailing /ca loads through L1 "
                                                    "(default: BOX_CONV_CONFIGS)")
@@ -114,7 +115,7 @@ def main() -> None:
     header += ["toeplitz err vs sat"]
     header += [f"row-lag {c[0]}x{c[1]} w{c[2]} s{c[3]}{cache_label(c)}" for c in row_lag_configs]
     header += ["row-lag err (worst)"]
-    header += [f"plane box w{w} s{st}" for w, st in plane_box_configs] + ["plane box err (worst)"]
+    header += [f"plane box w{w} s{st} rows<={r}" for w, st, r in plane_box_configs] + ["plane box err (worst)"]
     header += [f"box fwd {c[0]} rows w{c[1]} s{c[2]}{cache_label(c)}" + (f" {p}" if len(precisions) > 1 else "")
                for c, p in box_conv_variants]
     header += ["dense err", "box fwd err (worst)"]
@@ -151,9 +152,9 @@ def main() -> None:
                                                        cache_of(config))))
 
             def plane_box_fwd(config):
-                warps, stages = config
+                warps, stages, row_cells = config
                 return toeplitz.peripheral_conv2d_box(x, w, grid, lambda planes, blocks, cells: (
-                    triton_kernels.plane_box_conv_triton(planes, blocks, cells, warps, stages)))
+                    triton_kernels.plane_box_conv_triton(planes, blocks, cells, warps, stages, row_cells)))
 
             def box_fwd(variant):
                 config, precision = variant

@@ -11,9 +11,9 @@ Backends: ``torch`` (expand + F.conv2d), ``sat`` (SAT form in plain torch, any
 device), ``triton`` (CUDA, or CPU under TRITON_INTERPRET=1), and ``auto`` =
 ``choose_backend``. The triton backend picks its kernels per call and per direction
 (``triton_forms``): for the forward and grad-input the Toeplitz form on tensor cores
-(toeplitz.py; small images, reduced precision), the box form on tensor cores (toeplitz.py;
-fp32 at the larger planes) or the SAT form (sat.py); for grad-weight the box products or the
-SAT tap sums. An explicit backend that cannot run raises; it never falls back to another one.
+(toeplitz.py; small images, reduced precision), the plane box (the box form with a whole plane
+on chip; 16-bit planes of 33-64 a side), the box form on tensor cores (toeplitz.py; fp32 at the
+larger planes) or the SAT form (sat.py); for grad-weight the box products or the SAT tap sums. An explicit backend that cannot run raises; it never falls back to another one.
 
 Under autocast, the custom op (unlike F.conv2d) is not cast by torch, so the
 public function casts x to the autocast dtype itself, as F.conv2d would.
@@ -59,6 +59,17 @@ BOX_TAP_RATIO = {"16": 8.0, "32": 8.0}
 # every PeLK-T shape (the box sums need a hi/lo split there, the Toeplitz products do not): never.
 BOX_CONV_TAP_RATIO = {"16": 0.0, "32": 4.5}
 BOX_CONV_TOEPLITZ_SHARE = 0.75
+# The plane-box forward (16-bit inputs) holds a whole plane on chip, padded to powers of two, and
+# forms the box sums there as tensor-core products too. On an H100 at stage 1 bf16 (56x56, padded to
+# 64) it ran 0.146 vs 0.272 ms for the Toeplitz form (K=51) and 0.184 vs 0.325 ms (K=101); at 28x28
+# (padded to 32, where Triton falls back from wgmma to mma) it lost, 0.18 vs 0.056 ms
+# (bench/results/2026-11-25-h100-forms-plane-box{,-rows}.md). It runs for planes that pad to one of
+# PLANE_BOX_PADDED_SIZES on both sides and fill at least PLANE_BOX_MIN_FILL of that square: the
+# Toeplitz cost per plane falls as (H·W)², the plane box's does not, so from 1.86x at 56x56 they
+# would meet near 48x48 (0.56 of 64²); 0.6 keeps a margin and is not a measured crossover. In fp32
+# each of its products is three TF32 products: 0.84 vs 0.43 ms for the box form at stage 1.
+PLANE_BOX_PADDED_SIZES = (64,)
+PLANE_BOX_MIN_FILL = 0.6
 
 
 def _import_triton_kernels() -> tuple[ModuleType | None, str]:
@@ -96,22 +107,27 @@ def box_macs(grid: Sequence[int], width: int) -> int:
 
 
 class TritonForms(NamedTuple):
-    """Kernel family the triton backend runs: ``conv`` (forward and grad-input) is 'toeplitz', 'box'
-    or 'sat', ``grad_weight`` is 'box' (the box products) or 'sat'."""
+    """Kernel family the triton backend runs: ``conv`` (forward and grad-input) is 'toeplitz', 'plane'
+    (the plane box), 'box' or 'sat', ``grad_weight`` is 'box' (the box products) or 'sat'."""
 
     conv: str
     grad_weight: str
 
 
 def triton_forms(height: int, width: int, grid: Sequence[int], dtype: torch.dtype) -> TritonForms:
-    """Which Triton kernels run for an (H, W) image in ``dtype``: the cheaper by the tap-ratio rules
-    (BOX_CONV_TAP_RATIO and BOX_CONV_TOEPLITZ_SHARE, TOEPLITZ_TAP_RATIO, BOX_TAP_RATIO); always
-    Toeplitz and box products beyond the SAT kernels' TRITON_MAX_PLANE."""
+    """Which Triton kernels run for an (H, W) image in ``dtype``: the plane box for 16-bit planes that
+    fill its padded square (PLANE_BOX_PADDED_SIZES, PLANE_BOX_MIN_FILL), else the cheaper by the
+    tap-ratio rules (BOX_CONV_TAP_RATIO and BOX_CONV_TOEPLITZ_SHARE, TOEPLITZ_TAP_RATIO,
+    BOX_TAP_RATIO); always Toeplitz and box products beyond the SAT kernels' TRITON_MAX_PLANE."""
     taps = sat_tap_count(grid, height, width)
     precision = "16" if dtype in (torch.bfloat16, torch.float16) else "32"
     too_big_for_sat = max(height, width) > TRITON_MAX_PLANE
     boxes = box_macs(grid, width)
-    if too_big_for_sat:
+    padded = toeplitz.padded_width(height)
+    if (precision == "16" and padded == toeplitz.padded_width(width) and padded in PLANE_BOX_PADDED_SIZES
+            and height * width >= PLANE_BOX_MIN_FILL * padded * padded):
+        conv = "plane"
+    elif too_big_for_sat:
         conv = "toeplitz"
     elif boxes <= BOX_CONV_TAP_RATIO[precision] * taps and boxes <= BOX_CONV_TOEPLITZ_SHARE * height * width:
         conv = "box"
@@ -142,6 +158,11 @@ def choose_backend(device: torch.device | str, height: int, width: int, grid: Se
             return BackendChoice("triton", f"CUDA, triton {kernels.triton.__version__}: Toeplitz GEMM on tensor "
                                            f"cores, {height * width} MACs per output instead of K²={dense} "
                                            f"(SAT: {taps} taps); {weight_part}")
+        if forms.conv == "plane":
+            return BackendChoice("triton", f"CUDA, triton {kernels.triton.__version__}: plane-box GEMMs on tensor "
+                                           f"cores, the {height}x{width} plane held on chip and its box sums "
+                                           f"formed there, instead of K²={dense} taps (SAT: {taps}, Toeplitz: "
+                                           f"{height * width}); {weight_part}")
         if forms.conv == "box":
             return BackendChoice("triton", f"CUDA, triton {kernels.triton.__version__}: box-form GEMM on tensor "
                                            f"cores, {box_macs(grid, width)} MACs per output instead of "
@@ -194,6 +215,8 @@ def _conv_impl(x: torch.Tensor, weight: torch.Tensor, grid: tuple[int, ...], bac
         return sat.peripheral_conv2d_taps(x, weight, grid, kernels.sat_taps_triton)
     if form == "box":
         return toeplitz.peripheral_conv2d_box(x, weight, grid, kernels.box_conv_triton)
+    if form == "plane":
+        return toeplitz.peripheral_conv2d_box(x, weight, grid, kernels.plane_box_conv_triton)
     reach = toeplitz.lag_reach(grid, height)
     return toeplitz.peripheral_conv2d_lags(
         x, weight, grid, lambda images, kernel: kernels.toeplitz_conv_triton(images, kernel, reach))

@@ -304,16 +304,44 @@ def _box_conv_kernel(x_ptr, prefix_ptr, blocks_ptr, lo_ptr, hi_ptr, narrow_ptr, 
 
 
 @triton.jit
+def _plane_rows(acc, x_rows, block, u, w, lo, hi, inside, H: tl.constexpr, W: tl.constexpr,
+                PRECISION: tl.constexpr, UPCAST: tl.constexpr):
+    """acc + Σ_{lag in [lo, hi)} x[u + lag] @ R_a: a narrow cell's product one row lag at a time, the
+    shifted rows of the plane at ``x_rows`` read from memory (exact in every dtype)."""
+    for lag in range(lo, hi):
+        source = u + lag
+        rows = tl.load(x_rows + source[:, None] * W + w[None, :],
+                       mask=inside & ((source >= 0) & (source < H))[:, None], other=0.0)
+        acc = _dot_step(acc, rows, block, PRECISION, UPCAST)
+    return acc
+
+
+@triton.jit
+def _plane_band(acc, x, band, block, PRECISION: tl.constexpr, UPCAST: tl.constexpr, HI_LO: tl.constexpr):
+    """acc + (band @ x) @ R_a for a plane x held on chip: the box sum X_a = band @ x is exact in its
+    fp32 accumulator; with HI_LO it is rounded to x's half precision and the product of its
+    rounding residue is added."""
+    box = _dot_step(tl.zeros(acc.shape, dtype=acc.dtype), band, x, PRECISION, UPCAST)
+    if HI_LO:
+        box_hi = box.to(x.dtype)
+        acc = _dot_step(acc, box_hi, block, PRECISION, UPCAST)
+        acc = _dot_step(acc, (box - box_hi.to(tl.float32)).to(x.dtype), block, PRECISION, UPCAST)
+    else:
+        acc = _dot_step(acc, box, block, PRECISION, UPCAST)
+    return acc
+
+
+@triton.jit
 def _plane_box_kernel(x_ptr, blocks_ptr, lo_ptr, hi_ptr, y_ptr, C, H: tl.constexpr, W: tl.constexpr, CELLS,
                       CELL_BEGIN, CELL_END, PRECISION: tl.constexpr, UPCAST: tl.constexpr, HI_LO: tl.constexpr,
-                      H_PAD: tl.constexpr, W_PAD: tl.constexpr):
-    """y[n, c] = Σ_a (V_a @ x[n, c]) @ R_a[c]: the box form with its box sums on tensor cores too.
+                      H_PAD: tl.constexpr, W_PAD: tl.constexpr, ROW_CELLS: tl.constexpr):
+    """y[n, c] = Σ_a X_a[n, c] @ R_a[c] (the box form) with the box sums on tensor cores too.
 
-    Program = one (n, c) plane, held on chip (H_PAD x W_PAD): per kernel-row cell a within the
-    image's reach, X_a = V_a @ x with V_a (H_PAD x H_PAD) the 0/1 band of a's row lags, built in
-    registers (exact in every dtype, and X_a is exact in its fp32 accumulator), then X_a @ R_a. With
-    HI_LO (bf16/fp16) X_a is rounded to half precision and, for a multi-row cell, the product of its
-    rounding residue is added. No box sum reads memory: the plane is read once, the blocks per cell.
+    Program = one (n, c) plane, held on chip (H_PAD x W_PAD). Per kernel-row cell a within the
+    image's reach: a cell of at most ROW_CELLS rows is taken one row lag at a time
+    (``_plane_rows``), a wider one as X_a = V_a @ x with V_a (H_PAD x H_PAD) the 0/1 band of a's
+    row lags, built in registers (``_plane_band``). The plane is read from memory once, plus the
+    narrow cells' shifted rows; no box sum goes through memory.
     """
     n, c = tl.program_id(0), tl.program_id(1)
     plane = (n.to(tl.int64) * C + c) * (H * W)
@@ -326,16 +354,12 @@ def _plane_box_kernel(x_ptr, blocks_ptr, lo_ptr, hi_ptr, y_ptr, C, H: tl.constex
     acc = tl.zeros((H_PAD, W_PAD), dtype=tl.float64 if PRECISION == "ieee" else tl.float32)
     for cell in range(CELL_BEGIN, CELL_END):
         lo, hi = tl.load(lo_ptr + cell), tl.load(hi_ptr + cell)
-        band = tl.where((lags >= lo) & (lags < hi), 1.0, 0.0).to(x.dtype)
-        box = _dot_step(tl.zeros((H_PAD, W_PAD), dtype=acc.dtype), band, x, PRECISION, UPCAST)
         block = tl.load(blocks + cell * (W_PAD * W_PAD))
-        if HI_LO:
-            box_hi = box.to(x.dtype)
-            acc = _dot_step(acc, box_hi, block, PRECISION, UPCAST)
-            if hi - lo > 1:
-                acc = _dot_step(acc, (box - box_hi.to(tl.float32)).to(x.dtype), block, PRECISION, UPCAST)
+        if hi - lo <= ROW_CELLS:
+            acc = _plane_rows(acc, x_ptr + plane, block, u, w, lo, hi, inside, H, W, PRECISION, UPCAST)
         else:
-            acc = _dot_step(acc, box, block, PRECISION, UPCAST)
+            band = tl.where((lags >= lo) & (lags < hi), 1.0, 0.0).to(x.dtype)  # bool -> bf16 breaks the interpreter
+            acc = _plane_band(acc, x, band, block, PRECISION, UPCAST, HI_LO)
     tl.store(y_ptr + plane + u[:, None] * W + w[None, :], acc.to(y_ptr.dtype.element_ty), mask=inside)
 
 
@@ -600,11 +624,15 @@ def box_conv_triton(x: torch.Tensor, blocks: torch.Tensor, grid: Sequence[int], 
 
 
 def plane_box_conv_triton(x: torch.Tensor, blocks: torch.Tensor, grid: Sequence[int], num_warps: int = 4,
-                          num_stages: int = 1) -> torch.Tensor:
-    """Triton twin of ``toeplitz.box_conv`` with the box sums as tensor-core products (a candidate
-    forward, not in ``auto``): x (B, C, H, W), R (C, k', Wp, Wp) in x.dtype -> (B, C, H, W).
+                          num_stages: int = 1, row_cells: int = 2) -> torch.Tensor:
+    """Triton twin of ``toeplitz.box_conv`` with the box sums as tensor-core products:
+    x (B, C, H, W), R (C, k', Wp, Wp) in x.dtype -> (B, C, H, W).
 
-    A program holds one (H, W) plane padded to powers of two; cells whose lags miss the image are skipped.
+    A program holds one (H, W) plane padded to powers of two, so it suits planes up to 64 a side;
+    cells whose lags miss the image are skipped, cells of at most ``row_cells`` rows go row by row.
+    Defaults from an H100 sweep (bench/results/2026-11-25-h100-forms-plane-box-rows.md, stage 1
+    bf16): 4 warps, one stage, row cells up to 2 rows: 0.146 ms at K=51, against 0.151 with one-row
+    cells only and 0.272 for the Toeplitz form.
     """
     x = x.contiguous()
     batch, channels, height, width = x.shape
@@ -616,7 +644,7 @@ def plane_box_conv_triton(x: torch.Tensor, blocks: torch.Tensor, grid: Sequence[
         x, blocks.to(x.dtype).contiguous(), lags_lo, lags_hi, y, channels, height, width, cells, reach[0],
         reach[-1] + 1, PRECISION=_dot_precision(x.dtype), UPCAST=_upcast(x.dtype),
         HI_LO=x.dtype in (torch.bfloat16, torch.float16), H_PAD=padded_width(height), W_PAD=blocks.shape[-1],
-        num_warps=num_warps, num_stages=num_stages)
+        ROW_CELLS=row_cells, num_warps=num_warps, num_stages=num_stages)
     return y.to(x.dtype)
 
 

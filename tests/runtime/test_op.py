@@ -61,7 +61,9 @@ def test_auto_on_cuda_follows_the_measured_layer_table():
     stage1_fp32 = choose_backend("cuda", 56, 56, PAPER_GRIDS[101])
     assert stage1_fp32.name == "triton" and "box-form GEMM" in stage1_fp32.reason
     stage1_bf16 = choose_backend("cuda", 56, 56, PAPER_GRIDS[101], torch.bfloat16)
-    assert "Toeplitz GEMM" in stage1_bf16.reason
+    assert "plane-box GEMMs" in stage1_bf16.reason
+    stage2_bf16 = choose_backend("cuda", 28, 28, PAPER_GRIDS[51], torch.bfloat16)
+    assert "Toeplitz GEMM" in stage2_bf16.reason
 
 
 def test_compiling_the_cuda_choice_raises_no_dynamo_warning(monkeypatch):
@@ -89,7 +91,11 @@ def test_triton_forms_follow_the_tap_ratios():
     assert triton_forms(28, 28, PAPER_GRIDS[51], torch.float32) == ("box", "box")
     assert triton_forms(56, 56, PAPER_GRIDS[101], torch.float32) == ("box", "box")
     assert triton_forms(28, 28, PAPER_GRIDS[51], torch.bfloat16) == ("toeplitz", "box")
-    assert triton_forms(56, 56, PAPER_GRIDS[101], torch.bfloat16) == ("toeplitz", "box")
+    # 16-bit planes that fill a 64x64 tile: the plane box; smaller ones keep the Toeplitz form.
+    assert triton_forms(56, 56, PAPER_GRIDS[101], torch.bfloat16) == ("plane", "box")
+    assert triton_forms(56, 56, PAPER_GRIDS[51], torch.float16) == ("plane", "box")
+    assert triton_forms(40, 40, PAPER_GRIDS[51], torch.bfloat16) == ("toeplitz", "box")
+    assert triton_forms(56, 28, PAPER_GRIDS[51], torch.bfloat16) == ("toeplitz", "box")
     # A tiny kernel on a big plane: 16 SAT taps against 3 x 64 box multiply-adds.
     assert triton_forms(56, 56, (1, 1, 1), torch.float32) == ("sat", "sat")
     # Planes beyond what a SAT program holds always take the Toeplitz form.

@@ -64,12 +64,15 @@ def test_triton_is_exact_in_fp64_on_a_paper_grid_larger_than_the_image():
     torch.testing.assert_close(triton_conv(x, weight, grid), peripheral_conv2d_reference(x, weight, grid))
 
 
-@pytest.fixture(params=["toeplitz", "box", "sat"])
+@pytest.fixture(params=["toeplitz", "plane", "box", "sat"])
 def form(request, monkeypatch):
-    """Force the triton backend's forward form (the ratio of the chosen one unbounded, the others 0);
-    grad-weight runs the box products, or the SAT tap sums with the SAT form."""
+    """Force the triton backend's forward form (the ratio of the chosen one unbounded, the others 0;
+    the plane box, 16-bit only, on every padded plane size); grad-weight runs the box products, or
+    the SAT tap sums with the SAT form."""
     from runtime import op
     unbounded = {name: float("inf") if request.param == name else 0.0 for name in ("toeplitz", "box", "sat")}
+    monkeypatch.setattr(op, "PLANE_BOX_PADDED_SIZES", (16, 32, 64) if request.param == "plane" else ())
+    monkeypatch.setattr(op, "PLANE_BOX_MIN_FILL", 0.0)
     monkeypatch.setattr(op, "TOEPLITZ_TAP_RATIO", {"16": unbounded["toeplitz"], "32": unbounded["toeplitz"]})
     monkeypatch.setattr(op, "BOX_CONV_TAP_RATIO", {"16": unbounded["box"], "32": unbounded["box"]})
     monkeypatch.setattr(op, "BOX_CONV_TOEPLITZ_SHARE", unbounded["box"])
@@ -85,6 +88,8 @@ def form(request, monkeypatch):
     ((2, 1, 1, 1), 5, 3, torch.bfloat16),
 ])
 def test_triton_gradients_match_the_reference(grid, height, width, dtype, form):
+    if form == "plane" and dtype not in (torch.bfloat16, torch.float16):
+        pytest.skip("auto runs the plane box for 16-bit inputs only")
     x, weight = random_inputs(2, 3, height, width, grid, dtype, seed=5)
     dy = torch.randn(x.shape, generator=torch.Generator().manual_seed(6)).to(dtype)
     grads = {}
@@ -131,6 +136,9 @@ def test_toeplitz_kernels_match_their_torch_twins(grid, batch, height, width, dt
     assert relative_error(got, box_twin) <= KERNEL_TOLERANCE[dtype]
     got = triton_kernels.row_lag_conv_triton(x.to(DEVICE), blocks.to(DEVICE), grid, images=2, rows=8).cpu()
     assert relative_error(got, box_twin) <= KERNEL_TOLERANCE[dtype]
+    for row_cells in (0, 1, 2):  # cells of at most row_cells rows go row by row, wider ones by band products
+        got = triton_kernels.plane_box_conv_triton(x.to(DEVICE), blocks.to(DEVICE), grid, row_cells=row_cells).cpu()
+        assert relative_error(got, box_twin) <= KERNEL_TOLERANCE[dtype]
     products = triton_kernels.box_products_triton(dy.to(DEVICE), x.to(DEVICE), grid, block_k=16).cpu()
     assert relative_error(products, toeplitz.box_products(dy, x, grid).double()) <= 1e-5
 
