@@ -5,7 +5,6 @@ side by side in one run, CUDA-graph replays (``do_bench_cudagraph``, no host cos
 
 * forward: dense cuDNN, the SAT kernels (``sat_taps_triton`` + coefficient map) and the
   Toeplitz kernel (``toeplitz_conv_triton`` + lag kernel) at each block config of ``--configs``,
-  the row-lag candidate (``row_lag_conv_triton`` + column blocks) at each of ``--row-lag-configs``,
   the plane-box form (``plane_box_conv_triton`` + column blocks) at each of ``--plane-box-configs``,
   and the box form (``box_conv_triton`` + column blocks) at each of ``--box-conv-configs``, for fp32
   at each tl.dot input precision of ``--fp32-precisions``;
@@ -39,8 +38,6 @@ CONFIGS = [(64, 64, 32, 4, 3), (64, 128, 32, 4, 3), (64, 128, 32, 8, 4), (64, 25
            (32, 64, 32, 4, 2), (32, 64, 32, 4, 3), (32, 32, 32, 4, 2), (16, 64, 32, 4, 2), (32, 128, 32, 8, 2)]
 # (block_k, num_warps, num_stages) for box_products_triton.
 BOX_CONFIGS = [(32, 4, 1), (32, 4, 3)]
-# (images, output rows, num_warps, num_stages) for row_lag_conv_triton.
-ROW_LAG_CONFIGS = [(64, 4, 8, 3), (64, 2, 4, 3)]
 # (num_warps, num_stages, row_cells) for plane_box_conv_triton.
 PLANE_BOX_CONFIGS = [(4, 1, 2), (4, 1, 1)]
 # (block_m image rows, num_warps, num_stages) for box_conv_triton.
@@ -49,20 +46,9 @@ BOX_CONV_CONFIGS = [(32, 2, 3), (64, 4, 2), (128, 8, 3)]
 SAT_CONFIGS = [(256, 2, 8), (256, 2, 1)]
 
 
-def parse_configs(text: str) -> list[tuple[int | str, ...]]:
-    """'64x128x32/4/3,32/8/2/ca' -> [(64, 128, 32, 4, 3), (32, 8, 2, '.ca')]: numbers, then an optional
-    cache modifier of the kernel's loads (row-lag and box forward)."""
-    return [tuple(int(v) if v.isdigit() else f".{v}" for v in item.replace("/", "x").split("x"))
-            for item in text.split(",")]
-
-
-def cache_label(config: tuple) -> str:
-    """' ca' for a config that ends in the '.ca' cache modifier, else ''."""
-    return f" {config[-1][1:]}" if isinstance(config[-1], str) else ""
-
-
-def cache_of(config: tuple) -> str:
-    return config[-1] if isinstance(config[-1], str) else ""
+def parse_configs(text: str) -> list[tuple[int, ...]]:
+    """'64x128x32/4/3,32/8/2' -> [(64, 128, 32, 4, 3), (32, 8, 2)]."""
+    return [tuple(int(v) for v in item.replace("/", "x").split("x")) for item in text.split(",")]
 
 
 def main() -> None:
@@ -72,18 +58,14 @@ def main() -> None:
     parser.add_argument("--stages", default="1,2,3,4", help="comma-separated stages of bench_layers.SHAPES")
     parser.add_argument("--dtypes", default="fp32,bf16")
     parser.add_argument("--configs", help="Toeplitz tiles as MxNxK/warps/stages, comma-separated, "
-                                          "e.g. 64x128x32/4/3; a trailing /ca loads through L1 (default: CONFIGS)")
+                                          "e.g. 64x128x32/4/3 (default: CONFIGS)")
     parser.add_argument("--box-configs", help="box grad-weight configs as K/warps/stages, comma-separated, "
                                               "e.g. 32/8/2 (default: BOX_CONFIGS)")
-    parser.add_argument("--row-lag-configs", help="row-lag candidate configs as images/rows/warps/stages, "
-                                                  "comma-separated, e.g. 64/4/8/3; a trailing /ca loads through L1 "
-                                                  "(default: ROW_LAG_CONFIGS)")
     parser.add_argument("--plane-box-configs", help="plane-box forward configs as warps/stages/most rows of a cell "
                                                     "taken row by row, comma-separated, e.g. 4/1/2 "
                                                     "(default: PLANE_BOX_CONFIGS)")
     parser.add_argument("--box-conv-configs", help="box-form forward configs as rows/warps/stages, "
-                                                   "comma-separated, e.g. 128/4/2; a trailing /ca loads through L1 "
-                                                   "(default: BOX_CONV_CONFIGS)")
+                                                   "comma-separated, e.g. 128/4/2 (default: BOX_CONV_CONFIGS)")
     parser.add_argument("--fp32-precisions", default="tf32x3",
                         help="tl.dot input precisions the fp32 box form is timed at, e.g. tf32x3,tf32")
     parser.add_argument("--sat-configs", help="SAT forward configs as tile_elements/warps/col_chunk, "
@@ -92,7 +74,6 @@ def main() -> None:
     configs = parse_configs(args.configs) if args.configs else CONFIGS
     sat_configs = parse_configs(args.sat_configs) if args.sat_configs else SAT_CONFIGS
     box_conv_configs = parse_configs(args.box_conv_configs) if args.box_conv_configs else BOX_CONV_CONFIGS
-    row_lag_configs = parse_configs(args.row_lag_configs) if args.row_lag_configs else ROW_LAG_CONFIGS
     plane_box_configs = parse_configs(args.plane_box_configs) if args.plane_box_configs else PLANE_BOX_CONFIGS
     precisions = args.fp32_precisions.split(",")
     box_conv_variants = [(config, precision) for precision in precisions for config in box_conv_configs]
@@ -111,13 +92,10 @@ def main() -> None:
     bandwidth = copy_bandwidth(device)
     header = ["stage", "H", "K", "taps", "dtype", "floor", "dense fwd"]
     header += [f"sat fwd t{t} w{w} c{c}" for t, w, c in sat_configs]
-    header += [f"toeplitz {c[0]}x{c[1]}x{c[2]} w{c[3]} s{c[4]}{cache_label(c)}" for c in configs]
-    header += ["toeplitz err vs sat"]
-    header += [f"row-lag {c[0]}x{c[1]} w{c[2]} s{c[3]}{cache_label(c)}" for c in row_lag_configs]
-    header += ["row-lag err (worst)"]
+    header += [f"toeplitz {c[0]}x{c[1]}x{c[2]} w{c[3]} s{c[4]}" for c in configs] + ["toeplitz err vs sat"]
     header += [f"plane box w{w} s{st} rows<={r}" for w, st, r in plane_box_configs] + ["plane box err (worst)"]
-    header += [f"box fwd {c[0]} rows w{c[1]} s{c[2]}{cache_label(c)}" + (f" {p}" if len(precisions) > 1 else "")
-               for c, p in box_conv_variants]
+    header += [f"box fwd {m} rows w{w} s{st}" + (f" {p}" if len(precisions) > 1 else "")
+               for (m, w, st), p in box_conv_variants]
     header += ["dense err", "box fwd err (worst)"]
     header += ["sat grad-w"] + [f"box grad-w k{k} w{w} s{s}" for k, w, s in box_configs]
     header += ["box err vs sat", "auto forms"]
@@ -140,16 +118,10 @@ def main() -> None:
                     triton_kernels.sat_taps_triton(images, rows, cols, coeffs, tile, warps, chunk)))
 
             def toeplitz_fwd(config):
-                block_m, block_n, block_k, warps, stages = config[:5]
+                block_m, block_n, block_k, warps, stages = config
                 return toeplitz.peripheral_conv2d_lags(x, w, grid, lambda images, kernel: (
                     triton_kernels.toeplitz_conv_triton(images, kernel, reach, block_m, block_n, block_k,
-                                                        warps, stages, cache_of(config))))
-
-            def row_lag_fwd(config):
-                images, rows, warps, stages = config[:4]
-                return toeplitz.peripheral_conv2d_box(x, w, grid, lambda planes, blocks, cells: (
-                    triton_kernels.row_lag_conv_triton(planes, blocks, cells, images, rows, warps, stages,
-                                                       cache_of(config))))
+                                                        warps, stages)))
 
             def plane_box_fwd(config):
                 warps, stages, row_cells = config
@@ -157,13 +129,12 @@ def main() -> None:
                     triton_kernels.plane_box_conv_triton(planes, blocks, cells, warps, stages, row_cells)))
 
             def box_fwd(variant):
-                config, precision = variant
-                block_m, warps, stages = config[:3]
+                (block_m, warps, stages), precision = variant
                 if dtype != torch.float32 and precision != precisions[0]:
                     raise ValueError("only fp32 has a choice of dot precision")
                 return toeplitz.peripheral_conv2d_box(x, w, grid, lambda images, blocks, cells: (
                     triton_kernels.box_conv_triton(images, blocks, cells, block_m, warps, stages,
-                                                   precision if dtype == torch.float32 else None, cache_of(config))))
+                                                   precision if dtype == torch.float32 else None)))
 
             def box_grad(config):
                 block_k, warps, stages = config
@@ -200,8 +171,6 @@ def main() -> None:
             row.append(f"{relative_error(toeplitz_fwd(configs[0]), reference):.1e}"
                        + (f" (sat configs: {worst_error(sat_fwd, sat_configs[1:], reference)})" if sat_configs[1:] else ""))
             exact = dense(x.double(), w.double(), grid)
-            row += [timed_or_fail(lambda: row_lag_fwd(config)) for config in row_lag_configs]
-            row.append(worst_error(row_lag_fwd, row_lag_configs, exact))
             row += [timed_or_fail(lambda: plane_box_fwd(config)) for config in plane_box_configs]
             row.append(worst_error(plane_box_fwd, plane_box_configs, exact))
             row += [timed_or_fail(lambda: box_fwd(variant)) if dtype == torch.float32 or variant[1] == precisions[0]

@@ -60,21 +60,14 @@ def kernels_at(size: int, grid: tuple[int, ...], dtype: str):
            {"x_ptr": f"*{dtype}", "kc_ptr": f"*{dtype}", "y_ptr": f"*{dtype}"},
            ("B", "C", "LAG_LO", "LAG_HI"),
            {"H": size, "W": size, "PRECISION": precision, "UPCAST": False, "BLOCK_M": 64 if half else 32,
-            "BLOCK_N": 128 if half and not small else 64, "BLOCK_K": 16 if not half and small else 32,
-            "CACHE": ""},
+            "BLOCK_N": 128 if half and not small else 64, "BLOCK_K": 16 if not half and small else 32},
            4, 3 if half else 2)
-    yield ("row-lag (candidate)", triton_kernels._row_lag_kernel,
-           {"x_ptr": f"*{dtype}", "blocks_ptr": f"*{dtype}", "cells_ptr": "*i32", "y_ptr": f"*{dtype}"},
-           ("B", "C", "CELLS", "LAG_LO", "LAG_HI"),
-           {"H": size, "W": size, "PRECISION": precision, "UPCAST": False, "IMAGES": 64, "ROWS": 4,
-            "W_PAD": padded_width(size), "CACHE": ""},
-           8, 3)
     yield ("box conv", triton_kernels._box_conv_kernel,
            {"x_ptr": f"*{dtype}", "prefix_ptr": "*fp32", "blocks_ptr": f"*{dtype}", "lo_ptr": "*i32",
             "hi_ptr": "*i32", "narrow_ptr": "*i32", "wide_ptr": "*i32", "y_ptr": f"*{dtype}"},
            ("B", "C", "CELLS", "CELL_BEGIN", "CELL_END", "NARROW", "WIDE"),
            {"H": size, "W": size, "PRECISION": precision, "UPCAST": False, "HI_LO": half,
-            "BLOCK_M": 128 if half else 32, "W_PAD": padded_width(size), "CACHE": ""},
+            "BLOCK_M": 128 if half else 32, "W_PAD": padded_width(size)},
            4 if half else 2, 1 if half else 3)
     yield ("plane box", triton_kernels._plane_box_kernel,
            {"x_ptr": f"*{dtype}", "blocks_ptr": f"*{dtype}", "lo_ptr": "*i32", "hi_ptr": "*i32", "y_ptr": f"*{dtype}"},
@@ -86,7 +79,7 @@ def kernels_at(size: int, grid: tuple[int, ...], dtype: str):
            {"dy_ptr": f"*{dtype}", "prefix_ptr": "*fp32", "lo_ptr": "*i32", "hi_ptr": "*i32", "out_ptr": "*fp32"},
            ("B", "C", "CELLS", "PER_SPLIT"),
            {"H": size, "W": size, "PRECISION": precision, "UPCAST": False, "HI_LO": half,
-            "BLOCK_W": max(16, min(64, triton.next_power_of_2(size))), "BLOCK_K": 32, "CACHE": ""},
+            "BLOCK_W": max(16, min(64, triton.next_power_of_2(size))), "BLOCK_K": 32},
            4, 1)
 
 

@@ -6,8 +6,8 @@ Seven launchers, twins of the plain-torch primitives with the same signatures:
 * ``sat_tap_sums_triton(dy, x, row_offsets, col_offsets)``: SAT grad-weight.
 * ``toeplitz_conv_triton(x, lag_kernel)``: Toeplitz forward and grad-input (tensor cores).
 * ``box_conv_triton(x, column_blocks, grid)``: box-form forward and grad-input (tensor cores), on
-  ``column_prefix_triton(x)``; ``row_lag_conv_triton(x, column_blocks, grid)`` is the same product
-  taken per vertical lag instead of per cell (a candidate).
+  ``column_prefix_triton(x)``; ``plane_box_conv_triton(x, column_blocks, grid)`` is the same product
+  with a whole plane on chip and the box sums formed there as tensor-core products too.
 * ``box_products_triton(dy, x, grid)``: box-form grad-weight (tensor cores), on
   ``column_prefix_triton(x)``.
 
@@ -23,7 +23,8 @@ gathered on the fly from the (2H-1, 2W-1) lag kernel; see each kernel.
 
 Box form: per channel, a GEMM over image rows whose A operand is formed from the column
 prefix sum one kernel-row cell at a time (``_box_conv_kernel``; ``_box_products_kernel`` is its
-grad-weight twin).
+grad-weight twin). Plane box: per (image, channel) plane, the box sums as products of a 0/1 band
+with the plane held on chip (``_plane_box_kernel``).
 
 Plane sizes H and W are compile-time constants: a model has a few of them, and knowing them lets
 Triton prove that image rows are aligned, so loads vectorize and the GEMMs' input tiles are copied
@@ -44,7 +45,7 @@ import triton.language as tl
 
 from runtime.constants import device_constant
 from runtime.sat import accumulate_dtype
-from runtime.toeplitz import cell_lag_ranges, lag_cells, lag_reach, padded_width
+from runtime.toeplitz import cell_lag_ranges, padded_width
 
 
 @triton.jit
@@ -174,7 +175,7 @@ def _dot_step(acc, a, b, PRECISION: tl.constexpr, UPCAST: tl.constexpr):
 @triton.jit
 def _toeplitz_kernel(x_ptr, kc_ptr, y_ptr, B, C, H: tl.constexpr, W: tl.constexpr, LAG_LO, LAG_HI,
                      PRECISION: tl.constexpr, UPCAST: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                     BLOCK_K: tl.constexpr, CACHE: tl.constexpr):
+                     BLOCK_K: tl.constexpr):
     """y[n, c, p] = Σ_q x[n, c, q] · kc[c, q - p] over flattened pixels p, q (see toeplitz.py).
 
     Program = BLOCK_M images x BLOCK_N output pixels of channel c: a GEMM whose B operand
@@ -199,8 +200,7 @@ def _toeplitz_kernel(x_ptr, kc_ptr, y_ptr, B, C, H: tl.constexpr, W: tl.constexp
     for q0 in range(q_begin, q_end, BLOCK_K):
         q = q0 + tl.arange(0, BLOCK_K)
         u = (q // W) * lag_w + q % W
-        a = tl.load(x_rows[:, None] + q[None, :], mask=(images < B)[:, None] & (q < hw)[None, :], other=0.0,
-                    cache_modifier=CACHE)
+        a = tl.load(x_rows[:, None] + q[None, :], mask=(images < B)[:, None] & (q < hw)[None, :], other=0.0)
         b = tl.load(kernel + (u[:, None] - v[None, :]), mask=(q < hw)[:, None] & (p < hw)[None, :], other=0.0)
         acc = _dot_step(acc, a, b, PRECISION, UPCAST)
     tl.store(y_ptr + (images.to(tl.int64) * C + c)[:, None] * hw + p[None, :], acc.to(y_ptr.dtype.element_ty),
@@ -208,54 +208,17 @@ def _toeplitz_kernel(x_ptr, kc_ptr, y_ptr, B, C, H: tl.constexpr, W: tl.constexp
 
 
 @triton.jit
-def _row_lag_kernel(x_ptr, blocks_ptr, cells_ptr, y_ptr, B, C, H: tl.constexpr, W: tl.constexpr, CELLS,
-                    LAG_LO, LAG_HI, PRECISION: tl.constexpr, UPCAST: tl.constexpr, IMAGES: tl.constexpr,
-                    ROWS: tl.constexpr, W_PAD: tl.constexpr, CACHE: tl.constexpr):
-    """y[n, c, h] = Σ_δ x[n, c, h + δ] @ R_{cell(δ)}[c]: the box form (toeplitz.box_conv) taken one
-    vertical lag δ at a time, so its A operand is plain input rows (exact in bf16, no hi/lo split).
-
-    Program = channel c, ROWS output rows of IMAGES images: M = ROWS·IMAGES image rows, N = W_PAD
-    output columns. Per lag δ within the kernel's reach [LAG_LO, LAG_HI] and the image, one
-    tensor-core product of the input rows h + δ (rows outside the image are zero) with the column
-    block of δ's kernel-row cell (``cells_ptr`` maps lag δ + H - 1 to it); every row of the M
-    shares that block, and both operands are plain tile loads.
-    """
-    pid_h, c, pid_n = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    m = tl.arange(0, ROWS * IMAGES)
-    h = pid_h * ROWS + m // IMAGES
-    image = pid_n * IMAGES + m % IMAGES
-    w = tl.arange(0, W_PAD)
-    planes = x_ptr + (image.to(tl.int64) * C + c) * (H * W)
-    blocks = blocks_ptr + c.to(tl.int64) * CELLS * (W_PAD * W_PAD) + w[:, None] * W_PAD + w[None, :]
-    real = (image < B) & (h < H)
-    lag_begin = tl.maximum(LAG_LO, -(pid_h * ROWS + ROWS - 1))
-    lag_end = tl.minimum(LAG_HI, H - 1 - pid_h * ROWS)
-    acc = tl.zeros((ROWS * IMAGES, W_PAD), dtype=tl.float64 if PRECISION == "ieee" else tl.float32)
-    for lag in range(lag_begin, lag_end + 1):
-        source = h + lag
-        a = tl.load(planes[:, None] + (source * W)[:, None] + w[None, :],
-                    mask=(real & (source >= 0) & (source < H))[:, None] & (w < W)[None, :], other=0.0,
-                    cache_modifier=CACHE)
-        block = tl.load(blocks + tl.load(cells_ptr + lag + H - 1) * (W_PAD * W_PAD), cache_modifier=CACHE)
-        acc = _dot_step(acc, a, block, PRECISION, UPCAST)
-    tl.store(y_ptr + (image.to(tl.int64) * C + c)[:, None] * (H * W) + (h * W)[:, None] + w[None, :],
-             acc.to(y_ptr.dtype.element_ty), mask=real[:, None] & (w < W)[None, :])
-
-
-@triton.jit
-def _prefix_rows(columns, h, lag, H: tl.constexpr, W: tl.constexpr, mask, CACHE: tl.constexpr):
+def _prefix_rows(columns, h, lag, H: tl.constexpr, W: tl.constexpr, mask):
     """Rows clamp(h + lag, 0, H) of a column prefix (H+1, W): ``columns`` (M, N) points at row 0 of
-    each row's plane; rows outside the image read the prefix's first or last row. ``CACHE``: the
-    load's cache modifier (".ca" keeps the rows in L1, where neighbouring cells find them)."""
-    return tl.load(columns + (tl.minimum(tl.maximum(h + lag, 0), H) * W)[:, None], mask=mask, other=0.0,
-                   cache_modifier=CACHE)
+    each row's plane; rows outside the image read the prefix's first or last row."""
+    return tl.load(columns + (tl.minimum(tl.maximum(h + lag, 0), H) * W)[:, None], mask=mask, other=0.0)
 
 
 @triton.jit
 def _box_conv_kernel(x_ptr, prefix_ptr, blocks_ptr, lo_ptr, hi_ptr, narrow_ptr, wide_ptr, y_ptr, B, C,
                      H: tl.constexpr, W: tl.constexpr, CELLS, CELL_BEGIN, CELL_END, NARROW, WIDE,
                      PRECISION: tl.constexpr, UPCAST: tl.constexpr, HI_LO: tl.constexpr, BLOCK_M: tl.constexpr,
-                     W_PAD: tl.constexpr, CACHE: tl.constexpr):
+                     W_PAD: tl.constexpr):
     """y[n, c, h] = Σ_a X_a[n, c, h] @ R_a[c] (the box form, toeplitz.box_conv).
 
     Program = BLOCK_M rows (n, h) of channel c: a GEMM over the kernel-row cells within the image's
@@ -281,22 +244,22 @@ def _box_conv_kernel(x_ptr, prefix_ptr, blocks_ptr, lo_ptr, hi_ptr, narrow_ptr, 
             cell = tl.load(narrow_ptr + index)
             source = h + tl.load(lo_ptr + cell)
             row = tl.load(inputs + (source * W)[:, None], mask=inside & ((source >= 0) & (source < H))[:, None],
-                          other=0.0, cache_modifier=CACHE)
-            acc = _dot_step(acc, row, tl.load(blocks + cell * (W_PAD * W_PAD), cache_modifier=CACHE), PRECISION,
+                          other=0.0)
+            acc = _dot_step(acc, row, tl.load(blocks + cell * (W_PAD * W_PAD)), PRECISION,
                             UPCAST)
         for index in range(WIDE):
             cell = tl.load(wide_ptr + index)
-            box = (_prefix_rows(columns, h, tl.load(hi_ptr + cell), H, W, inside, CACHE)
-                   - _prefix_rows(columns, h, tl.load(lo_ptr + cell), H, W, inside, CACHE))
-            block = tl.load(blocks + cell * (W_PAD * W_PAD), cache_modifier=CACHE)
+            box = (_prefix_rows(columns, h, tl.load(hi_ptr + cell), H, W, inside)
+                   - _prefix_rows(columns, h, tl.load(lo_ptr + cell), H, W, inside))
+            block = tl.load(blocks + cell * (W_PAD * W_PAD))
             box_hi = box.to(half)
             acc = _dot_step(acc, box_hi, block, PRECISION, UPCAST)
             acc = _dot_step(acc, (box - box_hi.to(tl.float32)).to(half), block, PRECISION, UPCAST)
     else:
-        top = _prefix_rows(columns, h, tl.load(lo_ptr + CELL_BEGIN), H, W, inside, CACHE)
+        top = _prefix_rows(columns, h, tl.load(lo_ptr + CELL_BEGIN), H, W, inside)
         for cell in range(CELL_BEGIN, CELL_END):
-            bottom = _prefix_rows(columns, h, tl.load(hi_ptr + cell), H, W, inside, CACHE)
-            acc = _dot_step(acc, bottom - top, tl.load(blocks + cell * (W_PAD * W_PAD), cache_modifier=CACHE),
+            bottom = _prefix_rows(columns, h, tl.load(hi_ptr + cell), H, W, inside)
+            acc = _dot_step(acc, bottom - top, tl.load(blocks + cell * (W_PAD * W_PAD)),
                             PRECISION, UPCAST)
             top = bottom
     tl.store(y_ptr + plane[:, None] * (H * W) + (h * W)[:, None] + w[None, :], acc.to(y_ptr.dtype.element_ty),
@@ -366,7 +329,7 @@ def _plane_box_kernel(x_ptr, blocks_ptr, lo_ptr, hi_ptr, y_ptr, C, H: tl.constex
 @triton.jit
 def _box_products_kernel(dy_ptr, prefix_ptr, lo_ptr, hi_ptr, out_ptr, B, C, H: tl.constexpr, W: tl.constexpr,
                          CELLS, PER_SPLIT, PRECISION: tl.constexpr, UPCAST: tl.constexpr, HI_LO: tl.constexpr,
-                         BLOCK_W: tl.constexpr, BLOCK_K: tl.constexpr, CACHE: tl.constexpr):
+                         BLOCK_W: tl.constexpr, BLOCK_K: tl.constexpr):
     """out[s, c, a, w, v] = Σ_{(n, h) in split s} dy[n, c, h, w] · X_a[n, c, h, v] (see toeplitz.py).
 
     Program = channel c, cell a, one (BLOCK_W x BLOCK_W) tile of (w, v), one split of the B·H
@@ -392,8 +355,8 @@ def _box_products_kernel(dy_ptr, prefix_ptr, lo_ptr, hi_ptr, out_ptr, B, C, H: t
                        mask=inside & (w < W)[None, :], other=0.0)
         columns = prefix_ptr + plane[:, None] * ((H + 1) * W) + v[None, :]
         box_mask = inside & (v < W)[None, :]
-        box = (_prefix_rows(columns, h, hi, H, W, box_mask, CACHE)
-               - _prefix_rows(columns, h, lo, H, W, box_mask, CACHE))
+        box = (_prefix_rows(columns, h, hi, H, W, box_mask)
+               - _prefix_rows(columns, h, lo, H, W, box_mask))
         grad_t = tl.trans(grad)
         if PRECISION == "ieee":  # fp64: no tensor-core dot
             acc += tl.sum(grad_t.to(tl.float64)[:, :, None] * box[None, :, :], axis=1)
@@ -532,11 +495,10 @@ def sat_tap_sums_triton(dy: torch.Tensor, x: torch.Tensor, row_offsets: Sequence
 
 def toeplitz_conv_triton(x: torch.Tensor, kernel: torch.Tensor, lag_reach: tuple[int, int] | None = None,
                          block_m: int | None = None, block_n: int | None = None, block_k: int | None = None,
-                         num_warps: int = 4, num_stages: int | None = None, cache: str = "") -> torch.Tensor:
+                         num_warps: int = 4, num_stages: int | None = None) -> torch.Tensor:
     """Triton twin of ``toeplitz.toeplitz_conv``: x (B, C, H, W), Kc (C, 2H-1, 2W-1) in x.dtype -> (B, C, H, W).
 
     ``lag_reach`` (lo, hi): the vertical lags where Kc is non-zero (default all); rows beyond are skipped.
-    ``cache``: the input loads' cache modifier (".ca": through L1 as well as L2).
     Default tiles (bench/bench_forms.py, H100): 16-bit 64 images x 128 pixels (64 for planes up to
     256 pixels) x 32 deep, 3 stages; fp32 (three TF32 products) 32 x 64 x 32 (16 deep for planes up
     to 256 pixels: 58 vs 70 µs at 14x14), 2 stages.
@@ -556,45 +518,17 @@ def toeplitz_conv_triton(x: torch.Tensor, kernel: torch.Tensor, lag_reach: tuple
     launch = (triton.cdiv(height * width, block_n), channels, triton.cdiv(batch, block_m))
     _toeplitz_kernel[launch](x, kernel.to(x.dtype).contiguous(), y, batch, channels, height, width, lo, hi,
                              PRECISION=_dot_precision(x.dtype), UPCAST=_upcast(x.dtype), BLOCK_M=block_m,
-                             BLOCK_N=block_n, BLOCK_K=block_k, CACHE=cache, num_warps=num_warps,
-                             num_stages=num_stages)
-    return y.to(x.dtype)
-
-
-def row_lag_conv_triton(x: torch.Tensor, blocks: torch.Tensor, grid: Sequence[int], images: int = 64,
-                        rows: int = 4, num_warps: int = 8, num_stages: int = 3, cache: str = "") -> torch.Tensor:
-    """Triton twin of ``toeplitz.box_conv`` by vertical lags (a candidate forward, not in ``auto``):
-    x (B, C, H, W), R (C, k', Wp, Wp) in x.dtype -> (B, C, H, W).
-
-    A program computes ``rows`` output rows of ``images`` images of one channel; only lags within
-    the kernel's vertical reach are visited. ``cache``: the loads' cache modifier (".ca": L1 too).
-    """
-    x = x.contiguous()
-    batch, channels, height, width = x.shape
-    lo, hi = lag_reach(tuple(grid), height)
-    # Kernel-row cell of each lag -(H-1)..H-1; lags beyond the kernel (cell k') are never visited.
-    cells = _offsets_tensor(tuple(min(cell, len(grid) - 1) for cell in lag_cells(tuple(grid), height)), x.device)
-    if x.dtype == torch.float64:
-        images, rows = 16, 1  # the fp64 fallback holds a (rows·images, Wp, Wp) product
-    images = max(1, min(images, triton.next_power_of_2(batch)))
-    rows = max(rows, triton.cdiv(16, images))  # a tensor-core dot needs M >= 16
-    y = torch.empty_like(x, dtype=_output_dtype(x.dtype))
-    launch = (triton.cdiv(height, rows), channels, triton.cdiv(batch, images))
-    _row_lag_kernel[launch](x, blocks.to(x.dtype).contiguous(), cells, y, batch, channels, height, width,
-                            len(grid), lo, hi, PRECISION=_dot_precision(x.dtype), UPCAST=_upcast(x.dtype),
-                            IMAGES=images, ROWS=rows, W_PAD=blocks.shape[-1], CACHE=cache, num_warps=num_warps,
-                            num_stages=num_stages)
+                             BLOCK_N=block_n, BLOCK_K=block_k, num_warps=num_warps, num_stages=num_stages)
     return y.to(x.dtype)
 
 
 def box_conv_triton(x: torch.Tensor, blocks: torch.Tensor, grid: Sequence[int], block_m: int | None = None,
-                    num_warps: int | None = None, num_stages: int | None = None, precision: str | None = None,
-                    cache: str = "") -> torch.Tensor:
+                    num_warps: int | None = None, num_stages: int | None = None,
+                    precision: str | None = None) -> torch.Tensor:
     """Triton twin of ``toeplitz.box_conv``: x (B, C, H, W), R (C, k', Wp, Wp) in x.dtype -> (B, C, H, W).
 
     A program computes ``block_m`` image rows (n, h) of one channel; cells whose lags miss the
-    image entirely are skipped. ``precision``: tl.dot's input precision for fp32 (default "tf32x3");
-    ``cache``: the loads' cache modifier (".ca": pipelined copies go through L1 as well as L2).
+    image entirely are skipped. ``precision``: tl.dot's input precision for fp32 (default "tf32x3").
     Default tiles from H100 sweeps: fp32 32 rows, 2 warps, 3 stages, the fastest of eight at
     stages 1 and 2 (bench/results/2026-11-25-h100-forms-boxconv-constexpr.md); 16-bit 128 rows,
     4 warps, one stage (unpipelined).
@@ -619,7 +553,7 @@ def box_conv_triton(x: torch.Tensor, blocks: torch.Tensor, grid: Sequence[int], 
         x, prefix, blocks.to(x.dtype).contiguous(), lags_lo, lags_hi, narrow, wide, y, batch, channels, height,
         width, cells, reach[0], reach[-1] + 1, narrow.numel(), wide.numel(),
         PRECISION=precision or _dot_precision(x.dtype), UPCAST=_upcast(x.dtype), HI_LO=reduced, BLOCK_M=block_m,
-        W_PAD=blocks.shape[-1], CACHE=cache, num_warps=num_warps, num_stages=num_stages)
+        W_PAD=blocks.shape[-1], num_warps=num_warps, num_stages=num_stages)
     return y.to(x.dtype)
 
 
@@ -687,6 +621,6 @@ def box_products_triton(dy: torch.Tensor, x: torch.Tensor, grid: Sequence[int], 
     _box_products_kernel[(channels * cells, splits, tiles)](
         dy, prefix, lags_lo, lags_hi, partial, batch, channels, height, width, cells, per_split,
         PRECISION=_dot_precision(x.dtype), UPCAST=_upcast(x.dtype),
-        HI_LO=x.dtype in (torch.bfloat16, torch.float16), BLOCK_W=block_w, BLOCK_K=block_k, CACHE="",
+        HI_LO=x.dtype in (torch.bfloat16, torch.float16), BLOCK_W=block_w, BLOCK_K=block_k,
         num_warps=num_warps, num_stages=num_stages)
     return partial.sum(0)
