@@ -280,31 +280,37 @@ def _plane_rows(acc, x_rows, block, u, w, lo, hi, inside, H: tl.constexpr, W: tl
 
 
 @triton.jit
-def _plane_band(acc, x, band, block, PRECISION: tl.constexpr, UPCAST: tl.constexpr, HI_LO: tl.constexpr):
-    """acc + (band @ x) @ R_a for a plane x held on chip: the box sum X_a = band @ x is exact in its
-    fp32 accumulator; with HI_LO it is rounded to x's half precision and the product of its
-    rounding residue is added."""
-    box = _dot_step(tl.zeros(acc.shape, dtype=acc.dtype), band, x, PRECISION, UPCAST)
+def _band_box(x, lags, lo, hi, acc_dtype: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr):
+    """X_a = V_a @ x (H_PAD, W_PAD), V_a the 0/1 band of row lags [lo, hi) (``lags``: input row minus
+    output row), exact in its fp32 accumulator."""
+    band = tl.where((lags >= lo) & (lags < hi), 1.0, 0.0).to(x.dtype)  # bool -> bf16 breaks the interpreter
+    return _dot_step(tl.zeros(x.shape, dtype=acc_dtype), band, x, PRECISION, UPCAST)
+
+
+@triton.jit
+def _box_times_block(acc, box, block, half_dtype: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+                     HI_LO: tl.constexpr):
+    """acc + X_a @ R_a; with HI_LO X_a is rounded to half precision and the product of its rounding
+    residue is added (about 16 bits of X_a kept)."""
     if HI_LO:
-        box_hi = box.to(x.dtype)
+        box_hi = box.to(half_dtype)
         acc = _dot_step(acc, box_hi, block, PRECISION, UPCAST)
-        acc = _dot_step(acc, (box - box_hi.to(tl.float32)).to(x.dtype), block, PRECISION, UPCAST)
+        acc = _dot_step(acc, (box - box_hi.to(tl.float32)).to(half_dtype), block, PRECISION, UPCAST)
     else:
         acc = _dot_step(acc, box, block, PRECISION, UPCAST)
     return acc
 
 
 @triton.jit
-def _plane_box_kernel(x_ptr, blocks_ptr, lo_ptr, hi_ptr, y_ptr, C, H: tl.constexpr, W: tl.constexpr, CELLS,
-                      CELL_BEGIN, CELL_END, PRECISION: tl.constexpr, UPCAST: tl.constexpr, HI_LO: tl.constexpr,
-                      H_PAD: tl.constexpr, W_PAD: tl.constexpr, ROW_CELLS: tl.constexpr):
+def _plane_box_kernel(x_ptr, blocks_ptr, lo_ptr, hi_ptr, rows_ptr, wide_ptr, y_ptr, C, H: tl.constexpr,
+                      W: tl.constexpr, CELLS, ROW_CELLS, WIDE_CELLS, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+                      HI_LO: tl.constexpr, H_PAD: tl.constexpr, W_PAD: tl.constexpr):
     """y[n, c] = Σ_a X_a[n, c] @ R_a[c] (the box form) with the box sums on tensor cores too.
 
-    Program = one (n, c) plane, held on chip (H_PAD x W_PAD). Per kernel-row cell a within the
-    image's reach: a cell of at most ROW_CELLS rows is taken one row lag at a time
-    (``_plane_rows``), a wider one as X_a = V_a @ x with V_a (H_PAD x H_PAD) the 0/1 band of a's
-    row lags, built in registers (``_plane_band``). The plane is read from memory once, plus the
-    narrow cells' shifted rows; no box sum goes through memory.
+    Program = one (n, c) plane, held on chip (H_PAD x W_PAD). The ROW_CELLS narrow cells listed at
+    rows_ptr go one row lag at a time (``_plane_rows``: shifted input rows read from memory, exact
+    products); the WIDE_CELLS cells at wide_ptr as X_a = V_a @ x with V_a the cell's 0/1 band of
+    row lags, built in registers (``_band_box``), times R_a (``_box_times_block``).
     """
     n, c = tl.program_id(0), tl.program_id(1)
     plane = (n.to(tl.int64) * C + c) * (H * W)
@@ -315,14 +321,14 @@ def _plane_box_kernel(x_ptr, blocks_ptr, lo_ptr, hi_ptr, y_ptr, C, H: tl.constex
     lags = u[None, :] - u[:, None]  # (H_PAD out rows, H_PAD in rows): input row - output row
     blocks = blocks_ptr + c.to(tl.int64) * CELLS * (W_PAD * W_PAD) + w[:, None] * W_PAD + w[None, :]
     acc = tl.zeros((H_PAD, W_PAD), dtype=tl.float64 if PRECISION == "ieee" else tl.float32)
-    for cell in range(CELL_BEGIN, CELL_END):
-        lo, hi = tl.load(lo_ptr + cell), tl.load(hi_ptr + cell)
-        block = tl.load(blocks + cell * (W_PAD * W_PAD))
-        if hi - lo <= ROW_CELLS:
-            acc = _plane_rows(acc, x_ptr + plane, block, u, w, lo, hi, inside, H, W, PRECISION, UPCAST)
-        else:
-            band = tl.where((lags >= lo) & (lags < hi), 1.0, 0.0).to(x.dtype)  # bool -> bf16 breaks the interpreter
-            acc = _plane_band(acc, x, band, block, PRECISION, UPCAST, HI_LO)
+    for index in range(ROW_CELLS):
+        cell = tl.load(rows_ptr + index)
+        acc = _plane_rows(acc, x_ptr + plane, tl.load(blocks + cell * (W_PAD * W_PAD)), u, w,
+                          tl.load(lo_ptr + cell), tl.load(hi_ptr + cell), inside, H, W, PRECISION, UPCAST)
+    for index in range(WIDE_CELLS):
+        cell = tl.load(wide_ptr + index)
+        box = _band_box(x, lags, tl.load(lo_ptr + cell), tl.load(hi_ptr + cell), acc.dtype, PRECISION, UPCAST)
+        acc = _box_times_block(acc, box, tl.load(blocks + cell * (W_PAD * W_PAD)), x.dtype, PRECISION, UPCAST, HI_LO)
     tl.store(y_ptr + plane + u[:, None] * W + w[None, :], acc.to(y_ptr.dtype.element_ty), mask=inside)
 
 
@@ -573,12 +579,14 @@ def plane_box_conv_triton(x: torch.Tensor, blocks: torch.Tensor, grid: Sequence[
     lags_lo, lags_hi, cells = _cell_lag_tensors(grid, x.device)
     ranges = cell_lag_ranges(tuple(grid))
     reach = [cell for cell, (lo, hi) in enumerate(ranges) if lo < height and hi > 1 - height]
+    rows = _offsets_tensor(tuple(cell for cell in reach if ranges[cell][1] - ranges[cell][0] <= row_cells), x.device)
+    wide = _offsets_tensor(tuple(cell for cell in reach if ranges[cell][1] - ranges[cell][0] > row_cells), x.device)
     y = torch.empty_like(x, dtype=_output_dtype(x.dtype))
     _plane_box_kernel[(batch, channels)](
-        x, blocks.to(x.dtype).contiguous(), lags_lo, lags_hi, y, channels, height, width, cells, reach[0],
-        reach[-1] + 1, PRECISION=_dot_precision(x.dtype), UPCAST=_upcast(x.dtype),
+        x, blocks.to(x.dtype).contiguous(), lags_lo, lags_hi, rows, wide, y, channels, height, width, cells,
+        rows.numel(), wide.numel(), PRECISION=_dot_precision(x.dtype), UPCAST=_upcast(x.dtype),
         HI_LO=x.dtype in (torch.bfloat16, torch.float16), H_PAD=padded_width(height), W_PAD=blocks.shape[-1],
-        ROW_CELLS=row_cells, num_warps=num_warps, num_stages=num_stages)
+        num_warps=num_warps, num_stages=num_stages)
     return y.to(x.dtype)
 
 
