@@ -39,7 +39,7 @@ CONFIGS = [(64, 64, 32, 4, 3), (64, 128, 32, 4, 3), (64, 128, 32, 8, 4), (64, 25
 # (block_k, num_warps, num_stages) for box_products_triton.
 BOX_CONFIGS = [(32, 4, 1), (32, 4, 3)]
 # (num_warps, num_stages, row_cells) for plane_box_conv_triton.
-PLANE_BOX_CONFIGS = [(4, 1, 2), (4, 1, 1)]
+PLANE_BOX_CONFIGS = [(4, 1, 1), (4, 1, 2)]
 # (block_m image rows, num_warps, num_stages) for box_conv_triton.
 BOX_CONV_CONFIGS = [(32, 2, 3), (64, 4, 2), (128, 8, 3)]
 # (tile_elements, num_warps, col_chunk) for sat_taps_triton.

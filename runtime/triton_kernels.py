@@ -279,12 +279,6 @@ def _plane_rows(acc, x_rows, block, u, w, lo, hi, inside, H: tl.constexpr, W: tl
     return acc
 
 
-@triton.jit
-def _band_box(x, lags, lo, hi, acc_dtype: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr):
-    """X_a = V_a @ x (H_PAD, W_PAD), V_a the 0/1 band of row lags [lo, hi) (``lags``: input row minus
-    output row), exact in its fp32 accumulator."""
-    band = tl.where((lags >= lo) & (lags < hi), 1.0, 0.0).to(x.dtype)  # bool -> bf16 breaks the interpreter
-    return _dot_step(tl.zeros(x.shape, dtype=acc_dtype), band, x, PRECISION, UPCAST)
 
 
 @triton.jit
@@ -302,15 +296,16 @@ def _box_times_block(acc, box, block, half_dtype: tl.constexpr, PRECISION: tl.co
 
 
 @triton.jit
-def _plane_box_kernel(x_ptr, blocks_ptr, lo_ptr, hi_ptr, rows_ptr, wide_ptr, y_ptr, C, H: tl.constexpr,
+def _plane_box_kernel(x_ptr, blocks_ptr, bands_ptr, lo_ptr, hi_ptr, rows_ptr, wide_ptr, y_ptr, C, H: tl.constexpr,
                       W: tl.constexpr, CELLS, ROW_CELLS, WIDE_CELLS, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
                       HI_LO: tl.constexpr, H_PAD: tl.constexpr, W_PAD: tl.constexpr):
     """y[n, c] = Σ_a X_a[n, c] @ R_a[c] (the box form) with the box sums on tensor cores too.
 
     Program = one (n, c) plane, held on chip (H_PAD x W_PAD). The ROW_CELLS narrow cells listed at
     rows_ptr go one row lag at a time (``_plane_rows``: shifted input rows read from memory, exact
-    products); the WIDE_CELLS cells at wide_ptr as X_a = V_a @ x with V_a the cell's 0/1 band of
-    row lags, built in registers (``_band_box``), times R_a (``_box_times_block``).
+    products); the WIDE_CELLS cells at wide_ptr as X_a = V_a @ x, exact in its fp32 accumulator,
+    with V_a the cell's 0/1 band of row lags (H_PAD x H_PAD, read from the table at bands_ptr), times
+    R_a (``_box_times_block``).
     """
     n, c = tl.program_id(0), tl.program_id(1)
     plane = (n.to(tl.int64) * C + c) * (H * W)
@@ -318,7 +313,7 @@ def _plane_box_kernel(x_ptr, blocks_ptr, lo_ptr, hi_ptr, rows_ptr, wide_ptr, y_p
     w = tl.arange(0, W_PAD)
     inside = (u < H)[:, None] & (w < W)[None, :]
     x = tl.load(x_ptr + plane + u[:, None] * W + w[None, :], mask=inside, other=0.0)
-    lags = u[None, :] - u[:, None]  # (H_PAD out rows, H_PAD in rows): input row - output row
+    bands = bands_ptr + u[:, None] * H_PAD + u[None, :]
     blocks = blocks_ptr + c.to(tl.int64) * CELLS * (W_PAD * W_PAD) + w[:, None] * W_PAD + w[None, :]
     acc = tl.zeros((H_PAD, W_PAD), dtype=tl.float64 if PRECISION == "ieee" else tl.float32)
     for index in range(ROW_CELLS):
@@ -327,7 +322,8 @@ def _plane_box_kernel(x_ptr, blocks_ptr, lo_ptr, hi_ptr, rows_ptr, wide_ptr, y_p
                           tl.load(lo_ptr + cell), tl.load(hi_ptr + cell), inside, H, W, PRECISION, UPCAST)
     for index in range(WIDE_CELLS):
         cell = tl.load(wide_ptr + index)
-        box = _band_box(x, lags, tl.load(lo_ptr + cell), tl.load(hi_ptr + cell), acc.dtype, PRECISION, UPCAST)
+        band = tl.load(bands + cell * (H_PAD * H_PAD))
+        box = _dot_step(tl.zeros((H_PAD, W_PAD), dtype=acc.dtype), band, x, PRECISION, UPCAST)
         acc = _box_times_block(acc, box, tl.load(blocks + cell * (W_PAD * W_PAD)), x.dtype, PRECISION, UPCAST, HI_LO)
     tl.store(y_ptr + plane + u[:, None] * W + w[None, :], acc.to(y_ptr.dtype.element_ty), mask=inside)
 
@@ -535,16 +531,17 @@ def box_conv_triton(x: torch.Tensor, blocks: torch.Tensor, grid: Sequence[int], 
 
     A program computes ``block_m`` image rows (n, h) of one channel; cells whose lags miss the
     image entirely are skipped. ``precision``: tl.dot's input precision for fp32 (default "tf32x3").
-    Default tiles from H100 sweeps: fp32 32 rows, 2 warps, 3 stages, the fastest of eight at
-    stages 1 and 2 (bench/results/2026-11-25-h100-forms-boxconv-constexpr.md); 16-bit 128 rows,
-    4 warps, one stage (unpipelined).
+    Default tiles from H100 sweeps (bench/results/2026-11-25-h100-forms-plane-box.md): fp32 on
+    planes up to 32 wide 128 rows, 8 warps, one stage (stage 2: 0.146 vs 0.164 ms), wider 32 rows,
+    2 warps, 3 stages (stage 1: 0.432 vs 0.515 ms for 128/8/1); 16-bit 128 rows, 4 warps, one stage
+    (bench/results/2026-11-25-h100-forms-narrow-split.md).
     """
     x = x.contiguous()
     batch, channels, height, width = x.shape
-    reduced = x.dtype in (torch.bfloat16, torch.float16)
-    block_m = block_m or (128 if reduced else 32)
-    num_warps = num_warps or (4 if reduced else 2)
-    num_stages = num_stages or (1 if reduced else 3)
+    reduced, narrow = x.dtype in (torch.bfloat16, torch.float16), blocks.shape[-1] <= 32
+    block_m = block_m or (32 if not (reduced or narrow) else 128)
+    num_warps = num_warps or (4 if reduced else 8 if narrow else 2)
+    num_stages = num_stages or (3 if not (reduced or narrow) else 1)
     prefix = column_prefix_triton(x)
     lags_lo, lags_hi, cells = _cell_lag_tensors(grid, x.device)
     ranges = cell_lag_ranges(tuple(grid))
@@ -563,16 +560,25 @@ def box_conv_triton(x: torch.Tensor, blocks: torch.Tensor, grid: Sequence[int], 
     return y.to(x.dtype)
 
 
+def _band_table(grid: tuple[int, ...], padded: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """(k', P, P) 0/1 bands V_a[h, u] = [lo_a <= u - h < hi_a] in ``dtype``, cached per device."""
+    def build() -> torch.Tensor:
+        lags = torch.arange(padded)[None, :] - torch.arange(padded)[:, None]
+        return torch.stack([(lags >= lo) & (lags < hi) for lo, hi in cell_lag_ranges(grid)]).to(dtype)
+
+    return device_constant(("plane box bands", grid, padded, dtype), device, build)
+
+
 def plane_box_conv_triton(x: torch.Tensor, blocks: torch.Tensor, grid: Sequence[int], num_warps: int = 4,
-                          num_stages: int = 1, row_cells: int = 2) -> torch.Tensor:
+                          num_stages: int = 1, row_cells: int = 1) -> torch.Tensor:
     """Triton twin of ``toeplitz.box_conv`` with the box sums as tensor-core products:
     x (B, C, H, W), R (C, k', Wp, Wp) in x.dtype -> (B, C, H, W).
 
     A program holds one (H, W) plane padded to powers of two, so it suits planes up to 64 a side;
     cells whose lags miss the image are skipped, cells of at most ``row_cells`` rows go row by row.
-    Defaults from an H100 sweep (bench/results/2026-11-25-h100-forms-plane-box-rows.md, stage 1
-    bf16): 4 warps, one stage, row cells up to 2 rows: 0.146 ms at K=51, against 0.151 with one-row
-    cells only and 0.272 for the Toeplitz form.
+    Defaults from H100 sweeps at stage 1 bf16 (bench/results/2026-11-25-h100-forms-plane-box-bands.md):
+    4 warps, one stage, one-row cells row by row: 0.125 ms at K=51 (0.126 with two-row cells too),
+    against 0.146 when the bands were built in registers and 0.269 for the Toeplitz form.
     """
     x = x.contiguous()
     batch, channels, height, width = x.shape
@@ -581,11 +587,13 @@ def plane_box_conv_triton(x: torch.Tensor, blocks: torch.Tensor, grid: Sequence[
     reach = [cell for cell, (lo, hi) in enumerate(ranges) if lo < height and hi > 1 - height]
     rows = _offsets_tensor(tuple(cell for cell in reach if ranges[cell][1] - ranges[cell][0] <= row_cells), x.device)
     wide = _offsets_tensor(tuple(cell for cell in reach if ranges[cell][1] - ranges[cell][0] > row_cells), x.device)
+    padded = padded_width(height)
+    bands = _band_table(tuple(grid), padded, x.dtype, x.device)
     y = torch.empty_like(x, dtype=_output_dtype(x.dtype))
     _plane_box_kernel[(batch, channels)](
-        x, blocks.to(x.dtype).contiguous(), lags_lo, lags_hi, rows, wide, y, channels, height, width, cells,
+        x, blocks.to(x.dtype).contiguous(), bands, lags_lo, lags_hi, rows, wide, y, channels, height, width, cells,
         rows.numel(), wide.numel(), PRECISION=_dot_precision(x.dtype), UPCAST=_upcast(x.dtype),
-        HI_LO=x.dtype in (torch.bfloat16, torch.float16), H_PAD=padded_width(height), W_PAD=blocks.shape[-1],
+        HI_LO=x.dtype in (torch.bfloat16, torch.float16), H_PAD=padded, W_PAD=blocks.shape[-1],
         num_warps=num_warps, num_stages=num_stages)
     return y.to(x.dtype)
 
