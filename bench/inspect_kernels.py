@@ -70,8 +70,7 @@ def kernels_at(size: int, grid: tuple[int, ...], dtype: str):
             "BLOCK_M": 128 if half else 32, "W_PAD": padded_width(size)},
            4 if half else 2, 1 if half else 3)
     yield ("plane box", triton_kernels._plane_box_kernel,
-           {"x_ptr": f"*{dtype}", "blocks_ptr": "*fp16" if half else "*fp32", "unscale_ptr": "*fp32",
-            "bands_ptr": "*fp16" if half else "*fp32", "lo_ptr": "*i32", "hi_ptr": "*i32", "rows_ptr": "*i32",
+           {"x_ptr": f"*{dtype}", "blocks_ptr": f"*{dtype}", "bands_ptr": "*fp16" if half else "*fp32", "lo_ptr": "*i32", "hi_ptr": "*i32", "rows_ptr": "*i32",
             "wide_ptr": "*i32", "y_ptr": f"*{dtype}"},
            ("C", "CELLS", "ROW_CELLS", "WIDE_CELLS", "LOG2_WIDTH"),
            {"H": size, "W": size, "PRECISION": precision, "UPCAST": False, "HI_LO": False, "SCALED": half,

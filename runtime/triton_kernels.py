@@ -283,14 +283,37 @@ def _plane_rows(acc, x_rows, block, u, w, lo, hi, inside, scale, H: tl.constexpr
 
 
 @triton.jit
-def _power_of_two_scale(x, LOG2_WIDTH):
-    """2^k (fp32) with k the largest integer for which Σ of 2^LOG2_WIDTH entries of x·2^k stays
-    below 2^15 (inside fp16's range), from the exponent of max|x|, k clamped to [-120, 120]."""
-    biased = (tl.max(tl.max(tl.abs(x.to(tl.float32)), axis=1), axis=0).to(tl.int32, bitcast=True) >> 23) & 0xFF
-    k = tl.minimum(tl.maximum(141 - biased - LOG2_WIDTH, -120), 120)  # max|x| < 2^(biased - 126)
+def _power_of_two_scale(largest, LOG2_TERMS):
+    """2^k (fp32) with k the largest integer for which a sum of 2^LOG2_TERMS values up to
+    ``largest`` (>= 0) in magnitude, times 2^k, stays below 2^15 (inside fp16's range); k is
+    clamped to [-120, 120]."""
+    biased = (largest.to(tl.int32, bitcast=True) >> 23) & 0xFF
+    k = tl.minimum(tl.maximum(141 - biased - LOG2_TERMS, -120), 120)  # largest < 2^(biased - 126)
     return ((k + 127) << 23).to(tl.float32, bitcast=True)
 
 
+@triton.jit
+def _block_scale(blocks, w, W: tl.constexpr, W_PAD: tl.constexpr, CELLS):
+    """The fp16 scale of a channel's blocks R (k', W_PAD, W_PAD) at ``blocks``: rows 0 and W-1 of
+    each block hold every lag within the plane, so their largest magnitude is the blocks'."""
+    largest = 0.0
+    for cell in range(CELLS):
+        first = tl.load(blocks + cell * (W_PAD * W_PAD) + w).to(tl.float32)
+        last = tl.load(blocks + cell * (W_PAD * W_PAD) + (W - 1) * W_PAD + w).to(tl.float32)
+        largest = tl.maximum(largest, tl.max(tl.maximum(tl.abs(first), tl.abs(last)), axis=0))
+    return _power_of_two_scale(largest, 1)
+
+
+
+
+@triton.jit
+def _plane_block(block_ptrs, block_scale, SCALED: tl.constexpr):
+    """A (W_PAD, W_PAD) block as the products take it: SCALED, times the channel's power-of-two scale
+    in fp16 (exact)."""
+    block = tl.load(block_ptrs)
+    if SCALED:
+        block = (block.to(tl.float32) * block_scale).to(tl.float16)
+    return block
 
 
 @triton.jit
@@ -310,7 +333,7 @@ def _box_times_block(acc, box, block, half_dtype: tl.constexpr, PRECISION: tl.co
 
 
 @triton.jit
-def _plane_box_kernel(x_ptr, blocks_ptr, unscale_ptr, bands_ptr, lo_ptr, hi_ptr, rows_ptr, wide_ptr, y_ptr, C,
+def _plane_box_kernel(x_ptr, blocks_ptr, bands_ptr, lo_ptr, hi_ptr, rows_ptr, wide_ptr, y_ptr, C,
                       H: tl.constexpr, W: tl.constexpr, CELLS, ROW_CELLS, WIDE_CELLS, LOG2_WIDTH,
                       PRECISION: tl.constexpr, UPCAST: tl.constexpr, HI_LO: tl.constexpr, SCALED: tl.constexpr,
                       H_PAD: tl.constexpr, W_PAD: tl.constexpr):
@@ -322,10 +345,10 @@ def _plane_box_kernel(x_ptr, blocks_ptr, unscale_ptr, bands_ptr, lo_ptr, hi_ptr,
     with V_a the cell's 0/1 band of row lags (H_PAD x H_PAD, read from the table at bands_ptr), times
     R_a (``_box_times_block``).
 
-    SCALED (bf16 input): every product runs in fp16. The plane is scaled by a power of two
-    (``_power_of_two_scale``: exact, and no box sum leaves fp16's range), the blocks come scaled per
-    channel, fp16, with the inverse scale at unscale_ptr; X_a is rounded once to fp16's 11 bits, one
-    product per cell where bf16's 8 would need a hi/lo pair. The output is unscaled at the end.
+    SCALED (bf16 input): every product runs in fp16. The plane and the channel's blocks are scaled
+    by powers of two (``_power_of_two_scale``, ``_block_scale``: exact, and no box sum or weight
+    leaves fp16's range) as they are loaded; X_a is rounded once to fp16's 11 bits, one product per
+    cell where bf16's 8 would need a hi/lo pair. The output is unscaled at the end.
     """
     n, c = tl.program_id(0), tl.program_id(1)
     plane = (n.to(tl.int64) * C + c) * (H * W)
@@ -333,26 +356,28 @@ def _plane_box_kernel(x_ptr, blocks_ptr, unscale_ptr, bands_ptr, lo_ptr, hi_ptr,
     w = tl.arange(0, W_PAD)
     inside = (u < H)[:, None] & (w < W)[None, :]
     x = tl.load(x_ptr + plane + u[:, None] * W + w[None, :], mask=inside, other=0.0)
-    scale = 1.0
+    channel_blocks = blocks_ptr + c.to(tl.int64) * CELLS * (W_PAD * W_PAD)
+    blocks = channel_blocks + w[:, None] * W_PAD + w[None, :]
+    scale, block_scale = 1.0, 1.0
     if SCALED:
-        scale = _power_of_two_scale(x, LOG2_WIDTH)
+        scale = _power_of_two_scale(tl.max(tl.max(tl.abs(x.to(tl.float32)), axis=1), axis=0), LOG2_WIDTH)
         x = (x.to(tl.float32) * scale).to(tl.float16)
+        block_scale = _block_scale(channel_blocks, w, W, W_PAD, CELLS)
     bands = bands_ptr + u[:, None] * H_PAD + u[None, :]
-    blocks = blocks_ptr + c.to(tl.int64) * CELLS * (W_PAD * W_PAD) + w[:, None] * W_PAD + w[None, :]
     acc = tl.zeros((H_PAD, W_PAD), dtype=tl.float64 if PRECISION == "ieee" else tl.float32)
     for index in range(ROW_CELLS):
         cell = tl.load(rows_ptr + index)
-        acc = _plane_rows(acc, x_ptr + plane, tl.load(blocks + cell * (W_PAD * W_PAD)), u, w,
-                          tl.load(lo_ptr + cell), tl.load(hi_ptr + cell), inside, scale, H, W, PRECISION, UPCAST,
-                          SCALED)
+        acc = _plane_rows(acc, x_ptr + plane, _plane_block(blocks + cell * (W_PAD * W_PAD), block_scale, SCALED),
+                          u, w, tl.load(lo_ptr + cell), tl.load(hi_ptr + cell), inside, scale, H, W, PRECISION,
+                          UPCAST, SCALED)
     for index in range(WIDE_CELLS):
         cell = tl.load(wide_ptr + index)
         band = tl.load(bands + cell * (H_PAD * H_PAD))
         box = _dot_step(tl.zeros((H_PAD, W_PAD), dtype=acc.dtype), band, x, PRECISION, UPCAST)
-        acc = _box_times_block(acc, box, tl.load(blocks + cell * (W_PAD * W_PAD)), x.dtype, PRECISION, UPCAST, HI_LO,
-                               SCALED)
+        acc = _box_times_block(acc, box, _plane_block(blocks + cell * (W_PAD * W_PAD), block_scale, SCALED), x.dtype,
+                               PRECISION, UPCAST, HI_LO, SCALED)
     if SCALED:
-        acc = acc * (tl.load(unscale_ptr + c) / scale)
+        acc = acc / block_scale / scale  # one at a time (their product may overflow); y·scale ~ Σ|w|·2^15
     tl.store(y_ptr + plane + u[:, None] * W + w[None, :], acc.to(y_ptr.dtype.element_ty), mask=inside)
 
 
@@ -622,17 +647,10 @@ def plane_box_conv_triton(x: torch.Tensor, blocks: torch.Tensor, grid: Sequence[
     wide_cells = tuple(cell for cell in reach if ranges[cell][1] - ranges[cell][0] > row_cells)
     widest = max((ranges[cell][1] - ranges[cell][0] for cell in wide_cells), default=1)
     operand = torch.float16 if scaled else x.dtype
-    blocks = blocks.to(x.dtype)
-    unscale = blocks  # unused unless scaled
-    if scaled:  # per channel a power of two that brings max|R| into [2^13, 2^14): exact in fp16
-        _, exponent = torch.frexp(blocks.abs().amax(dim=(1, 2, 3)).float())
-        blocks = (blocks.float() * torch.ldexp(torch.ones_like(exponent, dtype=torch.float32), 14 - exponent)
-                  .view(-1, 1, 1, 1)).to(operand)
-        unscale = torch.ldexp(torch.ones_like(exponent, dtype=torch.float32), exponent - 14)
     padded = padded_width(height)
     y = torch.empty_like(x, dtype=_output_dtype(x.dtype))
     _plane_box_kernel[(batch, channels)](
-        x, blocks.contiguous(), unscale, _band_table(tuple(grid), padded, operand, x.device), lags_lo, lags_hi, rows,
+        x, blocks.to(x.dtype).contiguous(), _band_table(tuple(grid), padded, operand, x.device), lags_lo, lags_hi, rows,
         _offsets_tensor(wide_cells, x.device), y, channels, height, width, cells, rows.numel(), len(wide_cells),
         (widest - 1).bit_length(), PRECISION=_dot_precision(x.dtype), UPCAST=_upcast(operand),
         HI_LO=x.dtype in (torch.bfloat16, torch.float16) and not scaled, SCALED=scaled, H_PAD=padded, W_PAD=blocks.shape[-1],

@@ -145,11 +145,12 @@ def test_toeplitz_kernels_match_their_torch_twins(grid, batch, height, width, dt
 
 @needs_kernels
 @settings(max_examples=8, deadline=None)
-@given(exponent=st.integers(-120, 120), weight_exponent=st.integers(-40, 40), seed=st.integers(0, 2**16))
+@given(exponent=st.integers(-100, 100), weight_exponent=st.integers(-20, 20), seed=st.integers(0, 2**16))
 @example(exponent=0, weight_exponent=0, seed=0)
 def test_plane_box_fp16_products_keep_bf16_accuracy_at_any_scale(exponent, weight_exponent, seed):
     """bf16 inputs run the plane box's products in fp16 on power-of-two scaled operands: whatever the
-    magnitude of x and w, the result is as close to float64 as torch's bf16 conv."""
+    magnitude of x and w (as long as y stays in bf16's range), the result is as close to float64 as
+    torch's bf16 conv."""
     from runtime import toeplitz
     grid = PAPER_GRIDS[13]
     x, weight = random_inputs(2, 2, 12, 10, grid, torch.float32, seed)
