@@ -70,10 +70,11 @@ def kernels_at(size: int, grid: tuple[int, ...], dtype: str):
             "BLOCK_M": 128 if half else 32, "W_PAD": padded_width(size)},
            4 if half else 2, 1 if half else 3)
     yield ("plane box", triton_kernels._plane_box_kernel,
-           {"x_ptr": f"*{dtype}", "blocks_ptr": f"*{dtype}", "bands_ptr": "*fp16" if half else "*fp32", "lo_ptr": "*i32", "hi_ptr": "*i32", "rows_ptr": "*i32",
+           {"x_ptr": f"*{dtype}", "blocks_ptr": f"*{dtype}", "bands_ptr": f"*{dtype}", "lo_ptr": "*i32",
+            "hi_ptr": "*i32", "rows_ptr": "*i32",
             "wide_ptr": "*i32", "y_ptr": f"*{dtype}"},
-           ("C", "CELLS", "ROW_CELLS", "WIDE_CELLS", "LOG2_WIDTH"),
-           {"H": size, "W": size, "PRECISION": precision, "UPCAST": False, "HI_LO": False, "SCALED": half,
+           ("C", "CELLS", "ROW_CELLS", "WIDE_CELLS"),
+           {"H": size, "W": size, "PRECISION": precision, "UPCAST": False, "HI_LO": half,
             "H_PAD": padded_width(size), "W_PAD": padded_width(size)},
            4, 1)
     yield ("box products", triton_kernels._box_products_kernel,

@@ -267,63 +267,26 @@ def _box_conv_kernel(x_ptr, prefix_ptr, blocks_ptr, lo_ptr, hi_ptr, narrow_ptr, 
 
 
 @triton.jit
-def _plane_rows(acc, x_rows, block, u, w, lo, hi, inside, scale, H: tl.constexpr, W: tl.constexpr,
-                PRECISION: tl.constexpr, UPCAST: tl.constexpr, SCALED: tl.constexpr):
+def _plane_rows(acc, x_rows, block, u, w, lo, hi, inside, H: tl.constexpr, W: tl.constexpr,
+                PRECISION: tl.constexpr, UPCAST: tl.constexpr):
     """acc + Σ_{lag in [lo, hi)} x[u + lag] @ R_a: a narrow cell's product one row lag at a time, the
-    shifted rows of the plane at ``x_rows`` read from memory (exact in every dtype; SCALED: bf16 rows
-    times the plane's power-of-two ``scale`` in fp16, exact too)."""
+    shifted rows of the plane at ``x_rows`` read from memory (exact in every dtype)."""
     for lag in range(lo, hi):
         source = u + lag
         rows = tl.load(x_rows + source[:, None] * W + w[None, :],
                        mask=inside & ((source >= 0) & (source < H))[:, None], other=0.0)
-        if SCALED:
-            rows = (rows.to(tl.float32) * scale).to(tl.float16)
         acc = _dot_step(acc, rows, block, PRECISION, UPCAST)
     return acc
 
 
-@triton.jit
-def _power_of_two_scale(largest, LOG2_TERMS):
-    """2^k (fp32) with k the largest integer for which a sum of 2^LOG2_TERMS values up to
-    ``largest`` (>= 0) in magnitude, times 2^k, stays below 2^15 (inside fp16's range); k is
-    clamped to [-120, 120]."""
-    biased = (largest.to(tl.int32, bitcast=True) >> 23) & 0xFF
-    k = tl.minimum(tl.maximum(141 - biased - LOG2_TERMS, -120), 120)  # largest < 2^(biased - 126)
-    return ((k + 127) << 23).to(tl.float32, bitcast=True)
-
-
-@triton.jit
-def _block_scale(blocks, w, W: tl.constexpr, W_PAD: tl.constexpr, CELLS):
-    """The fp16 scale of a channel's blocks R (k', W_PAD, W_PAD) at ``blocks``: rows 0 and W-1 of
-    each block hold every lag within the plane, so their largest magnitude is the blocks'."""
-    largest = 0.0
-    for cell in range(CELLS):
-        first = tl.load(blocks + cell * (W_PAD * W_PAD) + w).to(tl.float32)
-        last = tl.load(blocks + cell * (W_PAD * W_PAD) + (W - 1) * W_PAD + w).to(tl.float32)
-        largest = tl.maximum(largest, tl.max(tl.maximum(tl.abs(first), tl.abs(last)), axis=0))
-    return _power_of_two_scale(largest, 1)
-
-
-
-
-@triton.jit
-def _plane_block(block_ptrs, block_scale, SCALED: tl.constexpr):
-    """A (W_PAD, W_PAD) block as the products take it: SCALED, times the channel's power-of-two scale
-    in fp16 (exact)."""
-    block = tl.load(block_ptrs)
-    if SCALED:
-        block = (block.to(tl.float32) * block_scale).to(tl.float16)
-    return block
 
 
 @triton.jit
 def _box_times_block(acc, box, block, half_dtype: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
-                     HI_LO: tl.constexpr, SCALED: tl.constexpr):
+                     HI_LO: tl.constexpr):
     """acc + X_a @ R_a; with HI_LO X_a is rounded to half precision and the product of its rounding
-    residue is added (about 16 bits of X_a kept); SCALED: X_a is rounded once to fp16."""
-    if SCALED:
-        acc = _dot_step(acc, box.to(tl.float16), block, PRECISION, UPCAST)
-    elif HI_LO:
+    residue is added (about 16 bits of X_a kept)."""
+    if HI_LO:
         box_hi = box.to(half_dtype)
         acc = _dot_step(acc, box_hi, block, PRECISION, UPCAST)
         acc = _dot_step(acc, (box - box_hi.to(tl.float32)).to(half_dtype), block, PRECISION, UPCAST)
@@ -333,10 +296,9 @@ def _box_times_block(acc, box, block, half_dtype: tl.constexpr, PRECISION: tl.co
 
 
 @triton.jit
-def _plane_box_kernel(x_ptr, blocks_ptr, bands_ptr, lo_ptr, hi_ptr, rows_ptr, wide_ptr, y_ptr, C,
-                      H: tl.constexpr, W: tl.constexpr, CELLS, ROW_CELLS, WIDE_CELLS, LOG2_WIDTH,
-                      PRECISION: tl.constexpr, UPCAST: tl.constexpr, HI_LO: tl.constexpr, SCALED: tl.constexpr,
-                      H_PAD: tl.constexpr, W_PAD: tl.constexpr):
+def _plane_box_kernel(x_ptr, blocks_ptr, bands_ptr, lo_ptr, hi_ptr, rows_ptr, wide_ptr, y_ptr, C, H: tl.constexpr,
+                      W: tl.constexpr, CELLS, ROW_CELLS, WIDE_CELLS, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+                      HI_LO: tl.constexpr, H_PAD: tl.constexpr, W_PAD: tl.constexpr):
     """y[n, c] = Σ_a X_a[n, c] @ R_a[c] (the box form) with the box sums on tensor cores too.
 
     Program = one (n, c) plane, held on chip (H_PAD x W_PAD). The ROW_CELLS narrow cells listed at
@@ -344,11 +306,6 @@ def _plane_box_kernel(x_ptr, blocks_ptr, bands_ptr, lo_ptr, hi_ptr, rows_ptr, wi
     products); the WIDE_CELLS cells at wide_ptr as X_a = V_a @ x, exact in its fp32 accumulator,
     with V_a the cell's 0/1 band of row lags (H_PAD x H_PAD, read from the table at bands_ptr), times
     R_a (``_box_times_block``).
-
-    SCALED (bf16 input): every product runs in fp16. The plane and the channel's blocks are scaled
-    by powers of two (``_power_of_two_scale``, ``_block_scale``: exact, and no box sum or weight
-    leaves fp16's range) as they are loaded; X_a is rounded once to fp16's 11 bits, one product per
-    cell where bf16's 8 would need a hi/lo pair. The output is unscaled at the end.
     """
     n, c = tl.program_id(0), tl.program_id(1)
     plane = (n.to(tl.int64) * C + c) * (H * W)
@@ -356,28 +313,18 @@ def _plane_box_kernel(x_ptr, blocks_ptr, bands_ptr, lo_ptr, hi_ptr, rows_ptr, wi
     w = tl.arange(0, W_PAD)
     inside = (u < H)[:, None] & (w < W)[None, :]
     x = tl.load(x_ptr + plane + u[:, None] * W + w[None, :], mask=inside, other=0.0)
-    channel_blocks = blocks_ptr + c.to(tl.int64) * CELLS * (W_PAD * W_PAD)
-    blocks = channel_blocks + w[:, None] * W_PAD + w[None, :]
-    scale, block_scale = 1.0, 1.0
-    if SCALED:
-        scale = _power_of_two_scale(tl.max(tl.max(tl.abs(x.to(tl.float32)), axis=1), axis=0), LOG2_WIDTH)
-        x = (x.to(tl.float32) * scale).to(tl.float16)
-        block_scale = _block_scale(channel_blocks, w, W, W_PAD, CELLS)
     bands = bands_ptr + u[:, None] * H_PAD + u[None, :]
+    blocks = blocks_ptr + c.to(tl.int64) * CELLS * (W_PAD * W_PAD) + w[:, None] * W_PAD + w[None, :]
     acc = tl.zeros((H_PAD, W_PAD), dtype=tl.float64 if PRECISION == "ieee" else tl.float32)
     for index in range(ROW_CELLS):
         cell = tl.load(rows_ptr + index)
-        acc = _plane_rows(acc, x_ptr + plane, _plane_block(blocks + cell * (W_PAD * W_PAD), block_scale, SCALED),
-                          u, w, tl.load(lo_ptr + cell), tl.load(hi_ptr + cell), inside, scale, H, W, PRECISION,
-                          UPCAST, SCALED)
+        acc = _plane_rows(acc, x_ptr + plane, tl.load(blocks + cell * (W_PAD * W_PAD)), u, w,
+                          tl.load(lo_ptr + cell), tl.load(hi_ptr + cell), inside, H, W, PRECISION, UPCAST)
     for index in range(WIDE_CELLS):
         cell = tl.load(wide_ptr + index)
         band = tl.load(bands + cell * (H_PAD * H_PAD))
         box = _dot_step(tl.zeros((H_PAD, W_PAD), dtype=acc.dtype), band, x, PRECISION, UPCAST)
-        acc = _box_times_block(acc, box, _plane_block(blocks + cell * (W_PAD * W_PAD), block_scale, SCALED), x.dtype,
-                               PRECISION, UPCAST, HI_LO, SCALED)
-    if SCALED:
-        acc = acc / block_scale / scale  # one at a time (their product may overflow); y·scale ~ Σ|w|·2^15
+        acc = _box_times_block(acc, box, tl.load(blocks + cell * (W_PAD * W_PAD)), x.dtype, PRECISION, UPCAST, HI_LO)
     tl.store(y_ptr + plane + u[:, None] * W + w[None, :], acc.to(y_ptr.dtype.element_ty), mask=inside)
 
 
@@ -623,37 +570,30 @@ def _band_table(grid: tuple[int, ...], padded: int, dtype: torch.dtype, device: 
 
 
 def plane_box_conv_triton(x: torch.Tensor, blocks: torch.Tensor, grid: Sequence[int], num_warps: int = 4,
-                          num_stages: int = 1, row_cells: int = 1, scaled: bool | None = None) -> torch.Tensor:
+                          num_stages: int = 1, row_cells: int = 1) -> torch.Tensor:
     """Triton twin of ``toeplitz.box_conv`` with the box sums as tensor-core products:
     x (B, C, H, W), R (C, k', Wp, Wp) in x.dtype -> (B, C, H, W).
 
     A program holds one (H, W) plane padded to powers of two, so it suits planes up to 64 a side;
     cells whose lags miss the image are skipped, cells of at most ``row_cells`` rows go row by row.
-    ``scaled`` (bf16 only, the default there): the products run in fp16 on power-of-two scaled
-    operands, one product per wide cell instead of a bf16 hi/lo pair (``_plane_box_kernel``).
     Defaults from H100 sweeps at stage 1 bf16 (bench/results/2026-11-25-h100-forms-plane-box-bands.md):
     4 warps, one stage, one-row cells row by row: 0.125 ms at K=51 (0.126 with two-row cells too),
     against 0.146 when the bands were built in registers and 0.269 for the Toeplitz form.
     """
     x = x.contiguous()
     batch, channels, height, width = x.shape
-    scaled = x.dtype == torch.bfloat16 if scaled is None else scaled
-    if scaled and x.dtype != torch.bfloat16:
-        raise ValueError(f"the scaled fp16 products are for bf16 inputs, got {x.dtype}")
     lags_lo, lags_hi, cells = _cell_lag_tensors(grid, x.device)
     ranges = cell_lag_ranges(tuple(grid))
     reach = [cell for cell, (lo, hi) in enumerate(ranges) if lo < height and hi > 1 - height]
     rows = _offsets_tensor(tuple(cell for cell in reach if ranges[cell][1] - ranges[cell][0] <= row_cells), x.device)
-    wide_cells = tuple(cell for cell in reach if ranges[cell][1] - ranges[cell][0] > row_cells)
-    widest = max((ranges[cell][1] - ranges[cell][0] for cell in wide_cells), default=1)
-    operand = torch.float16 if scaled else x.dtype
+    wide = _offsets_tensor(tuple(cell for cell in reach if ranges[cell][1] - ranges[cell][0] > row_cells), x.device)
     padded = padded_width(height)
+    bands = _band_table(tuple(grid), padded, x.dtype, x.device)
     y = torch.empty_like(x, dtype=_output_dtype(x.dtype))
     _plane_box_kernel[(batch, channels)](
-        x, blocks.to(x.dtype).contiguous(), _band_table(tuple(grid), padded, operand, x.device), lags_lo, lags_hi, rows,
-        _offsets_tensor(wide_cells, x.device), y, channels, height, width, cells, rows.numel(), len(wide_cells),
-        (widest - 1).bit_length(), PRECISION=_dot_precision(x.dtype), UPCAST=_upcast(operand),
-        HI_LO=x.dtype in (torch.bfloat16, torch.float16) and not scaled, SCALED=scaled, H_PAD=padded, W_PAD=blocks.shape[-1],
+        x, blocks.to(x.dtype).contiguous(), bands, lags_lo, lags_hi, rows, wide, y, channels, height, width, cells,
+        rows.numel(), wide.numel(), PRECISION=_dot_precision(x.dtype), UPCAST=_upcast(x.dtype),
+        HI_LO=x.dtype in (torch.bfloat16, torch.float16), H_PAD=padded, W_PAD=blocks.shape[-1],
         num_warps=num_warps, num_stages=num_stages)
     return y.to(x.dtype)
 
