@@ -54,6 +54,7 @@ def layout_row(label: str, compiled, ttgir: str) -> str:
 def kernels_at(size: int, grid: tuple[int, ...], dtype: str):
     """(label, kernel, pointers, scalars, constants, warps, stages) at the launchers' defaults."""
     half = dtype != "fp32"
+    wide_tile = padded_width(size) <= 32  # box_conv_triton's fp32 tile on small planes
     precision = "tf32" if half else "tf32x3"
     small = size * size <= 256
     yield ("toeplitz", triton_kernels._toeplitz_kernel,
@@ -67,8 +68,8 @@ def kernels_at(size: int, grid: tuple[int, ...], dtype: str):
             "hi_ptr": "*i32", "narrow_ptr": "*i32", "wide_ptr": "*i32", "y_ptr": f"*{dtype}"},
            ("B", "C", "CELLS", "CELL_BEGIN", "CELL_END", "NARROW", "WIDE"),
            {"H": size, "W": size, "PRECISION": precision, "UPCAST": False, "HI_LO": half,
-            "BLOCK_M": 128 if half else 32, "W_PAD": padded_width(size)},
-           4 if half else 2, 1 if half else 3)
+            "BLOCK_M": 128 if half or wide_tile else 32, "W_PAD": padded_width(size)},
+           4 if half else 8 if wide_tile else 2, 1 if half or wide_tile else 3)
     yield ("plane box", triton_kernels._plane_box_kernel,
            {"x_ptr": f"*{dtype}", "blocks_ptr": f"*{dtype}", "bands_ptr": f"*{dtype}", "lo_ptr": "*i32",
             "hi_ptr": "*i32", "rows_ptr": "*i32",

@@ -12,8 +12,9 @@ device), ``triton`` (CUDA, or CPU under TRITON_INTERPRET=1), and ``auto`` =
 ``choose_backend``. The triton backend picks its kernels per call and per direction
 (``triton_forms``): for the forward and grad-input the Toeplitz form on tensor cores
 (toeplitz.py; small images, reduced precision), the plane box (the box form with a whole plane
-on chip; 16-bit planes of 33-64 a side), the box form on tensor cores (toeplitz.py; fp32 at the
-larger planes) or the SAT form (sat.py); for grad-weight the box products or the SAT tap sums. An explicit backend that cannot run raises; it never falls back to another one.
+on chip; 16-bit planes of 50-64 a side), the box form on tensor cores (toeplitz.py; fp32 at the
+larger planes) or the SAT form (sat.py); for grad-weight the box products or the SAT tap sums.
+An explicit backend that cannot run raises; it never falls back to another one.
 
 Under autocast, the custom op (unlike F.conv2d) is not cast by torch, so the
 public function casts x to the autocast dtype itself, as F.conv2d would.
@@ -61,13 +62,14 @@ BOX_CONV_TAP_RATIO = {"16": 0.0, "32": 4.5}
 BOX_CONV_TOEPLITZ_SHARE = 0.75
 # The plane-box forward (16-bit inputs) holds a whole plane on chip, padded to powers of two, and
 # forms the box sums there as tensor-core products too. On an H100 at stage 1 bf16 (56x56, padded to
-# 64) it ran 0.146 vs 0.272 ms for the Toeplitz form (K=51) and 0.184 vs 0.325 ms (K=101); at 28x28
-# (padded to 32, where Triton falls back from wgmma to mma) it lost, 0.18 vs 0.056 ms
-# (bench/results/2026-11-25-h100-forms-plane-box{,-rows}.md). It runs for planes that pad to one of
-# PLANE_BOX_PADDED_SIZES on both sides and fill at least PLANE_BOX_MIN_FILL of that square: the
-# Toeplitz cost per plane falls as (H·W)², the plane box's does not, so from 1.86x at 56x56 they
-# would meet near 48x48 (0.56 of 64²); 0.6 keeps a margin and is not a measured crossover. In fp32
-# each of its products is three TF32 products: 0.84 vs 0.43 ms for the box form at stage 1.
+# 64) it ran 0.125 vs 0.269 ms for the Toeplitz form (K=51) and 0.158 vs 0.323 ms (K=101)
+# (bench/results/2026-11-25-h100-forms-plane-box-bands.md); at 28x28 (padded to 32, where Triton
+# falls back from wgmma to mma) its first version lost, 0.18 vs 0.056 ms (-plane-box.md). It runs for
+# planes that pad to one of PLANE_BOX_PADDED_SIZES on both sides and fill at least PLANE_BOX_MIN_FILL
+# of that square: the Toeplitz cost per plane falls as (H·W)², the plane box's does not, so from
+# 1.86x at 56x56 (first version) they would meet near 48x48 (0.56 of 64²); 0.6 keeps a margin and is
+# not a measured crossover. In fp32 each of its products is three TF32 products: 0.84 vs 0.43 ms for
+# the box form at stage 1.
 PLANE_BOX_PADDED_SIZES = (64,)
 PLANE_BOX_MIN_FILL = 0.6
 

@@ -245,8 +245,7 @@ def _box_conv_kernel(x_ptr, prefix_ptr, blocks_ptr, lo_ptr, hi_ptr, narrow_ptr, 
             source = h + tl.load(lo_ptr + cell)
             row = tl.load(inputs + (source * W)[:, None], mask=inside & ((source >= 0) & (source < H))[:, None],
                           other=0.0)
-            acc = _dot_step(acc, row, tl.load(blocks + cell * (W_PAD * W_PAD)), PRECISION,
-                            UPCAST)
+            acc = _dot_step(acc, row, tl.load(blocks + cell * (W_PAD * W_PAD)), PRECISION, UPCAST)
         for index in range(WIDE):
             cell = tl.load(wide_ptr + index)
             box = (_prefix_rows(columns, h, tl.load(hi_ptr + cell), H, W, inside)
@@ -259,8 +258,7 @@ def _box_conv_kernel(x_ptr, prefix_ptr, blocks_ptr, lo_ptr, hi_ptr, narrow_ptr, 
         top = _prefix_rows(columns, h, tl.load(lo_ptr + CELL_BEGIN), H, W, inside)
         for cell in range(CELL_BEGIN, CELL_END):
             bottom = _prefix_rows(columns, h, tl.load(hi_ptr + cell), H, W, inside)
-            acc = _dot_step(acc, bottom - top, tl.load(blocks + cell * (W_PAD * W_PAD)),
-                            PRECISION, UPCAST)
+            acc = _dot_step(acc, bottom - top, tl.load(blocks + cell * (W_PAD * W_PAD)), PRECISION, UPCAST)
             top = bottom
     tl.store(y_ptr + plane[:, None] * (H * W) + (h * W)[:, None] + w[None, :], acc.to(y_ptr.dtype.element_ty),
              mask=inside)
@@ -277,8 +275,6 @@ def _plane_rows(acc, x_rows, block, u, w, lo, hi, inside, H: tl.constexpr, W: tl
                        mask=inside & ((source >= 0) & (source < H))[:, None], other=0.0)
         acc = _dot_step(acc, rows, block, PRECISION, UPCAST)
     return acc
-
-
 
 
 @triton.jit
@@ -357,8 +353,7 @@ def _box_products_kernel(dy_ptr, prefix_ptr, lo_ptr, hi_ptr, out_ptr, B, C, H: t
                        mask=inside & (w < W)[None, :], other=0.0)
         columns = prefix_ptr + plane[:, None] * ((H + 1) * W) + v[None, :]
         box_mask = inside & (v < W)[None, :]
-        box = (_prefix_rows(columns, h, hi, H, W, box_mask)
-               - _prefix_rows(columns, h, lo, H, W, box_mask))
+        box = _prefix_rows(columns, h, hi, H, W, box_mask) - _prefix_rows(columns, h, lo, H, W, box_mask)
         grad_t = tl.trans(grad)
         if PRECISION == "ieee":  # fp64: no tensor-core dot
             acc += tl.sum(grad_t.to(tl.float64)[:, :, None] * box[None, :, :], axis=1)
@@ -538,10 +533,10 @@ def box_conv_triton(x: torch.Tensor, blocks: torch.Tensor, grid: Sequence[int], 
     """
     x = x.contiguous()
     batch, channels, height, width = x.shape
-    reduced, narrow = x.dtype in (torch.bfloat16, torch.float16), blocks.shape[-1] <= 32
-    block_m = block_m or (32 if not (reduced or narrow) else 128)
-    num_warps = num_warps or (4 if reduced else 8 if narrow else 2)
-    num_stages = num_stages or (3 if not (reduced or narrow) else 1)
+    reduced, small_plane = x.dtype in (torch.bfloat16, torch.float16), blocks.shape[-1] <= 32
+    block_m = block_m or (32 if not (reduced or small_plane) else 128)
+    num_warps = num_warps or (4 if reduced else 8 if small_plane else 2)
+    num_stages = num_stages or (3 if not (reduced or small_plane) else 1)
     prefix = column_prefix_triton(x)
     lags_lo, lags_hi, cells = _cell_lag_tensors(grid, x.device)
     ranges = cell_lag_ranges(tuple(grid))
