@@ -38,7 +38,8 @@ CONFIGS = [(64, 64, 32, 4, 3), (64, 128, 32, 4, 3), (64, 128, 32, 8, 4), (64, 25
            (32, 64, 32, 4, 2), (32, 64, 32, 4, 3), (32, 32, 32, 4, 2), (16, 64, 32, 4, 2), (32, 128, 32, 8, 2)]
 # (block_k, num_warps, num_stages) for box_products_triton.
 BOX_CONFIGS = [(32, 4, 1), (32, 4, 3)]
-# (num_warps, num_stages, row_cells) for plane_box_conv_triton.
+# (num_warps, num_stages, row_cells[, max_registers (0: none)[, gather 0/1]]) for plane_box_conv_triton;
+# gather 1 times plane_box_lags_triton (R_a gathered from the lag kernel in the kernel).
 PLANE_BOX_CONFIGS = [(4, 1, 1), (4, 1, 2)]
 # (block_m image rows, num_warps, num_stages) for box_conv_triton.
 BOX_CONV_CONFIGS = [(32, 2, 3), (64, 4, 2), (128, 8, 3)]
@@ -62,8 +63,9 @@ def main() -> None:
     parser.add_argument("--box-configs", help="box grad-weight configs as K/warps/stages, comma-separated, "
                                               "e.g. 32/8/2 (default: BOX_CONFIGS)")
     parser.add_argument("--plane-box-configs", help="plane-box forward configs as warps/stages/most rows of a cell "
-                                                    "taken row by row, comma-separated, e.g. 4/1/2 "
-                                                    "(default: PLANE_BOX_CONFIGS)")
+                                                    "taken row by row[/register cap, 0 none[/gather R from "
+                                                    "the lag kernel 0 or 1]], comma-separated, e.g. "
+                                                    "4/1/1/96/1 (default: PLANE_BOX_CONFIGS)")
     parser.add_argument("--box-conv-configs", help="box-form forward configs as rows/warps/stages, "
                                                    "comma-separated, e.g. 128/4/2 (default: BOX_CONV_CONFIGS)")
     parser.add_argument("--fp32-precisions", default="tf32x3",
@@ -93,7 +95,8 @@ def main() -> None:
     header = ["stage", "H", "K", "taps", "dtype", "floor", "dense fwd"]
     header += [f"sat fwd t{t} w{w} c{c}" for t, w, c in sat_configs]
     header += [f"toeplitz {c[0]}x{c[1]}x{c[2]} w{c[3]} s{c[4]}" for c in configs] + ["toeplitz err vs sat"]
-    header += [f"plane box w{w} s{st} rows<={r}" for w, st, r in plane_box_configs] + ["plane box err (worst)"]
+    header += [f"plane box w{c[0]} s{c[1]} rows<={c[2]}" + (f" regs<={c[3]}" if c[3:] and c[3] else "")
+               + (" gather" if c[4:] and c[4] else "") for c in plane_box_configs] + ["plane box err (worst)"]
     header += [f"box fwd {m} rows w{w} s{st}" + (f" {p}" if len(precisions) > 1 else "")
                for (m, w, st), p in box_conv_variants]
     header += ["dense err", "box fwd err (worst)"]
@@ -124,9 +127,14 @@ def main() -> None:
                                                         warps, stages)))
 
             def plane_box_fwd(config):
-                warps, stages, row_cells = config
+                warps, stages, row_cells, registers, gather = (tuple(config) + (0, 0))[:5]
+                if gather:
+                    return toeplitz.peripheral_conv2d_lags(x, w, grid, lambda planes, kernel: (
+                        triton_kernels.plane_box_lags_triton(planes, kernel, grid, warps, stages, row_cells,
+                                                             registers or None)))
                 return toeplitz.peripheral_conv2d_box(x, w, grid, lambda planes, blocks, cells: (
-                    triton_kernels.plane_box_conv_triton(planes, blocks, cells, warps, stages, row_cells)))
+                    triton_kernels.plane_box_conv_triton(planes, blocks, cells, warps, stages, row_cells,
+                                                         registers or None)))
 
             def box_fwd(variant):
                 (block_m, warps, stages), precision = variant

@@ -76,7 +76,7 @@ def kernels_at(size: int, grid: tuple[int, ...], dtype: str):
             "wide_ptr": "*i32", "y_ptr": f"*{dtype}"},
            ("C", "CELLS", "ROW_CELLS", "WIDE_CELLS"),
            {"H": size, "W": size, "PRECISION": precision, "UPCAST": False, "HI_LO": half,
-            "H_PAD": padded_width(size), "W_PAD": padded_width(size)},
+            "H_PAD": padded_width(size), "W_PAD": padded_width(size), "GATHER": False},
            4, 1)
     yield ("box products", triton_kernels._box_products_kernel,
            {"dy_ptr": f"*{dtype}", "prefix_ptr": "*fp32", "lo_ptr": "*i32", "hi_ptr": "*i32", "out_ptr": "*fp32"},
