@@ -215,6 +215,34 @@ def _prefix_rows(columns, h, lag, H: tl.constexpr, W: tl.constexpr, mask):
 
 
 @triton.jit
+def _row_lag_products(acc, x_rows, block, u, w, lo, hi, inside, H: tl.constexpr, W: tl.constexpr,
+                      PRECISION: tl.constexpr, UPCAST: tl.constexpr):
+    """acc + Σ_{lag in [lo, hi)} x[u + lag] @ R_a: a narrow cell's product one row lag at a time, the
+    shifted input rows read from memory (exact in every dtype). ``x_rows`` points at each output
+    row's plane (a scalar or (M, 1)), ``u`` (M,) are the output rows, ``w`` (N,) the columns."""
+    for lag in range(lo, hi):
+        source = u + lag
+        rows = tl.load(x_rows + source[:, None] * W + w[None, :],
+                       mask=inside & ((source >= 0) & (source < H))[:, None], other=0.0)
+        acc = _dot_step(acc, rows, block, PRECISION, UPCAST)
+    return acc
+
+
+@triton.jit
+def _box_times_block(acc, box, block, half_dtype: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+                     HI_LO: tl.constexpr):
+    """acc + X_a @ R_a; with HI_LO X_a is rounded to half precision and the product of its rounding
+    residue is added (about 16 bits of X_a kept)."""
+    if HI_LO:
+        box_hi = box.to(half_dtype)
+        acc = _dot_step(acc, box_hi, block, PRECISION, UPCAST)
+        acc = _dot_step(acc, (box - box_hi.to(tl.float32)).to(half_dtype), block, PRECISION, UPCAST)
+    else:
+        acc = _dot_step(acc, box, block, PRECISION, UPCAST)
+    return acc
+
+
+@triton.jit
 def _box_conv_kernel(x_ptr, prefix_ptr, blocks_ptr, lo_ptr, hi_ptr, narrow_ptr, wide_ptr, y_ptr, B, C,
                      H: tl.constexpr, W: tl.constexpr, CELLS, CELL_BEGIN, CELL_END, NARROW, WIDE,
                      PRECISION: tl.constexpr, UPCAST: tl.constexpr, HI_LO: tl.constexpr, BLOCK_M: tl.constexpr,
@@ -238,22 +266,18 @@ def _box_conv_kernel(x_ptr, prefix_ptr, blocks_ptr, lo_ptr, hi_ptr, narrow_ptr, 
     blocks = blocks_ptr + c.to(tl.int64) * CELLS * (W_PAD * W_PAD) + w[:, None] * W_PAD + w[None, :]
     acc = tl.zeros((BLOCK_M, W_PAD), dtype=tl.float64 if PRECISION == "ieee" else tl.float32)
     if HI_LO:
-        half = blocks_ptr.dtype.element_ty
-        inputs = x_ptr + plane[:, None] * (H * W) + w[None, :]
+        inputs = (x_ptr + plane * (H * W))[:, None]
         for index in range(NARROW):
             cell = tl.load(narrow_ptr + index)
-            source = h + tl.load(lo_ptr + cell)
-            row = tl.load(inputs + (source * W)[:, None], mask=inside & ((source >= 0) & (source < H))[:, None],
-                          other=0.0)
-            acc = _dot_step(acc, row, tl.load(blocks + cell * (W_PAD * W_PAD)), PRECISION, UPCAST)
+            lo = tl.load(lo_ptr + cell)
+            acc = _row_lag_products(acc, inputs, tl.load(blocks + cell * (W_PAD * W_PAD)), h, w, lo, lo + 1, inside,
+                                    H, W, PRECISION, UPCAST)
         for index in range(WIDE):
             cell = tl.load(wide_ptr + index)
             box = (_prefix_rows(columns, h, tl.load(hi_ptr + cell), H, W, inside)
                    - _prefix_rows(columns, h, tl.load(lo_ptr + cell), H, W, inside))
-            block = tl.load(blocks + cell * (W_PAD * W_PAD))
-            box_hi = box.to(half)
-            acc = _dot_step(acc, box_hi, block, PRECISION, UPCAST)
-            acc = _dot_step(acc, (box - box_hi.to(tl.float32)).to(half), block, PRECISION, UPCAST)
+            acc = _box_times_block(acc, box, tl.load(blocks + cell * (W_PAD * W_PAD)), blocks_ptr.dtype.element_ty,
+                                   PRECISION, UPCAST, True)
     else:
         top = _prefix_rows(columns, h, tl.load(lo_ptr + CELL_BEGIN), H, W, inside)
         for cell in range(CELL_BEGIN, CELL_END):
@@ -262,19 +286,6 @@ def _box_conv_kernel(x_ptr, prefix_ptr, blocks_ptr, lo_ptr, hi_ptr, narrow_ptr, 
             top = bottom
     tl.store(y_ptr + plane[:, None] * (H * W) + (h * W)[:, None] + w[None, :], acc.to(y_ptr.dtype.element_ty),
              mask=inside)
-
-
-@triton.jit
-def _plane_rows(acc, x_rows, block, u, w, lo, hi, inside, H: tl.constexpr, W: tl.constexpr,
-                PRECISION: tl.constexpr, UPCAST: tl.constexpr):
-    """acc + Σ_{lag in [lo, hi)} x[u + lag] @ R_a: a narrow cell's product one row lag at a time, the
-    shifted rows of the plane at ``x_rows`` read from memory (exact in every dtype)."""
-    for lag in range(lo, hi):
-        source = u + lag
-        rows = tl.load(x_rows + source[:, None] * W + w[None, :],
-                       mask=inside & ((source >= 0) & (source < H))[:, None], other=0.0)
-        acc = _dot_step(acc, rows, block, PRECISION, UPCAST)
-    return acc
 
 
 @triton.jit
@@ -289,27 +300,13 @@ def _cell_block(blocks, cell, lo, w, H: tl.constexpr, W: tl.constexpr, W_PAD: tl
 
 
 @triton.jit
-def _box_times_block(acc, box, block, half_dtype: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
-                     HI_LO: tl.constexpr):
-    """acc + X_a @ R_a; with HI_LO X_a is rounded to half precision and the product of its rounding
-    residue is added (about 16 bits of X_a kept)."""
-    if HI_LO:
-        box_hi = box.to(half_dtype)
-        acc = _dot_step(acc, box_hi, block, PRECISION, UPCAST)
-        acc = _dot_step(acc, (box - box_hi.to(tl.float32)).to(half_dtype), block, PRECISION, UPCAST)
-    else:
-        acc = _dot_step(acc, box, block, PRECISION, UPCAST)
-    return acc
-
-
-@triton.jit
 def _plane_box_kernel(x_ptr, blocks_ptr, bands_ptr, lo_ptr, hi_ptr, rows_ptr, wide_ptr, y_ptr, C, H: tl.constexpr,
                       W: tl.constexpr, CELLS, ROW_CELLS, WIDE_CELLS, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
                       HI_LO: tl.constexpr, H_PAD: tl.constexpr, W_PAD: tl.constexpr, GATHER: tl.constexpr):
     """y[n, c] = Σ_a X_a[n, c] @ R_a[c] (the box form) with the box sums on tensor cores too.
 
     Program = one (n, c) plane, held on chip (H_PAD x W_PAD). The ROW_CELLS narrow cells listed at
-    rows_ptr go one row lag at a time (``_plane_rows``: shifted input rows read from memory, exact
+    rows_ptr go one row lag at a time (``_row_lag_products``: shifted input rows read from memory, exact
     products); the WIDE_CELLS cells at wide_ptr as X_a = V_a @ x, exact in its fp32 accumulator,
     with V_a the cell's 0/1 band of row lags (H_PAD x H_PAD, read from the table at bands_ptr), times
     R_a (``_box_times_block``). R_a comes from the column blocks (C, k', W_PAD, W_PAD) at blocks_ptr,
@@ -331,8 +328,8 @@ def _plane_box_kernel(x_ptr, blocks_ptr, bands_ptr, lo_ptr, hi_ptr, rows_ptr, wi
     for index in range(ROW_CELLS):
         cell = tl.load(rows_ptr + index)
         lo = tl.load(lo_ptr + cell)
-        acc = _plane_rows(acc, x_ptr + plane, _cell_block(blocks, cell, lo, w, H, W, W_PAD, GATHER), u, w, lo,
-                          tl.load(hi_ptr + cell), inside, H, W, PRECISION, UPCAST)
+        acc = _row_lag_products(acc, x_ptr + plane, _cell_block(blocks, cell, lo, w, H, W, W_PAD, GATHER), u, w,
+                                lo, tl.load(hi_ptr + cell), inside, H, W, PRECISION, UPCAST)
     for index in range(WIDE_CELLS):
         cell = tl.load(wide_ptr + index)
         band = tl.load(bands + cell * (H_PAD * H_PAD))
@@ -425,6 +422,18 @@ def _cell_lag_tensors(grid: Sequence[int], device: torch.device) -> tuple[torch.
     ranges = cell_lag_ranges(tuple(grid))
     return (_offsets_tensor(tuple(lo for lo, _ in ranges), device),
             _offsets_tensor(tuple(hi for _, hi in ranges), device), len(ranges))
+
+
+def _cells_by_width(grid: Sequence[int], height: int, narrow_rows: int,
+                    device: torch.device) -> tuple[list[int], torch.Tensor, torch.Tensor]:
+    """(cells within an image of ``height`` rows, those of at most ``narrow_rows`` rows and the
+    wider ones as int32 tensors): the box kernels skip cells whose lags miss the image and take
+    narrow ones row by row."""
+    ranges = cell_lag_ranges(tuple(grid))
+    reach = [cell for cell, (lo, hi) in enumerate(ranges) if lo < height and hi > 1 - height]
+    narrow = tuple(cell for cell in reach if ranges[cell][1] - ranges[cell][0] <= narrow_rows)
+    wide = tuple(cell for cell in reach if ranges[cell][1] - ranges[cell][0] > narrow_rows)
+    return reach, _offsets_tensor(narrow, device), _offsets_tensor(wide, device)
 
 
 def _plane_blocks(height: int, width: int) -> tuple[int, int]:
@@ -557,10 +566,7 @@ def box_conv_triton(x: torch.Tensor, blocks: torch.Tensor, grid: Sequence[int], 
     num_stages = num_stages or (3 if not (reduced or small_plane) else 1)
     prefix = column_prefix_triton(x)
     lags_lo, lags_hi, cells = _cell_lag_tensors(grid, x.device)
-    ranges = cell_lag_ranges(tuple(grid))
-    reach = [cell for cell, (lo, hi) in enumerate(ranges) if lo < height and hi > 1 - height]
-    narrow = _offsets_tensor(tuple(cell for cell in reach if ranges[cell][1] - ranges[cell][0] == 1), x.device)
-    wide = _offsets_tensor(tuple(cell for cell in reach if ranges[cell][1] - ranges[cell][0] > 1), x.device)
+    reach, narrow, wide = _cells_by_width(grid, height, 1, x.device)
     if x.dtype == torch.float64:
         block_m = 16  # the fp64 fallback holds a (BLOCK_M, Wp, Wp) product
     block_m = max(16, min(block_m, triton.next_power_of_2(batch * height)))
@@ -613,10 +619,7 @@ def _plane_box(x: torch.Tensor, operand: torch.Tensor, grid: Sequence[int], gath
     x = x.contiguous()
     batch, channels, height, width = x.shape
     lags_lo, lags_hi, cells = _cell_lag_tensors(grid, x.device)
-    ranges = cell_lag_ranges(tuple(grid))
-    reach = [cell for cell, (lo, hi) in enumerate(ranges) if lo < height and hi > 1 - height]
-    rows = _offsets_tensor(tuple(cell for cell in reach if ranges[cell][1] - ranges[cell][0] <= row_cells), x.device)
-    wide = _offsets_tensor(tuple(cell for cell in reach if ranges[cell][1] - ranges[cell][0] > row_cells), x.device)
+    _, rows, wide = _cells_by_width(grid, height, row_cells, x.device)
     padded = padded_width(height)
     bands = _band_table(tuple(grid), padded, x.dtype, x.device)
     y = torch.empty_like(x, dtype=_output_dtype(x.dtype))
