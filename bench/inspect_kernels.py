@@ -17,6 +17,7 @@ import os
 import re
 import sys
 
+import torch
 import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
@@ -27,7 +28,7 @@ from runtime import triton_kernels  # noqa: E402
 from runtime.toeplitz import padded_width  # noqa: E402
 
 H100 = GPUTarget("cuda", 90, 32)
-TRITON_TYPES = {"fp32": "fp32", "bf16": "bf16"}
+TORCH_TYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}  # --dtypes names, also triton's
 POINTER_ALIGNMENT = [["tt.divisibility", 16]]  # torch allocations are 16-byte aligned
 
 
@@ -54,26 +55,25 @@ def layout_row(label: str, compiled, ttgir: str) -> str:
 def kernels_at(size: int, grid: tuple[int, ...], dtype: str):
     """(label, kernel, pointers, scalars, constants, warps, stages) at the launchers' defaults."""
     half = dtype != "fp32"
-    wide_tile = padded_width(size) <= 32  # box_conv_triton's fp32 tile on small planes
     precision = "tf32" if half else "tf32x3"
-    small = size * size <= 256
+    block_m, block_n, block_k, stages = triton_kernels.toeplitz_tile(TORCH_TYPES[dtype], size, size)
     yield ("toeplitz", triton_kernels._toeplitz_kernel,
            {"x_ptr": f"*{dtype}", "kc_ptr": f"*{dtype}", "y_ptr": f"*{dtype}"},
            ("B", "C", "LAG_LO", "LAG_HI"),
-           {"H": size, "W": size, "PRECISION": precision, "UPCAST": False, "BLOCK_M": 64 if half else 32,
-            "BLOCK_N": 128 if half and not small else 64, "BLOCK_K": 16 if not half and small else 32},
-           4, 3 if half else 2)
+           {"H": size, "W": size, "PRECISION": precision, "UPCAST": False, "BLOCK_M": block_m, "BLOCK_N": block_n,
+            "BLOCK_K": block_k},
+           4, stages)
+    block_m, warps, stages = triton_kernels.box_conv_tile(TORCH_TYPES[dtype], padded_width(size))
     yield ("box conv", triton_kernels._box_conv_kernel,
            {"x_ptr": f"*{dtype}", "prefix_ptr": "*fp32", "blocks_ptr": f"*{dtype}", "lo_ptr": "*i32",
             "hi_ptr": "*i32", "narrow_ptr": "*i32", "wide_ptr": "*i32", "y_ptr": f"*{dtype}"},
            ("B", "C", "CELLS", "CELL_BEGIN", "CELL_END", "NARROW", "WIDE"),
            {"H": size, "W": size, "PRECISION": precision, "UPCAST": False, "HI_LO": half,
-            "BLOCK_M": 128 if half or wide_tile else 32, "W_PAD": padded_width(size)},
-           4 if half else 8 if wide_tile else 2, 1 if half or wide_tile else 3)
+            "BLOCK_M": block_m, "W_PAD": padded_width(size)},
+           warps, stages)
     yield ("plane box", triton_kernels._plane_box_kernel,
            {"x_ptr": f"*{dtype}", "blocks_ptr": f"*{dtype}", "bands_ptr": f"*{dtype}", "lo_ptr": "*i32",
-            "hi_ptr": "*i32", "rows_ptr": "*i32",
-            "wide_ptr": "*i32", "y_ptr": f"*{dtype}"},
+            "hi_ptr": "*i32", "rows_ptr": "*i32", "wide_ptr": "*i32", "y_ptr": f"*{dtype}"},
            ("C", "CELLS", "ROW_CELLS", "WIDE_CELLS"),
            {"H": size, "W": size, "PRECISION": precision, "UPCAST": False, "HI_LO": half,
             "H_PAD": padded_width(size), "W_PAD": padded_width(size), "GATHER": False},
@@ -100,7 +100,7 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|")
     for (stage, size), grid in shapes.items():
         for dtype in args.dtypes.split(","):
-            for label, kernel, pointers, scalars, constants, warps, num_stages in kernels_at(size, grid, TRITON_TYPES[dtype]):
+            for label, kernel, pointers, scalars, constants, warps, num_stages in kernels_at(size, grid, dtype):
                 compiled, ttgir = compile_kernel(kernel, pointers, scalars, constants, warps, num_stages)
                 print(layout_row(f"{stage}, {size}, {dtype}, {label}", compiled, ttgir), flush=True)
                 if args.ptx:

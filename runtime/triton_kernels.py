@@ -517,21 +517,27 @@ def sat_tap_sums_triton(dy: torch.Tensor, x: torch.Tensor, row_offsets: Sequence
     return partial.sum(0)
 
 
+def toeplitz_tile(dtype: torch.dtype, height: int, width: int) -> tuple[int, int, int, int]:
+    """``toeplitz_conv_triton``'s default (block_m, block_n, block_k, num_stages) at 4 warps
+    (bench/bench_forms.py, H100): 16-bit 64 images x 128 pixels (64 for planes up to 256 pixels) x 32
+    deep, 3 stages; fp32 (three TF32 products) 32 x 64 x 32 (16 deep for planes up to 256 pixels:
+    58 vs 70 µs at 14x14), 2 stages."""
+    reduced, small_plane = dtype in (torch.bfloat16, torch.float16), height * width <= 256
+    return (64 if reduced else 32, 128 if reduced and not small_plane else 64,
+            16 if not reduced and small_plane else 32, 3 if reduced else 2)
+
+
 def toeplitz_conv_triton(x: torch.Tensor, kernel: torch.Tensor, lag_reach: tuple[int, int] | None = None,
                          block_m: int | None = None, block_n: int | None = None, block_k: int | None = None,
                          num_warps: int = 4, num_stages: int | None = None) -> torch.Tensor:
     """Triton twin of ``toeplitz.toeplitz_conv``: x (B, C, H, W), Kc (C, 2H-1, 2W-1) in x.dtype -> (B, C, H, W).
 
     ``lag_reach`` (lo, hi): the vertical lags where Kc is non-zero (default all); rows beyond are skipped.
-    Default tiles (bench/bench_forms.py, H100): 16-bit 64 images x 128 pixels (64 for planes up to
-    256 pixels) x 32 deep, 3 stages; fp32 (three TF32 products) 32 x 64 x 32 (16 deep for planes up
-    to 256 pixels: 58 vs 70 µs at 14x14), 2 stages.
+    Default tiles: ``toeplitz_tile``.
     """
-    reduced, small_plane = x.dtype in (torch.bfloat16, torch.float16), x.shape[-2] * x.shape[-1] <= 256
-    block_k = block_k or (16 if not reduced and small_plane else 32)
-    block_m = block_m or (64 if reduced else 32)
-    block_n = block_n or (128 if reduced and not small_plane else 64)
-    num_stages = num_stages or (3 if reduced else 2)
+    tile = toeplitz_tile(x.dtype, x.shape[-2], x.shape[-1])
+    block_m, block_n, block_k, num_stages = (given or default for given, default in
+                                             zip((block_m, block_n, block_k, num_stages), tile))
     x = x.contiguous()
     batch, channels, height, width = x.shape
     lo, hi = lag_reach or (1 - height, height - 1)
@@ -546,6 +552,17 @@ def toeplitz_conv_triton(x: torch.Tensor, kernel: torch.Tensor, lag_reach: tuple
     return y.to(x.dtype)
 
 
+def box_conv_tile(dtype: torch.dtype, padded: int) -> tuple[int, int, int]:
+    """``box_conv_triton``'s default (block_m, num_warps, num_stages) for planes padded to ``padded``
+    columns. From H100 sweeps (bench/results/2026-11-25-h100-forms-plane-box.md): fp32 on planes up
+    to 32 wide 128 rows, 8 warps, one stage (stage 2: 0.146 vs 0.164 ms), wider 32 rows, 2 warps,
+    3 stages (stage 1: 0.432 vs 0.515 ms for 128/8/1); 16-bit 128 rows, 4 warps, one stage
+    (bench/results/2026-11-25-h100-forms-narrow-split.md)."""
+    if dtype in (torch.bfloat16, torch.float16):
+        return 128, 4, 1
+    return (128, 8, 1) if padded <= 32 else (32, 2, 3)
+
+
 def box_conv_triton(x: torch.Tensor, blocks: torch.Tensor, grid: Sequence[int], block_m: int | None = None,
                     num_warps: int | None = None, num_stages: int | None = None,
                     precision: str | None = None) -> torch.Tensor:
@@ -553,17 +570,12 @@ def box_conv_triton(x: torch.Tensor, blocks: torch.Tensor, grid: Sequence[int], 
 
     A program computes ``block_m`` image rows (n, h) of one channel; cells whose lags miss the
     image entirely are skipped. ``precision``: tl.dot's input precision for fp32 (default "tf32x3").
-    Default tiles from H100 sweeps (bench/results/2026-11-25-h100-forms-plane-box.md): fp32 on
-    planes up to 32 wide 128 rows, 8 warps, one stage (stage 2: 0.146 vs 0.164 ms), wider 32 rows,
-    2 warps, 3 stages (stage 1: 0.432 vs 0.515 ms for 128/8/1); 16-bit 128 rows, 4 warps, one stage
-    (bench/results/2026-11-25-h100-forms-narrow-split.md).
+    Default tiles: ``box_conv_tile``.
     """
     x = x.contiguous()
     batch, channels, height, width = x.shape
-    reduced, small_plane = x.dtype in (torch.bfloat16, torch.float16), blocks.shape[-1] <= 32
-    block_m = block_m or (32 if not (reduced or small_plane) else 128)
-    num_warps = num_warps or (4 if reduced else 8 if small_plane else 2)
-    num_stages = num_stages or (3 if not (reduced or small_plane) else 1)
+    block_m, num_warps, num_stages = (given or default for given, default in
+                                      zip((block_m, num_warps, num_stages), box_conv_tile(x.dtype, blocks.shape[-1])))
     prefix = column_prefix_triton(x)
     lags_lo, lags_hi, cells = _cell_lag_tensors(grid, x.device)
     reach, narrow, wide = _cells_by_width(grid, height, 1, x.device)
@@ -574,7 +586,8 @@ def box_conv_triton(x: torch.Tensor, blocks: torch.Tensor, grid: Sequence[int], 
     _box_conv_kernel[(triton.cdiv(batch * height, block_m), channels)](
         x, prefix, blocks.to(x.dtype).contiguous(), lags_lo, lags_hi, narrow, wide, y, batch, channels, height,
         width, cells, reach[0], reach[-1] + 1, narrow.numel(), wide.numel(),
-        PRECISION=precision or _dot_precision(x.dtype), UPCAST=_upcast(x.dtype), HI_LO=reduced, BLOCK_M=block_m,
+        PRECISION=precision or _dot_precision(x.dtype), UPCAST=_upcast(x.dtype),
+        HI_LO=x.dtype in (torch.bfloat16, torch.float16), BLOCK_M=block_m,
         W_PAD=blocks.shape[-1], num_warps=num_warps, num_stages=num_stages)
     return y.to(x.dtype)
 
