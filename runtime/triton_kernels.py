@@ -45,7 +45,8 @@ import triton.language as tl
 
 from runtime.constants import device_constant
 from runtime.sat import accumulate_dtype
-from runtime.toeplitz import cell_lag_ranges, padded_width
+from runtime.slide import slide_plan
+from runtime.toeplitz import cell_lag_ranges, lag_cells, lag_reach, padded_width
 
 
 @triton.jit
@@ -337,6 +338,132 @@ def _plane_box_kernel(x_ptr, blocks_ptr, bands_ptr, lo_ptr, hi_ptr, rows_ptr, wi
         block = _cell_block(blocks, cell, tl.load(lo_ptr + cell), w, H, W, W_PAD, GATHER)
         acc = _box_times_block(acc, box, block, x.dtype, PRECISION, UPCAST, HI_LO)
     tl.store(y_ptr + plane + u[:, None] * W + w[None, :], acc.to(y_ptr.dtype.element_ty), mask=inside)
+
+
+@triton.jit
+def _row_toeplitz_kernel(x_ptr, blocks_ptr, cells_ptr, y_ptr, B, C, H: tl.constexpr, W: tl.constexpr, CELLS,
+                         LAG_LO, LAG_HI, PRECISION: tl.constexpr, UPCAST: tl.constexpr, BLOCK_M: tl.constexpr,
+                         ROWS: tl.constexpr, W_PAD: tl.constexpr):
+    """y[n, c, h] = Σ_{h'} x[n, c, h'] @ R_{cell(h' - h)}[c] (the Toeplitz form by image rows).
+
+    Program = BLOCK_M images x ROWS output rows h0.. of channel c: a GEMM over the input rows h' in
+    the kernel's vertical reach [LAG_LO, LAG_HI] of those rows. Its B operand for input row h' is the
+    ROWS column blocks R_{cell(h' - h)} side by side (W_PAD x ROWS·W_PAD), plain tile loads of the
+    channel's (k', W_PAD, W_PAD) blocks, which stay in L1 (cells_ptr maps a lag -(H-1)..H-1 to its
+    cell, CELLS beyond the kernel: a zero block). The same multiply-adds as the lag-gather Toeplitz
+    kernel (W_PAD per input row and output pixel), without a gather per element.
+    """
+    pid_h, c, pid_m = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    images = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    h0 = pid_h * ROWS
+    columns = tl.arange(0, ROWS * W_PAD)
+    r, w = columns // W_PAD, columns % W_PAD
+    v = tl.arange(0, W_PAD)
+    x_rows = x_ptr + ((images.to(tl.int64) * C + c) * (H * W))[:, None] + v[None, :]
+    a_mask = (images < B)[:, None] & (v < W)[None, :]
+    blocks = blocks_ptr + c.to(tl.int64) * CELLS * (W_PAD * W_PAD) + (v * W_PAD)[:, None]
+    acc = tl.zeros((BLOCK_M, ROWS * W_PAD), dtype=tl.float64 if PRECISION == "ieee" else tl.float32)
+    for source in range(tl.maximum(h0 + LAG_LO, 0), tl.minimum(h0 + ROWS + LAG_HI, H)):
+        a = tl.load(x_rows + source * W, mask=a_mask, other=0.0)
+        cell = tl.load(cells_ptr + tl.minimum(tl.maximum(source - h0 - r, 1 - H), H - 1) + (H - 1))
+        offsets = tl.max_contiguous(tl.multiple_of(cell * (W_PAD * W_PAD) + w, [W_PAD]), [W_PAD])
+        b = tl.load(blocks + offsets[None, :], mask=(cell < CELLS)[None, :], other=0.0)
+        acc = _dot_step(acc, a, b, PRECISION, UPCAST)
+    rows = h0 + r
+    out = y_ptr + ((images.to(tl.int64) * C + c) * (H * W))[:, None] + (rows * W + w)[None, :]
+    tl.store(out, acc.to(y_ptr.dtype.element_ty), mask=(images < B)[:, None] & ((rows < H) & (w < W))[None, :])
+
+
+@triton.jit
+def _shifted_rows(planes, u, w, shift, real, H: tl.constexpr, W: tl.constexpr):
+    """Rows u + shift of each row's plane, zero outside the image: ``planes`` (M, 1) points at row 0 of
+    each of the M rows' planes, ``u`` (M,) are the rows, ``w`` (N,) the columns, ``real`` (M,) masks rows."""
+    source = u + shift
+    return tl.load(planes + (source * W)[:, None] + w[None, :],
+                   mask=(real & (source >= 0) & (source < H))[:, None] & (w < W)[None, :], other=0.0)
+
+
+@triton.jit
+def _plane_cumsum(t, PLANES: tl.constexpr, H_PAD: tl.constexpr, W_PAD: tl.constexpr, REVERSE: tl.constexpr):
+    """Cumulative sums down (REVERSE: up) the rows of each of the PLANES (H_PAD, W_PAD) planes stacked
+    in ``t`` (PLANES·H_PAD, W_PAD)."""
+    if PLANES == 1:
+        return tl.cumsum(t, axis=0, reverse=REVERSE)
+    planes = tl.cumsum(tl.reshape(t, (PLANES, H_PAD, W_PAD)), axis=1, reverse=REVERSE)
+    return tl.reshape(planes, (PLANES * H_PAD, W_PAD))
+
+
+@triton.jit
+def _negated(t, UPCAST: tl.constexpr):
+    """-t, exact in every dtype; under the interpreter (UPCAST) in fp32, as its bf16/fp16 arithmetic
+    is wrong and the dot widens its operands anyway."""
+    if UPCAST:
+        return -t.to(tl.float32)
+    return -t
+
+
+@triton.jit
+def _slide_groups(planes, blocks, groups_ptr, GROUPS, u, w, real, UPPER: tl.constexpr, H: tl.constexpr,
+                  W: tl.constexpr, W_PAD: tl.constexpr, GATHER: tl.constexpr, PRECISION: tl.constexpr,
+                  UPCAST: tl.constexpr, ROWS: tl.constexpr, acc_dtype: tl.constexpr):
+    """Σ_g (x[u + lead_g] - x[u + trail_g]) @ R_g over the GROUPS (lo, hi, cell) at groups_ptr (slide.py):
+    UPPER lead = hi - 1, trail = lo - 1; otherwise lead = lo, trail = hi. The groups are contiguous
+    (each one's lo is the previous one's hi), so each shifted row tile is loaded once and carried."""
+    acc = tl.zeros((ROWS, W_PAD), dtype=acc_dtype)
+    carried = _shifted_rows(planes, u, w, tl.load(groups_ptr) - UPPER, real, H, W)
+    for group in range(GROUPS):
+        lo = tl.load(groups_ptr + 3 * group)
+        block = _cell_block(blocks, tl.load(groups_ptr + 3 * group + 2), lo, w, H, W, W_PAD, GATHER)
+        new = _shifted_rows(planes, u, w, tl.load(groups_ptr + 3 * group + 1) - UPPER, real, H, W)
+        if UPPER:
+            acc = _dot_step(acc, new, block, PRECISION, UPCAST)
+            acc = _dot_step(acc, _negated(carried, UPCAST), block, PRECISION, UPCAST)
+        else:
+            acc = _dot_step(acc, carried, block, PRECISION, UPCAST)
+            acc = _dot_step(acc, _negated(new, UPCAST), block, PRECISION, UPCAST)
+        carried = new
+    return acc
+
+
+@triton.jit
+def _slide_kernel(x_ptr, blocks_ptr, direct_ptr, upper_ptr, lower_ptr, y_ptr, B, C, H: tl.constexpr,
+                  W: tl.constexpr, CELLS, DIRECT, UPPER, LOWER, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+                  H_PAD: tl.constexpr, W_PAD: tl.constexpr, PLANES: tl.constexpr, GATHER: tl.constexpr):
+    """y[n, c] = Σ_a X_a[n, c] @ R_a[c] in the sliding-box form (slide.py), every product exact.
+
+    Program = PLANES (n, c) planes of one channel, stacked as the rows of one tile (each padded to
+    H_PAD x W_PAD). The DIRECT (lag, cell) pairs at direct_ptr are products of shifted input rows with
+    R_cell; the UPPER and LOWER (lo, hi, cell) groups are sliding boxes (``_slide_groups``), summed
+    down (upper) or up (lower) the rows of each plane. R_a comes from the column blocks (C, k', W_PAD,
+    W_PAD), or with GATHER from the lag kernel Kc (C, 2H-1, 2W-1) (``_cell_block``).
+    """
+    pid, c = tl.program_id(0), tl.program_id(1)
+    rows = tl.arange(0, PLANES * H_PAD)
+    u = rows % H_PAD
+    n = pid * PLANES + rows // H_PAD
+    real = n < B
+    planes = x_ptr + ((n.to(tl.int64) * C + c) * (H * W))[:, None]
+    w = tl.arange(0, W_PAD)
+    if GATHER:
+        blocks = blocks_ptr + c.to(tl.int64) * ((2 * H - 1) * (2 * W - 1)) + (W - 1) + w[:, None] - w[None, :]
+    else:
+        blocks = blocks_ptr + c.to(tl.int64) * CELLS * (W_PAD * W_PAD) + w[:, None] * W_PAD + w[None, :]
+    acc_dtype = tl.float64 if PRECISION == "ieee" else tl.float32
+    y = tl.zeros((PLANES * H_PAD, W_PAD), dtype=acc_dtype)
+    for index in range(DIRECT):
+        lag = tl.load(direct_ptr + 2 * index)
+        block = _cell_block(blocks, tl.load(direct_ptr + 2 * index + 1), lag, w, H, W, W_PAD, GATHER)
+        y = _dot_step(y, _shifted_rows(planes, u, w, lag, real, H, W), block, PRECISION, UPCAST)
+    if UPPER > 0:
+        slides = _slide_groups(planes, blocks, upper_ptr, UPPER, u, w, real, True, H, W, W_PAD, GATHER, PRECISION,
+                               UPCAST, PLANES * H_PAD, acc_dtype)
+        y += _plane_cumsum(slides, PLANES, H_PAD, W_PAD, False)
+    if LOWER > 0:
+        slides = _slide_groups(planes, blocks, lower_ptr, LOWER, u, w, real, False, H, W, W_PAD, GATHER, PRECISION,
+                               UPCAST, PLANES * H_PAD, acc_dtype)
+        y += _plane_cumsum(slides, PLANES, H_PAD, W_PAD, True)
+    offsets = ((n.to(tl.int64) * C + c) * (H * W))[:, None] + (u * W)[:, None] + w[None, :]
+    tl.store(y_ptr + offsets, y.to(y_ptr.dtype.element_ty), mask=(real & (u < H))[:, None] & (w < W)[None, :])
 
 
 @triton.jit
@@ -641,6 +768,82 @@ def _plane_box(x: torch.Tensor, operand: torch.Tensor, grid: Sequence[int], gath
         rows.numel(), wide.numel(), PRECISION=_dot_precision(x.dtype), UPCAST=_upcast(x.dtype),
         HI_LO=x.dtype in (torch.bfloat16, torch.float16), H_PAD=padded, W_PAD=padded_width(width), GATHER=gather,
         num_warps=num_warps, num_stages=num_stages, **({"maxnreg": max_registers} if max_registers else {}))
+    return y.to(x.dtype)
+
+
+def row_toeplitz_tile(dtype: torch.dtype, width: int) -> tuple[int, int, int, int]:
+    """``row_toeplitz_triton``'s default (block_m, rows, num_warps, num_stages): 64 images, enough
+    output rows for 128 tile columns, 4 warps, 2 stages (not yet calibrated on a GPU)."""
+    return 64, max(1, 128 // padded_width(width)), 4, 2
+
+
+def row_toeplitz_triton(x: torch.Tensor, blocks: torch.Tensor, grid: Sequence[int], block_m: int | None = None,
+                        rows: int | None = None, num_warps: int | None = None,
+                        num_stages: int | None = None) -> torch.Tensor:
+    """Triton twin of ``toeplitz.box_conv`` in the Toeplitz form by rows (``_row_toeplitz_kernel``):
+    x (B, C, H, W), R (C, k', Wp, Wp) in x.dtype -> (B, C, H, W). Defaults: ``row_toeplitz_tile``."""
+    x = x.contiguous()
+    batch, channels, height, width = x.shape
+    block_m, rows, num_warps, num_stages = (given or default for given, default in zip(
+        (block_m, rows, num_warps, num_stages), row_toeplitz_tile(x.dtype, width)))
+    if x.dtype == torch.float64:
+        block_m, rows = 16, 1  # the fp64 fallback holds a (BLOCK_M, Wp, rows·Wp) product
+    block_m = max(16, min(block_m, triton.next_power_of_2(batch)))
+    lo, hi = lag_reach(tuple(grid), height)
+    cells = _offsets_tensor(tuple(lag_cells(tuple(grid), height)), x.device)
+    y = torch.empty_like(x, dtype=_output_dtype(x.dtype))
+    _row_toeplitz_kernel[(triton.cdiv(height, rows), channels, triton.cdiv(batch, block_m))](
+        x, blocks.to(x.dtype).contiguous(), cells, y, batch, channels, height, width, len(grid), lo, hi,
+        PRECISION=_dot_precision(x.dtype), UPCAST=_upcast(x.dtype), BLOCK_M=block_m, ROWS=rows,
+        W_PAD=blocks.shape[-1], num_warps=num_warps, num_stages=num_stages)
+    return y.to(x.dtype)
+
+
+def _slide_tables(grid: tuple[int, ...], height: int, device: torch.device
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, tuple[int, int, int]]:
+    """The sliding-box plan (slide.slide_plan) as flat int32 tables (direct, upper, lower) and their
+    lengths; an empty list becomes one unused entry (a kernel argument cannot be an empty tensor)."""
+    plan = slide_plan(grid, height)
+    tables = tuple(_offsets_tensor(tuple(v for entry in part for v in entry) or (0,), device) for part in plan)
+    return (*tables, tuple(len(part) for part in plan))
+
+
+def slide_conv_triton(x: torch.Tensor, blocks: torch.Tensor, grid: Sequence[int], planes: int | None = None,
+                      num_warps: int | None = None, num_stages: int = 1,
+                      max_registers: int | None = None) -> torch.Tensor:
+    """Triton twin of ``slide.slide_conv``: x (B, C, H, W), R (C, k', Wp, Wp) in x.dtype -> (B, C, H, W).
+
+    A program holds ``planes`` planes of one channel (default: enough for 64 tile rows, a wgmma's
+    height), each padded to powers of two; 4 warps per 64 rows by default. ``max_registers``: a
+    per-thread register cap for ptxas."""
+    return _slide(x, blocks, grid, False, planes, num_warps, num_stages, max_registers)
+
+
+def slide_lags_triton(x: torch.Tensor, kernel: torch.Tensor, grid: Sequence[int], planes: int | None = None,
+                      num_warps: int | None = None, num_stages: int = 1,
+                      max_registers: int | None = None) -> torch.Tensor:
+    """``slide_conv_triton`` with each R_a gathered in the kernel from the lag kernel Kc (C, 2H-1, 2W-1)
+    instead of read from per-call column blocks."""
+    return _slide(x, kernel, grid, True, planes, num_warps, num_stages, max_registers)
+
+
+def _slide(x: torch.Tensor, operand: torch.Tensor, grid: Sequence[int], gather: bool, planes: int | None,
+           num_warps: int | None, num_stages: int, max_registers: int | None) -> torch.Tensor:
+    """Launch ``_slide_kernel`` with R from column blocks or (``gather``) the lag kernel."""
+    x = x.contiguous()
+    batch, channels, height, width = x.shape
+    direct, upper, lower, counts = _slide_tables(tuple(grid), height, x.device)
+    h_pad, w_pad = padded_width(height), padded_width(width)
+    planes = planes or max(1, 64 // h_pad)
+    if x.dtype == torch.float64:
+        planes = 1  # the fp64 fallback holds a (rows, Wp, Wp) product
+    num_warps = num_warps or 4 * max(1, planes * h_pad // 64)
+    y = torch.empty_like(x, dtype=_output_dtype(x.dtype))
+    _slide_kernel[(triton.cdiv(batch, planes), channels)](
+        x, operand.to(x.dtype).contiguous(), direct, upper, lower, y, batch, channels, height, width, len(grid),
+        *counts, PRECISION=_dot_precision(x.dtype), UPCAST=_upcast(x.dtype), H_PAD=h_pad, W_PAD=w_pad,
+        PLANES=planes, GATHER=gather, num_warps=num_warps, num_stages=num_stages,
+        **({"maxnreg": max_registers} if max_registers else {}))
     return y.to(x.dtype)
 
 

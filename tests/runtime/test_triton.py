@@ -122,7 +122,7 @@ KERNEL_TOLERANCE = {torch.float64: 1e-12, torch.float32: 1e-5, torch.bfloat16: 1
        width=st.integers(1, 8), dtype=st.sampled_from([torch.float32, torch.bfloat16, torch.float64]),
        seed=st.integers(0, 2**16))
 def test_toeplitz_kernels_match_their_torch_twins(grid, batch, height, width, dtype, seed):
-    from runtime import toeplitz
+    from runtime import slide, toeplitz
     x, weight = random_inputs(batch, 2, height, width, grid, dtype, seed)
     dy = torch.randn(x.shape, generator=torch.Generator().manual_seed(seed + 1)).to(dtype)
     kernel = toeplitz.lag_kernel(weight, grid, height, width, dtype)
@@ -139,6 +139,14 @@ def test_toeplitz_kernels_match_their_torch_twins(grid, batch, height, width, dt
         assert relative_error(got, box_twin) <= KERNEL_TOLERANCE[dtype]
         got = triton_kernels.plane_box_lags_triton(x.to(DEVICE), kernel.to(DEVICE), grid, row_cells=row_cells).cpu()
         assert relative_error(got, box_twin) <= KERNEL_TOLERANCE[dtype]
+    got = triton_kernels.row_toeplitz_triton(x.to(DEVICE), blocks.to(DEVICE), grid, block_m=16, rows=2).cpu()
+    assert relative_error(got, box_twin) <= KERNEL_TOLERANCE[dtype]
+    slide_twin = slide.slide_conv(x, blocks, grid).double()
+    for planes in (1, 2):  # one plane per program, or two stacked in one tile
+        got = triton_kernels.slide_conv_triton(x.to(DEVICE), blocks.to(DEVICE), grid, planes=planes).cpu()
+        assert relative_error(got, slide_twin) <= KERNEL_TOLERANCE[dtype]
+        got = triton_kernels.slide_lags_triton(x.to(DEVICE), kernel.to(DEVICE), grid, planes=planes).cpu()
+        assert relative_error(got, slide_twin) <= KERNEL_TOLERANCE[dtype]
     products = triton_kernels.box_products_triton(dy.to(DEVICE), x.to(DEVICE), grid, block_k=16).cpu()
     assert relative_error(products, toeplitz.box_products(dy, x, grid).double()) <= 1e-5
 
