@@ -19,6 +19,7 @@ form's configurations can be replaced, e.g. ``--slide 1/4/1/0,2/8/1/0``. Forms:
 * ``slide``: the sliding-box form (tile rows, i.e. planes x padded H/warps/stages/gather 0 or 1/
   register cap, 0 none);
 * ``box``: the box-form GEMM (rows/warps/stages);
+* ``boxsplit``: the box form for fp32 with split TF32 operands (rows/warps/stages/K chunk);
 * ``boxgrad`` and ``satgrad``: grad-weight by box products (K/warps/stages) or SAT tap sums.
 
     python3 bench/bench_forms.py --out forms.md
@@ -48,6 +49,7 @@ CONFIGS: dict[str, list[tuple[int, ...]]] = {
     "slide": [(64, 4, 1, 0, 0), (64, 4, 1, 1, 0), (128, 8, 1, 0, 0), (128, 8, 1, 1, 0), (64, 4, 2, 0, 0),
               (64, 4, 3, 0, 0), (64, 4, 1, 0, 128)],
     "box": [(32, 2, 3), (64, 4, 2), (128, 8, 1), (128, 4, 1)],
+    "boxsplit": [(128, 8, 1, 32), (128, 8, 1, 16), (64, 4, 1, 16), (64, 4, 1, 32), (64, 4, 2, 32), (256, 8, 1, 32)],
     "boxgrad": [(32, 4, 1)],
     "satgrad": [],
 }
@@ -108,6 +110,8 @@ def candidates(x: torch.Tensor, w: torch.Tensor, dy: torch.Tensor, grid: tuple[i
                 images, blocks, cells, max(1, rows // padded), warps, stages, registers or None))),
         "box": lambda rows, warps, stages: with_blocks(lambda images, blocks, cells: kernels.box_conv_triton(
             images, blocks, cells, rows, warps, stages)),
+        "boxsplit": lambda rows, warps, stages, chunk: with_blocks(lambda images, blocks, cells: (
+            kernels.box_split_triton(images, blocks, cells, rows, warps, stages, chunk))),
         "boxgrad": lambda k, warps, stages: (lambda: toeplitz.peripheral_grad_weight_boxes(
             dy, x, grid, lambda d, images, cells: kernels.box_products_triton(d, images, cells, block_k=k,
                                                                               num_warps=warps, num_stages=stages))),
@@ -117,7 +121,7 @@ def candidates(x: torch.Tensor, w: torch.Tensor, dy: torch.Tensor, grid: tuple[i
     # planes beyond 16 rows, the Toeplitz GEMM by rows on planes up to 32 wide, the box form and SAT in
     # fp32 (in 16-bit their box sums need a hi/lo pair of products and they lost to Toeplitz everywhere).
     fits = {"plane": half and size > 32, "slide": half and size > 16, "rowtoeplitz": size <= 32,
-            "box": not half, "sat": not half and size > 32, "satgrad": not half}
+            "box": not half, "boxsplit": not half, "sat": not half and size > 32, "satgrad": not half}
     for form, form_configs in configs.items():
         if not fits.get(form, True):
             continue

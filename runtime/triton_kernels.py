@@ -290,6 +290,50 @@ def _box_conv_kernel(x_ptr, prefix_ptr, blocks_ptr, lo_ptr, hi_ptr, narrow_ptr, 
 
 
 @triton.jit
+def _tf32_parts(t):
+    """(big, small) with t = big + small exactly, big's mantissa truncated to TF32's 10 bits; a TF32
+    product of ``small`` keeps the next 11 (three products of such parts are about fp32-exact)."""
+    big = (t.to(tl.int32, bitcast=True) & -8192).to(tl.float32, bitcast=True)
+    return big, t - big
+
+
+@triton.jit
+def _box_split_kernel(prefix_ptr, big_ptr, small_ptr, lo_ptr, hi_ptr, y_ptr, B, C, H: tl.constexpr, W: tl.constexpr,
+                      CELLS, CELL_BEGIN, CELL_END, BLOCK_M: tl.constexpr, W_PAD: tl.constexpr,
+                      K_CHUNK: tl.constexpr):
+    """y[n, c, h] = Σ_a X_a[n, c, h] @ R_a[c] (the box form) for fp32 inputs, as TF32 products of split
+    operands: R_a = big + small (split once per call, ``tf32_parts``), X_a = prefix[h + hi_a] -
+    prefix[h + lo_a] split in the kernel, and X_a @ R_a = X_big R_big + X_big R_small + X_small R_big.
+
+    Program = BLOCK_M rows (n, h) of channel c; each cell's W_PAD-deep product goes K_CHUNK columns at
+    a time, so only a (BLOCK_M, K_CHUNK) slice of X_a and its parts is live at once.
+    """
+    pid_m, c = tl.program_id(0), tl.program_id(1)
+    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    h = rows % H
+    plane = (rows // H).to(tl.int64) * C + c
+    w = tl.arange(0, W_PAD)
+    real = rows < B * H
+    acc = tl.zeros((BLOCK_M, W_PAD), dtype=tl.float32)
+    for cell in range(CELL_BEGIN, CELL_END):
+        lo, hi = tl.load(lo_ptr + cell), tl.load(hi_ptr + cell)
+        block = c.to(tl.int64) * CELLS * (W_PAD * W_PAD) + cell * (W_PAD * W_PAD)
+        for k0 in tl.static_range(0, W_PAD, K_CHUNK):
+            v = k0 + tl.arange(0, K_CHUNK)
+            columns = prefix_ptr + plane[:, None] * ((H + 1) * W) + v[None, :]
+            inside = real[:, None] & (v < W)[None, :]
+            box = _prefix_rows(columns, h, hi, H, W, inside) - _prefix_rows(columns, h, lo, H, W, inside)
+            box_big, box_small = _tf32_parts(box)
+            offsets = block + (v * W_PAD)[:, None] + w[None, :]
+            r_big, r_small = tl.load(big_ptr + offsets), tl.load(small_ptr + offsets)
+            acc = tl.dot(box_big, r_big, acc, input_precision="tf32")
+            acc = tl.dot(box_big, r_small, acc, input_precision="tf32")
+            acc = tl.dot(box_small, r_big, acc, input_precision="tf32")
+    tl.store(y_ptr + plane[:, None] * (H * W) + (h * W)[:, None] + w[None, :], acc,
+             mask=real[:, None] & (w < W)[None, :])
+
+
+@triton.jit
 def _cell_block(blocks, cell, lo, w, H: tl.constexpr, W: tl.constexpr, W_PAD: tl.constexpr, GATHER: tl.constexpr):
     """R_a (W_PAD, W_PAD) of kernel-row cell ``cell`` (lags from ``lo``): a plain tile of the column
     blocks, or with GATHER gathered from the channel's lag kernel at the row of a lag inside the cell
@@ -717,6 +761,33 @@ def box_conv_triton(x: torch.Tensor, blocks: torch.Tensor, grid: Sequence[int], 
         HI_LO=x.dtype in (torch.bfloat16, torch.float16), BLOCK_M=block_m,
         W_PAD=blocks.shape[-1], num_warps=num_warps, num_stages=num_stages)
     return y.to(x.dtype)
+
+
+def tf32_parts(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """fp32 ``t`` -> (big, small), t = big + small exactly, big truncated to TF32 (``_tf32_parts``)."""
+    big = (t.contiguous().view(torch.int32) & -8192).view(torch.float32)
+    return big, t - big
+
+
+def box_split_triton(x: torch.Tensor, blocks: torch.Tensor, grid: Sequence[int], block_m: int = 128,
+                     num_warps: int = 8, num_stages: int = 1, k_chunk: int = 32) -> torch.Tensor:
+    """``box_conv_triton`` for fp32 x with split TF32 operands (``_box_split_kernel``): x (B, C, H, W),
+    R (C, k', Wp, Wp) fp32 -> (B, C, H, W) fp32. Not yet calibrated on a GPU."""
+    if x.dtype != torch.float32:
+        raise ValueError(f"box_split_triton takes fp32 inputs, got {x.dtype}")
+    x = x.contiguous()
+    batch, channels, height, width = x.shape
+    prefix = column_prefix_triton(x)
+    lags_lo, lags_hi, cells = _cell_lag_tensors(grid, x.device)
+    reach, _, _ = _cells_by_width(grid, height, 1, x.device)
+    big, small = tf32_parts(blocks.float())
+    padded = blocks.shape[-1]
+    block_m = max(16, min(block_m, triton.next_power_of_2(batch * height)))
+    y = torch.empty_like(x)
+    _box_split_kernel[(triton.cdiv(batch * height, block_m), channels)](
+        prefix, big, small, lags_lo, lags_hi, y, batch, channels, height, width, cells, reach[0], reach[-1] + 1,
+        BLOCK_M=block_m, W_PAD=padded, K_CHUNK=min(k_chunk, padded), num_warps=num_warps, num_stages=num_stages)
+    return y
 
 
 def _band_table(grid: tuple[int, ...], padded: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
