@@ -17,7 +17,7 @@ form's configurations can be replaced, e.g. ``--slide 1/4/1/0,2/8/1/0``. Forms:
   (images/tile columns, i.e. output rows x padded W/warps/stages);
 * ``plane``: the plane box (warps/stages/row_cells/register cap, 0 none/gather 0 or 1);
 * ``slide``: the sliding-box form (tile rows, i.e. planes x padded H/warps/stages/gather 0 or 1/
-  register cap, 0 none);
+  register cap, 0 none/prefetch 0 or 1);
 * ``box``: the box-form GEMM (rows/warps/stages);
 * ``boxsplit``: the box form for fp32 with split TF32 operands (rows/warps/stages/K chunk);
 * ``boxgrad`` and ``satgrad``: grad-weight by box products (K/warps/stages) or SAT tap sums.
@@ -46,8 +46,9 @@ CONFIGS: dict[str, list[tuple[int, ...]]] = {
     "toeplitz": [(0, 0, 0, 4, 0)],
     "rowtoeplitz": [(64, 128, 4, 2), (64, 128, 4, 3), (64, 256, 8, 2), (32, 128, 4, 2)],
     "plane": [(4, 1, 1, 0, 0), (4, 1, 1, 0, 1), (4, 1, 1, 96, 0)],
-    "slide": [(64, 4, 1, 0, 0), (64, 4, 1, 1, 0), (128, 8, 1, 0, 0), (128, 8, 1, 1, 0), (64, 4, 2, 0, 0),
-              (64, 4, 3, 0, 0), (64, 4, 1, 0, 128)],
+    "slide": [(64, 4, 1, 0, 0, 0), (64, 4, 1, 1, 0, 0), (64, 4, 1, 0, 0, 1), (64, 4, 1, 1, 0, 1),
+              (128, 8, 1, 0, 0, 0), (128, 8, 1, 1, 0, 1), (64, 4, 2, 0, 0, 0), (64, 4, 3, 0, 0, 0),
+              (64, 4, 1, 0, 128, 0)],
     "box": [(32, 2, 3), (64, 4, 2), (128, 8, 1), (128, 4, 1)],
     "boxsplit": [(128, 8, 1, 32), (128, 8, 1, 16), (64, 4, 1, 16), (64, 4, 1, 32), (64, 4, 2, 32), (256, 8, 1, 32)],
     "boxgrad": [(32, 4, 1)],
@@ -102,12 +103,13 @@ def candidates(x: torch.Tensor, w: torch.Tensor, dy: torch.Tensor, grid: tuple[i
             with_blocks(lambda planes, blocks, cells: kernels.plane_box_conv_triton(planes, blocks, cells, warps,
                                                                                    stages, row_cells,
                                                                                    registers or None))),
-        "slide": lambda rows, warps, stages, gather, registers: (
+        "slide": lambda rows, warps, stages, gather, registers, prefetch: (
             with_lags(lambda images, kernel: kernels.slide_lags_triton(images, kernel, grid, max(1, rows // padded),
-                                                                       warps, stages, registers or None))
+                                                                       warps, stages, registers or None,
+                                                                       bool(prefetch)))
             if gather else
             with_blocks(lambda images, blocks, cells: kernels.slide_conv_triton(
-                images, blocks, cells, max(1, rows // padded), warps, stages, registers or None))),
+                images, blocks, cells, max(1, rows // padded), warps, stages, registers or None, bool(prefetch)))),
         "box": lambda rows, warps, stages: with_blocks(lambda images, blocks, cells: kernels.box_conv_triton(
             images, blocks, cells, rows, warps, stages)),
         "boxsplit": lambda rows, warps, stages, chunk: with_blocks(lambda images, blocks, cells: (

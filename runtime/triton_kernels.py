@@ -447,18 +447,41 @@ def _negated(t, UPCAST: tl.constexpr):
 
 
 @triton.jit
+def _direct_operands(planes, blocks, direct_ptr, index, u, w, real, H: tl.constexpr, W: tl.constexpr,
+                     W_PAD: tl.constexpr, GATHER: tl.constexpr):
+    """(R_cell, x[u + lag]) of the direct (lag, cell) pair ``index`` at direct_ptr."""
+    lag = tl.load(direct_ptr + 2 * index)
+    block = _cell_block(blocks, tl.load(direct_ptr + 2 * index + 1), lag, w, H, W, W_PAD, GATHER)
+    return block, _shifted_rows(planes, u, w, lag, real, H, W)
+
+
+@triton.jit
+def _slide_group_operands(planes, blocks, groups_ptr, group, u, w, real, UPPER: tl.constexpr, H: tl.constexpr,
+                          W: tl.constexpr, W_PAD: tl.constexpr, GATHER: tl.constexpr):
+    """(R_g, x[u + lead_g]) of group ``group`` at groups_ptr (see ``_slide_groups``)."""
+    block = _cell_block(blocks, tl.load(groups_ptr + 3 * group + 2), tl.load(groups_ptr + 3 * group), w, H, W, W_PAD,
+                        GATHER)
+    return block, _shifted_rows(planes, u, w, tl.load(groups_ptr + 3 * group + 1) - UPPER, real, H, W)
+
+
+@triton.jit
 def _slide_groups(planes, blocks, groups_ptr, GROUPS, u, w, real, UPPER: tl.constexpr, H: tl.constexpr,
                   W: tl.constexpr, W_PAD: tl.constexpr, GATHER: tl.constexpr, PRECISION: tl.constexpr,
-                  UPCAST: tl.constexpr, ROWS: tl.constexpr, acc_dtype: tl.constexpr):
+                  UPCAST: tl.constexpr, ROWS: tl.constexpr, acc_dtype: tl.constexpr, PREFETCH: tl.constexpr):
     """Σ_g (x[u + lead_g] - x[u + trail_g]) @ R_g over the GROUPS (lo, hi, cell) at groups_ptr (slide.py):
     UPPER lead = hi - 1, trail = lo - 1; otherwise lead = lo, trail = hi. The groups are contiguous
-    (each one's lo is the previous one's hi), so each shifted row tile is loaded once and carried."""
+    (each one's lo is the previous one's hi), so each shifted row tile is loaded once and carried.
+    PREFETCH issues the next group's loads before this group's products (registers double-buffered)."""
     acc = tl.zeros((ROWS, W_PAD), dtype=acc_dtype)
     carried = _shifted_rows(planes, u, w, tl.load(groups_ptr) - UPPER, real, H, W)
+    block, new = _slide_group_operands(planes, blocks, groups_ptr, 0, u, w, real, UPPER, H, W, W_PAD, GATHER)
     for group in range(GROUPS):
-        lo = tl.load(groups_ptr + 3 * group)
-        block = _cell_block(blocks, tl.load(groups_ptr + 3 * group + 2), lo, w, H, W, W_PAD, GATHER)
-        new = _shifted_rows(planes, u, w, tl.load(groups_ptr + 3 * group + 1) - UPPER, real, H, W)
+        if not PREFETCH:
+            block, new = _slide_group_operands(planes, blocks, groups_ptr, group, u, w, real, UPPER, H, W, W_PAD,
+                                               GATHER)
+        else:
+            next_block, next_new = _slide_group_operands(planes, blocks, groups_ptr, tl.minimum(group + 1, GROUPS - 1),
+                                                         u, w, real, UPPER, H, W, W_PAD, GATHER)
         if UPPER:
             acc = _dot_step(acc, new, block, PRECISION, UPCAST)
             acc = _dot_step(acc, _negated(carried, UPCAST), block, PRECISION, UPCAST)
@@ -466,20 +489,24 @@ def _slide_groups(planes, blocks, groups_ptr, GROUPS, u, w, real, UPPER: tl.cons
             acc = _dot_step(acc, carried, block, PRECISION, UPCAST)
             acc = _dot_step(acc, _negated(new, UPCAST), block, PRECISION, UPCAST)
         carried = new
+        if PREFETCH:
+            block, new = next_block, next_new
     return acc
 
 
 @triton.jit
 def _slide_kernel(x_ptr, blocks_ptr, direct_ptr, upper_ptr, lower_ptr, y_ptr, B, C, H: tl.constexpr,
                   W: tl.constexpr, CELLS, DIRECT, UPPER, LOWER, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
-                  H_PAD: tl.constexpr, W_PAD: tl.constexpr, PLANES: tl.constexpr, GATHER: tl.constexpr):
+                  H_PAD: tl.constexpr, W_PAD: tl.constexpr, PLANES: tl.constexpr, GATHER: tl.constexpr,
+                  PREFETCH: tl.constexpr):
     """y[n, c] = Σ_a X_a[n, c] @ R_a[c] in the sliding-box form (slide.py), every product exact.
 
     Program = PLANES (n, c) planes of one channel, stacked as the rows of one tile (each padded to
     H_PAD x W_PAD). The DIRECT (lag, cell) pairs at direct_ptr are products of shifted input rows with
     R_cell; the UPPER and LOWER (lo, hi, cell) groups are sliding boxes (``_slide_groups``), summed
     down (upper) or up (lower) the rows of each plane. R_a comes from the column blocks (C, k', W_PAD,
-    W_PAD), or with GATHER from the lag kernel Kc (C, 2H-1, 2W-1) (``_cell_block``).
+    W_PAD), or with GATHER from the lag kernel Kc (C, 2H-1, 2W-1) (``_cell_block``). PREFETCH issues
+    each product's loads one product ahead.
     """
     pid, c = tl.program_id(0), tl.program_id(1)
     rows = tl.arange(0, PLANES * H_PAD)
@@ -494,17 +521,23 @@ def _slide_kernel(x_ptr, blocks_ptr, direct_ptr, upper_ptr, lower_ptr, y_ptr, B,
         blocks = blocks_ptr + c.to(tl.int64) * CELLS * (W_PAD * W_PAD) + w[:, None] * W_PAD + w[None, :]
     acc_dtype = tl.float64 if PRECISION == "ieee" else tl.float32
     y = tl.zeros((PLANES * H_PAD, W_PAD), dtype=acc_dtype)
+    block, shifted = _direct_operands(planes, blocks, direct_ptr, 0, u, w, real, H, W, W_PAD, GATHER)
     for index in range(DIRECT):
-        lag = tl.load(direct_ptr + 2 * index)
-        block = _cell_block(blocks, tl.load(direct_ptr + 2 * index + 1), lag, w, H, W, W_PAD, GATHER)
-        y = _dot_step(y, _shifted_rows(planes, u, w, lag, real, H, W), block, PRECISION, UPCAST)
+        if not PREFETCH:
+            block, shifted = _direct_operands(planes, blocks, direct_ptr, index, u, w, real, H, W, W_PAD, GATHER)
+        else:
+            next_block, next_shifted = _direct_operands(planes, blocks, direct_ptr, tl.minimum(index + 1, DIRECT - 1),
+                                                        u, w, real, H, W, W_PAD, GATHER)
+        y = _dot_step(y, shifted, block, PRECISION, UPCAST)
+        if PREFETCH:
+            block, shifted = next_block, next_shifted
     if UPPER > 0:
         slides = _slide_groups(planes, blocks, upper_ptr, UPPER, u, w, real, True, H, W, W_PAD, GATHER, PRECISION,
-                               UPCAST, PLANES * H_PAD, acc_dtype)
+                               UPCAST, PLANES * H_PAD, acc_dtype, PREFETCH)
         y += _plane_cumsum(slides, PLANES, H_PAD, W_PAD, False)
     if LOWER > 0:
         slides = _slide_groups(planes, blocks, lower_ptr, LOWER, u, w, real, False, H, W, W_PAD, GATHER, PRECISION,
-                               UPCAST, PLANES * H_PAD, acc_dtype)
+                               UPCAST, PLANES * H_PAD, acc_dtype, PREFETCH)
         y += _plane_cumsum(slides, PLANES, H_PAD, W_PAD, True)
     offsets = ((n.to(tl.int64) * C + c) * (H * W))[:, None] + (u * W)[:, None] + w[None, :]
     tl.store(y_ptr + offsets, y.to(y_ptr.dtype.element_ty), mask=(real & (u < H))[:, None] & (w < W)[None, :])
@@ -880,26 +913,26 @@ def _slide_tables(grid: tuple[int, ...], height: int, device: torch.device
 
 
 def slide_conv_triton(x: torch.Tensor, blocks: torch.Tensor, grid: Sequence[int], planes: int | None = None,
-                      num_warps: int | None = None, num_stages: int = 1,
-                      max_registers: int | None = None) -> torch.Tensor:
+                      num_warps: int | None = None, num_stages: int = 1, max_registers: int | None = None,
+                      prefetch: bool = False) -> torch.Tensor:
     """Triton twin of ``slide.slide_conv``: x (B, C, H, W), R (C, k', Wp, Wp) in x.dtype -> (B, C, H, W).
 
     A program holds ``planes`` planes of one channel (default: enough for 64 tile rows, a wgmma's
     height), each padded to powers of two; 4 warps per 64 rows by default. ``max_registers``: a
-    per-thread register cap for ptxas."""
-    return _slide(x, blocks, grid, False, planes, num_warps, num_stages, max_registers)
+    per-thread register cap for ptxas; ``prefetch``: issue each product's loads one product ahead."""
+    return _slide(x, blocks, grid, False, planes, num_warps, num_stages, max_registers, prefetch)
 
 
 def slide_lags_triton(x: torch.Tensor, kernel: torch.Tensor, grid: Sequence[int], planes: int | None = None,
-                      num_warps: int | None = None, num_stages: int = 1,
-                      max_registers: int | None = None) -> torch.Tensor:
+                      num_warps: int | None = None, num_stages: int = 1, max_registers: int | None = None,
+                      prefetch: bool = False) -> torch.Tensor:
     """``slide_conv_triton`` with each R_a gathered in the kernel from the lag kernel Kc (C, 2H-1, 2W-1)
     instead of read from per-call column blocks."""
-    return _slide(x, kernel, grid, True, planes, num_warps, num_stages, max_registers)
+    return _slide(x, kernel, grid, True, planes, num_warps, num_stages, max_registers, prefetch)
 
 
 def _slide(x: torch.Tensor, operand: torch.Tensor, grid: Sequence[int], gather: bool, planes: int | None,
-           num_warps: int | None, num_stages: int, max_registers: int | None) -> torch.Tensor:
+           num_warps: int | None, num_stages: int, max_registers: int | None, prefetch: bool) -> torch.Tensor:
     """Launch ``_slide_kernel`` with R from column blocks or (``gather``) the lag kernel."""
     x = x.contiguous()
     batch, channels, height, width = x.shape
@@ -913,7 +946,7 @@ def _slide(x: torch.Tensor, operand: torch.Tensor, grid: Sequence[int], gather: 
     _slide_kernel[(triton.cdiv(batch, planes), channels)](
         x, operand.to(x.dtype).contiguous(), direct, upper, lower, y, batch, channels, height, width, len(grid),
         *counts, PRECISION=_dot_precision(x.dtype), UPCAST=_upcast(x.dtype), H_PAD=h_pad, W_PAD=w_pad,
-        PLANES=planes, GATHER=gather, num_warps=num_warps, num_stages=num_stages,
+        PLANES=planes, GATHER=gather, PREFETCH=prefetch, num_warps=num_warps, num_stages=num_stages,
         **({"maxnreg": max_registers} if max_registers else {}))
     return y.to(x.dtype)
 

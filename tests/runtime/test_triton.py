@@ -145,10 +145,12 @@ def test_toeplitz_kernels_match_their_torch_twins(grid, batch, height, width, dt
     got = triton_kernels.row_toeplitz_triton(x.to(DEVICE), blocks.to(DEVICE), grid, block_m=16, rows=2).cpu()
     assert relative_error(got, box_twin) <= KERNEL_TOLERANCE[dtype]
     slide_twin = slide.slide_conv(x, blocks, grid).double()
-    for planes in (1, 2):  # one plane per program, or two stacked in one tile
-        got = triton_kernels.slide_conv_triton(x.to(DEVICE), blocks.to(DEVICE), grid, planes=planes).cpu()
+    for planes, prefetch in ((1, False), (2, True)):  # one plane per program or two in one tile
+        got = triton_kernels.slide_conv_triton(x.to(DEVICE), blocks.to(DEVICE), grid, planes=planes,
+                                               prefetch=prefetch).cpu()
         assert relative_error(got, slide_twin) <= KERNEL_TOLERANCE[dtype]
-        got = triton_kernels.slide_lags_triton(x.to(DEVICE), kernel.to(DEVICE), grid, planes=planes).cpu()
+        got = triton_kernels.slide_lags_triton(x.to(DEVICE), kernel.to(DEVICE), grid, planes=planes,
+                                               prefetch=not prefetch).cpu()
         assert relative_error(got, slide_twin) <= KERNEL_TOLERANCE[dtype]
     products = triton_kernels.box_products_triton(dy.to(DEVICE), x.to(DEVICE), grid, block_k=16).cpu()
     assert relative_error(products, toeplitz.box_products(dy, x, grid).double()) <= 1e-5
