@@ -1,6 +1,7 @@
-"""Compile the runtime's tensor-core kernels for an H100 (sm_90) without a GPU and report how
-Triton laid them out: shared memory, asynchronous copies (and whether they bypass L1:
-``cp.async.cg``), tensor-core dots and wgmma's waits.
+"""Compile the runtime's tensor-core kernels for an H100/H200 (sm_90) without a GPU and report how
+Triton laid them out: shared memory, registers and spills (ptxas -v, the ptxas that ships with
+triton), asynchronous copies (and whether they bypass L1: ``cp.async.cg``), tensor-core dots and
+wgmma's waits.
 
 A kernel whose loads are not copied asynchronously, or whose every wgmma waits for the one
 before (``pendings`` all 0), runs its loop unpipelined; that is what plane sizes as runtime
@@ -9,13 +10,17 @@ on a kernel change; ``--ptx DIR`` also writes each kernel's PTX, to diff two ver
 
     python3 bench/inspect_kernels.py
     python3 bench/inspect_kernels.py --stages 1 --ptx /tmp/ptx
+
+Run it with the triton the GPU machine has (3.6 there): codegen differs between versions.
 """
 from __future__ import annotations
 
 import argparse
 import os
 import re
+import subprocess
 import sys
+import tempfile
 
 import torch
 import triton
@@ -44,10 +49,25 @@ def compile_kernel(kernel, pointers: dict[str, str], scalars: tuple[str, ...], c
     return compiled, compiled.asm["ttgir"]
 
 
+def registers(ptx: str) -> str:
+    """'registers / spill bytes' from ptxas -v for sm_90a, or '?' where triton ships no ptxas."""
+    ptxas = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
+    if not os.path.exists(ptxas):
+        return "?"
+    with tempfile.TemporaryDirectory() as folder:
+        source = os.path.join(folder, "kernel.ptx")
+        with open(source, "w") as handle:
+            handle.write(ptx)
+        report = subprocess.run([ptxas, "-arch=sm_90a", "-v", source, "-o", os.path.join(folder, "kernel.cubin")],
+                                capture_output=True, text=True).stderr
+    used, spilled = re.search(r"Used (\d+) registers", report), re.search(r"(\d+) bytes spill stores", report)
+    return f"{used.group(1) if used else '?'} / {spilled.group(1) if spilled else '?'}"
+
+
 def layout_row(label: str, compiled, ttgir: str) -> str:
     pendings = re.findall(r"pendings = (\d+)", ttgir)
     ptx = compiled.asm["ptx"]
-    return (f"| {label} | {compiled.metadata.shared} | {ttgir.count('async_copy_global_to_local')} | "
+    return (f"| {label} | {compiled.metadata.shared} | {registers(ptx)} | {ttgir.count('async_copy_global_to_local')} | "
             f"{ptx.count('cp.async.cg')} / {ptx.count('cp.async.ca')} | "
             f"{ttgir.count('tt.dot ')} | {ttgir.count('warp_group_dot ')} | {','.join(pendings) or '-'} |")
 
@@ -78,6 +98,31 @@ def kernels_at(size: int, grid: tuple[int, ...], dtype: str):
            {"H": size, "W": size, "PRECISION": precision, "UPCAST": False, "HI_LO": half,
             "H_PAD": padded_width(size), "W_PAD": padded_width(size), "GATHER": False},
            4, 1)
+    if size > 16 and half:
+        h_pad = padded_width(size)
+        planes = max(1, 64 // h_pad)
+        yield ("slide", triton_kernels._slide_kernel,
+               {"x_ptr": f"*{dtype}", "blocks_ptr": f"*{dtype}", "direct_ptr": "*i32", "upper_ptr": "*i32",
+                "lower_ptr": "*i32", "y_ptr": f"*{dtype}"},
+               ("B", "C", "CELLS", "DIRECT", "UPPER", "LOWER"),
+               {"H": size, "W": size, "PRECISION": precision, "UPCAST": False, "H_PAD": h_pad, "W_PAD": h_pad,
+                "PLANES": planes, "GATHER": False, "PREFETCH": False},
+               4 * max(1, planes * h_pad // 64), 1)
+    if size <= 32:
+        block_m, rows, warps, stages = triton_kernels.row_toeplitz_tile(TORCH_TYPES[dtype], size)
+        yield ("row toeplitz", triton_kernels._row_toeplitz_kernel,
+               {"x_ptr": f"*{dtype}", "blocks_ptr": f"*{dtype}", "cells_ptr": "*i32", "y_ptr": f"*{dtype}"},
+               ("B", "C", "CELLS", "LAG_LO", "LAG_HI"),
+               {"H": size, "W": size, "PRECISION": precision, "UPCAST": False, "BLOCK_M": block_m, "ROWS": rows,
+                "W_PAD": padded_width(size)},
+               warps, stages)
+    if not half:
+        yield ("box split", triton_kernels._box_split_kernel,
+               {"prefix_ptr": "*fp32", "big_ptr": "*fp32", "small_ptr": "*fp32", "lo_ptr": "*i32", "hi_ptr": "*i32",
+                "y_ptr": "*fp32"},
+               ("B", "C", "CELLS", "CELL_BEGIN", "CELL_END"),
+               {"H": size, "W": size, "BLOCK_M": 128, "W_PAD": padded_width(size), "K_CHUNK": 32},
+               8, 1)
     yield ("box products", triton_kernels._box_products_kernel,
            {"dy_ptr": f"*{dtype}", "prefix_ptr": "*fp32", "lo_ptr": "*i32", "hi_ptr": "*i32", "out_ptr": "*fp32"},
            ("B", "C", "CELLS", "PER_SPLIT"),
@@ -95,9 +140,9 @@ def main() -> None:
     stages = {int(v) for v in args.stages.split(",")}
     shapes = {(stage, size): tuple(grid) for stage, _, size, grid in SHAPES if stage in stages}
     print(f"triton {triton.__version__}, target sm_90, the launchers' default tiles\n")
-    print("| stage, H, dtype, kernel | shared bytes | async copies | cp.async L2 only / via L1 | mma (sm_80 style) "
-          "| wgmma | wgmma waits (pendings) |")
-    print("|---|---|---|---|---|---|---|")
+    print("| stage, H, dtype, kernel | shared bytes | registers / spill bytes | async copies | "
+          "cp.async L2 only / via L1 | mma (sm_80 style) | wgmma | wgmma waits (pendings) |")
+    print("|---|---|---|---|---|---|---|---|")
     for (stage, size), grid in shapes.items():
         for dtype in args.dtypes.split(","):
             for label, kernel, pointers, scalars, constants, warps, num_stages in kernels_at(size, grid, dtype):
