@@ -19,7 +19,7 @@ form's configurations can be replaced, e.g. ``--slide 1/4/1/0,2/8/1/0``. Forms:
 * ``slide``: the sliding-box form (tile rows, i.e. planes x padded H/warps/stages/gather 0 or 1/
   register cap, 0 none/prefetch 0 or 1);
 * ``box``: the box-form GEMM (rows/warps/stages);
-* ``boxsplit``: the box form for fp32 with split TF32 operands (rows/warps/stages/K chunk);
+* ``boxsplit``: the box form for fp32 with split TF32 operands (rows/warps/stages/K chunk/gather 0 or 1);
 * ``boxgrad`` and ``satgrad``: grad-weight by box products (K/warps/stages) or SAT tap sums.
 
     python3 bench/bench_forms.py --out forms.md
@@ -50,7 +50,8 @@ CONFIGS: dict[str, list[tuple[int, ...]]] = {
               (128, 8, 1, 0, 0, 0), (128, 8, 1, 1, 0, 1), (64, 4, 2, 0, 0, 0), (64, 4, 3, 0, 0, 0),
               (64, 4, 1, 0, 128, 0)],
     "box": [(32, 2, 3), (64, 4, 2), (128, 8, 1), (128, 4, 1)],
-    "boxsplit": [(128, 8, 1, 32), (128, 8, 1, 16), (64, 4, 1, 16), (64, 4, 1, 32), (64, 4, 2, 32), (256, 8, 1, 32)],
+    "boxsplit": [(128, 8, 1, 32, 0), (128, 8, 1, 16, 0), (64, 4, 1, 16, 0), (64, 4, 1, 32, 0), (64, 4, 2, 32, 0),
+                 (256, 8, 1, 32, 0), (128, 8, 1, 32, 1), (64, 4, 1, 16, 1), (128, 8, 1, 16, 1)],
     "boxgrad": [(32, 4, 1)],
     "satgrad": [],
 }
@@ -112,8 +113,12 @@ def candidates(x: torch.Tensor, w: torch.Tensor, dy: torch.Tensor, grid: tuple[i
                 images, blocks, cells, max(1, rows // padded), warps, stages, registers or None, bool(prefetch)))),
         "box": lambda rows, warps, stages: with_blocks(lambda images, blocks, cells: kernels.box_conv_triton(
             images, blocks, cells, rows, warps, stages)),
-        "boxsplit": lambda rows, warps, stages, chunk: with_blocks(lambda images, blocks, cells: (
-            kernels.box_split_triton(images, blocks, cells, rows, warps, stages, chunk))),
+        "boxsplit": lambda rows, warps, stages, chunk, gather: (
+            with_lags(lambda images, kernel: kernels.box_split_lags_triton(images, kernel, grid, rows, warps, stages,
+                                                                           chunk))
+            if gather else
+            with_blocks(lambda images, blocks, cells: kernels.box_split_triton(images, blocks, cells, rows, warps,
+                                                                               stages, chunk))),
         "boxgrad": lambda k, warps, stages: (lambda: toeplitz.peripheral_grad_weight_boxes(
             dy, x, grid, lambda d, images, cells: kernels.box_products_triton(d, images, cells, block_k=k,
                                                                               num_warps=warps, num_stages=stages))),

@@ -121,7 +121,7 @@ def kernels_at(size: int, grid: tuple[int, ...], dtype: str):
                {"prefix_ptr": "*fp32", "big_ptr": "*fp32", "small_ptr": "*fp32", "lo_ptr": "*i32", "hi_ptr": "*i32",
                 "y_ptr": "*fp32"},
                ("B", "C", "CELLS", "CELL_BEGIN", "CELL_END"),
-               {"H": size, "W": size, "BLOCK_M": 128, "W_PAD": padded_width(size), "K_CHUNK": 32},
+               {"H": size, "W": size, "BLOCK_M": 128, "W_PAD": padded_width(size), "K_CHUNK": 32, "GATHER": False},
                8, 1)
     yield ("box products", triton_kernels._box_products_kernel,
            {"dy_ptr": f"*{dtype}", "prefix_ptr": "*fp32", "lo_ptr": "*i32", "hi_ptr": "*i32", "out_ptr": "*fp32"},

@@ -300,13 +300,15 @@ def _tf32_parts(t):
 @triton.jit
 def _box_split_kernel(prefix_ptr, big_ptr, small_ptr, lo_ptr, hi_ptr, y_ptr, B, C, H: tl.constexpr, W: tl.constexpr,
                       CELLS, CELL_BEGIN, CELL_END, BLOCK_M: tl.constexpr, W_PAD: tl.constexpr,
-                      K_CHUNK: tl.constexpr):
+                      K_CHUNK: tl.constexpr, GATHER: tl.constexpr):
     """y[n, c, h] = Σ_a X_a[n, c, h] @ R_a[c] (the box form) for fp32 inputs, as TF32 products of split
     operands: R_a = big + small (split once per call, ``tf32_parts``), X_a = prefix[h + hi_a] -
     prefix[h + lo_a] split in the kernel, and X_a @ R_a = X_big R_big + X_big R_small + X_small R_big.
 
     Program = BLOCK_M rows (n, h) of channel c; each cell's W_PAD-deep product goes K_CHUNK columns at
-    a time, so only a (BLOCK_M, K_CHUNK) slice of X_a and its parts is live at once.
+    a time, so only a (BLOCK_M, K_CHUNK) slice of X_a and its parts is live at once. The parts of R_a
+    come from split column blocks (C, k', W_PAD, W_PAD), or with GATHER from the split lag kernel
+    (C, 2H-1, 2W-1), a quarter of the bytes at PeLK's stage 1 (``_cell_block``'s gather).
     """
     pid_m, c = tl.program_id(0), tl.program_id(1)
     rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -317,15 +319,25 @@ def _box_split_kernel(prefix_ptr, big_ptr, small_ptr, lo_ptr, hi_ptr, y_ptr, B, 
     acc = tl.zeros((BLOCK_M, W_PAD), dtype=tl.float32)
     for cell in range(CELL_BEGIN, CELL_END):
         lo, hi = tl.load(lo_ptr + cell), tl.load(hi_ptr + cell)
-        block = c.to(tl.int64) * CELLS * (W_PAD * W_PAD) + cell * (W_PAD * W_PAD)
+        if GATHER:  # R_a[v, w] = Kc[c, lag row of the cell, W-1 + v - w]
+            row = tl.minimum(tl.maximum(lo, 1 - H), H - 1) + H - 1
+            block = c.to(tl.int64) * ((2 * H - 1) * (2 * W - 1)) + row * (2 * W - 1) + (W - 1)
+        else:
+            block = c.to(tl.int64) * CELLS * (W_PAD * W_PAD) + cell * (W_PAD * W_PAD)
         for k0 in tl.static_range(0, W_PAD, K_CHUNK):
             v = k0 + tl.arange(0, K_CHUNK)
             columns = prefix_ptr + plane[:, None] * ((H + 1) * W) + v[None, :]
             inside = real[:, None] & (v < W)[None, :]
             box = _prefix_rows(columns, h, hi, H, W, inside) - _prefix_rows(columns, h, lo, H, W, inside)
             box_big, box_small = _tf32_parts(box)
-            offsets = block + (v * W_PAD)[:, None] + w[None, :]
-            r_big, r_small = tl.load(big_ptr + offsets), tl.load(small_ptr + offsets)
+            if GATHER:
+                offsets = block + v[:, None] - w[None, :]
+                mask = (v < W)[:, None] & (w < W)[None, :]
+                r_big = tl.load(big_ptr + offsets, mask=mask, other=0.0)
+                r_small = tl.load(small_ptr + offsets, mask=mask, other=0.0)
+            else:
+                offsets = block + (v * W_PAD)[:, None] + w[None, :]
+                r_big, r_small = tl.load(big_ptr + offsets), tl.load(small_ptr + offsets)
             acc = tl.dot(box_big, r_big, acc, input_precision="tf32")
             acc = tl.dot(box_big, r_small, acc, input_precision="tf32")
             acc = tl.dot(box_small, r_big, acc, input_precision="tf32")
@@ -806,6 +818,19 @@ def box_split_triton(x: torch.Tensor, blocks: torch.Tensor, grid: Sequence[int],
                      num_warps: int = 8, num_stages: int = 1, k_chunk: int = 32) -> torch.Tensor:
     """``box_conv_triton`` for fp32 x with split TF32 operands (``_box_split_kernel``): x (B, C, H, W),
     R (C, k', Wp, Wp) fp32 -> (B, C, H, W) fp32. Not yet calibrated on a GPU."""
+    return _box_split(x, blocks, grid, False, block_m, num_warps, num_stages, k_chunk)
+
+
+def box_split_lags_triton(x: torch.Tensor, kernel: torch.Tensor, grid: Sequence[int], block_m: int = 128,
+                          num_warps: int = 8, num_stages: int = 1, k_chunk: int = 32) -> torch.Tensor:
+    """``box_split_triton`` with R_a's parts gathered in the kernel from the split lag kernel Kc
+    (C, 2H-1, 2W-1) fp32 instead of read from split column blocks."""
+    return _box_split(x, kernel, grid, True, block_m, num_warps, num_stages, k_chunk)
+
+
+def _box_split(x: torch.Tensor, operand: torch.Tensor, grid: Sequence[int], gather: bool, block_m: int,
+               num_warps: int, num_stages: int, k_chunk: int) -> torch.Tensor:
+    """Launch ``_box_split_kernel`` with R from column blocks or (``gather``) the lag kernel."""
     if x.dtype != torch.float32:
         raise ValueError(f"box_split_triton takes fp32 inputs, got {x.dtype}")
     x = x.contiguous()
@@ -813,13 +838,14 @@ def box_split_triton(x: torch.Tensor, blocks: torch.Tensor, grid: Sequence[int],
     prefix = column_prefix_triton(x)
     lags_lo, lags_hi, cells = _cell_lag_tensors(grid, x.device)
     reach, _, _ = _cells_by_width(grid, height, 1, x.device)
-    big, small = tf32_parts(blocks.float())
-    padded = blocks.shape[-1]
+    big, small = tf32_parts(operand.float())
+    padded = padded_width(width)
     block_m = max(16, min(block_m, triton.next_power_of_2(batch * height)))
     y = torch.empty_like(x)
     _box_split_kernel[(triton.cdiv(batch * height, block_m), channels)](
         prefix, big, small, lags_lo, lags_hi, y, batch, channels, height, width, cells, reach[0], reach[-1] + 1,
-        BLOCK_M=block_m, W_PAD=padded, K_CHUNK=min(k_chunk, padded), num_warps=num_warps, num_stages=num_stages)
+        BLOCK_M=block_m, W_PAD=padded, K_CHUNK=min(k_chunk, padded), GATHER=gather, num_warps=num_warps,
+        num_stages=num_stages)
     return y
 
 

@@ -142,6 +142,8 @@ def test_toeplitz_kernels_match_their_torch_twins(grid, batch, height, width, dt
     if dtype == torch.float32:
         got = triton_kernels.box_split_triton(x.to(DEVICE), blocks.to(DEVICE), grid, block_m=16, k_chunk=16).cpu()
         assert relative_error(got, box_twin) <= KERNEL_TOLERANCE[dtype]
+        got = triton_kernels.box_split_lags_triton(x.to(DEVICE), kernel.to(DEVICE), grid, block_m=16).cpu()
+        assert relative_error(got, box_twin) <= KERNEL_TOLERANCE[dtype]
     got = triton_kernels.row_toeplitz_triton(x.to(DEVICE), blocks.to(DEVICE), grid, block_m=16, rows=2).cpu()
     assert relative_error(got, box_twin) <= KERNEL_TOLERANCE[dtype]
     slide_twin = slide.slide_conv(x, blocks, grid).double()
