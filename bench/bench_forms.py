@@ -145,7 +145,7 @@ def main() -> None:
     parser.add_argument("--only", help="comma-separated forms or FORM:CONFIG names to time (default: all)")
     for form in CONFIGS:
         parser.add_argument(f"--{form}", help=f"{form} configs, comma-separated, e.g. "
-                                              f"{config_name(CONFIGS[form][0]) if CONFIGS[form][0] else '-'}")
+                                              f"{config_name(CONFIGS[form][0]) if CONFIGS[form] else '-'}")
     args = parser.parse_args()
     configs = {form: parse_configs(getattr(args, form)) if getattr(args, form) else default
                for form, default in CONFIGS.items()}
