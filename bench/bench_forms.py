@@ -8,7 +8,7 @@ within issue 4's target (10x the floor or 20 µs, whichever is larger) and its e
 float64 (first 4 images). The rules of ``runtime.op.triton_forms`` are read off this table.
 
 Candidates are named ``FORM:CONFIG``; ``--only`` keeps the forms (or full names) listed, and each
-form's configurations can be replaced, e.g. ``--slide 1/4/1/0,2/8/1/0``. Forms:
+form's configurations can be replaced, e.g. ``--rowtoeplitz 64/128/4/2,32/128/4/2``. Forms:
 
 * ``dense``: expand + F.conv2d (cuDNN), the baseline;
 * ``sat``: the SAT kernels (tile_elements/warps/col_chunk);
@@ -16,14 +16,12 @@ form's configurations can be replaced, e.g. ``--slide 1/4/1/0,2/8/1/0``. Forms:
 * ``rowtoeplitz``: the Toeplitz GEMM by image rows, column blocks as its operand
   (images/tile columns, i.e. output rows x padded W/warps/stages);
 * ``plane``: the plane box (warps/stages/row_cells/register cap, 0 none/gather 0 or 1);
-* ``slide``: the sliding-box form (tile rows, i.e. planes x padded H/warps/stages/gather 0 or 1/
-  register cap, 0 none/prefetch 0 or 1);
 * ``box``: the box-form GEMM (rows/warps/stages);
 * ``boxsplit``: the box form for fp32 with split TF32 operands (rows/warps/stages/K chunk/gather 0 or 1);
 * ``boxgrad`` and ``satgrad``: grad-weight by box products (K/warps/stages) or SAT tap sums.
 
     python3 bench/bench_forms.py --out forms.md
-    python3 bench/bench_forms.py --stages 1 --dtypes bf16 --only slide,plane --slide 1/4/1/0,1/4/2/0
+    python3 bench/bench_forms.py --stages 2,3 --dtypes bf16 --only toeplitz,rowtoeplitz --rowtoeplitz 64/128/4/2
 """
 from __future__ import annotations
 
@@ -46,9 +44,6 @@ CONFIGS: dict[str, list[tuple[int, ...]]] = {
     "toeplitz": [(0, 0, 0, 4, 0)],
     "rowtoeplitz": [(64, 128, 4, 2), (64, 128, 4, 3), (64, 256, 8, 2), (32, 128, 4, 2)],
     "plane": [(4, 1, 1, 0, 0), (4, 1, 1, 0, 1), (4, 1, 1, 96, 0)],
-    "slide": [(64, 4, 1, 0, 0, 0), (64, 4, 1, 1, 0, 0), (64, 4, 1, 0, 0, 1), (64, 4, 1, 1, 0, 1),
-              (128, 8, 1, 0, 0, 0), (128, 8, 1, 1, 0, 1), (64, 4, 2, 0, 0, 0), (64, 4, 3, 0, 0, 0),
-              (64, 4, 1, 0, 128, 0)],
     "box": [(32, 2, 3), (64, 4, 2), (128, 8, 1), (128, 4, 1)],
     "boxsplit": [(128, 8, 1, 32, 0), (128, 8, 1, 16, 0), (64, 4, 1, 16, 0), (64, 4, 1, 32, 0), (64, 4, 2, 32, 0),
                  (256, 8, 1, 32, 0), (128, 8, 1, 32, 1), (64, 4, 1, 16, 1), (128, 8, 1, 16, 1)],
@@ -76,7 +71,6 @@ def candidates(x: torch.Tensor, w: torch.Tensor, dy: torch.Tensor, grid: tuple[i
                configs: dict[str, list[tuple[int, ...]]]):
     """Every (form, config) that applies to this shape and dtype, as ready-to-call closures."""
     size = x.shape[-1]
-    padded = toeplitz.padded_width(size)
     half = x.dtype in (torch.bfloat16, torch.float16)
     reach = toeplitz.lag_reach(grid, size)
     kernels = triton_kernels
@@ -104,13 +98,6 @@ def candidates(x: torch.Tensor, w: torch.Tensor, dy: torch.Tensor, grid: tuple[i
             with_blocks(lambda planes, blocks, cells: kernels.plane_box_conv_triton(planes, blocks, cells, warps,
                                                                                    stages, row_cells,
                                                                                    registers or None))),
-        "slide": lambda rows, warps, stages, gather, registers, prefetch: (
-            with_lags(lambda images, kernel: kernels.slide_lags_triton(images, kernel, grid, max(1, rows // padded),
-                                                                       warps, stages, registers or None,
-                                                                       bool(prefetch)))
-            if gather else
-            with_blocks(lambda images, blocks, cells: kernels.slide_conv_triton(
-                images, blocks, cells, max(1, rows // padded), warps, stages, registers or None, bool(prefetch)))),
         "box": lambda rows, warps, stages: with_blocks(lambda images, blocks, cells: kernels.box_conv_triton(
             images, blocks, cells, rows, warps, stages)),
         "boxsplit": lambda rows, warps, stages, chunk, gather: (
@@ -124,10 +111,10 @@ def candidates(x: torch.Tensor, w: torch.Tensor, dy: torch.Tensor, grid: tuple[i
                                                                               num_warps=warps, num_stages=stages))),
         "satgrad": lambda: (lambda: sat.peripheral_grad_weight_taps(dy, x, grid, kernels.sat_tap_sums_triton)),
     }
-    # Where each form can win: the plane box on 16-bit planes that pad to 64, the sliding boxes on 16-bit
-    # planes beyond 16 rows, the Toeplitz GEMM by rows on planes up to 32 wide, the box form and SAT in
-    # fp32 (in 16-bit their box sums need a hi/lo pair of products and they lost to Toeplitz everywhere).
-    fits = {"plane": half and size > 32, "slide": half and size > 16, "rowtoeplitz": size <= 32,
+    # Where each form can win: the plane box on 16-bit planes that pad to 64, the Toeplitz GEMM by rows
+    # on planes up to 32 wide, the box form and SAT in fp32 (in 16-bit their box sums need a hi/lo pair
+    # of products and they lost to Toeplitz everywhere).
+    fits = {"plane": half and size > 32, "rowtoeplitz": size <= 32,
             "box": not half, "boxsplit": not half, "sat": not half and size > 32, "satgrad": not half}
     for form, form_configs in configs.items():
         if not fits.get(form, True):

@@ -98,16 +98,6 @@ def kernels_at(size: int, grid: tuple[int, ...], dtype: str):
            {"H": size, "W": size, "PRECISION": precision, "UPCAST": False, "HI_LO": half,
             "H_PAD": padded_width(size), "W_PAD": padded_width(size), "GATHER": False},
            4, 1)
-    if size > 16 and half:
-        h_pad = padded_width(size)
-        planes = max(1, 64 // h_pad)
-        yield ("slide", triton_kernels._slide_kernel,
-               {"x_ptr": f"*{dtype}", "blocks_ptr": f"*{dtype}", "direct_ptr": "*i32", "upper_ptr": "*i32",
-                "lower_ptr": "*i32", "y_ptr": f"*{dtype}"},
-               ("B", "C", "CELLS", "DIRECT", "UPPER", "LOWER"),
-               {"H": size, "W": size, "PRECISION": precision, "UPCAST": False, "H_PAD": h_pad, "W_PAD": h_pad,
-                "PLANES": planes, "GATHER": False, "PREFETCH": False},
-               4 * max(1, planes * h_pad // 64), 1)
     if size <= 32:
         block_m, rows, warps, stages = triton_kernels.row_toeplitz_tile(TORCH_TYPES[dtype], size)
         yield ("row toeplitz", triton_kernels._row_toeplitz_kernel,

@@ -11,9 +11,10 @@ Backends: ``torch`` (expand + F.conv2d), ``sat`` (SAT form in plain torch, any
 device), ``triton`` (CUDA, or CPU under TRITON_INTERPRET=1), and ``auto`` =
 ``choose_backend``. The triton backend picks its kernels per call and per direction
 (``triton_forms``): for the forward and grad-input the Toeplitz form on tensor cores
-(toeplitz.py; small images, reduced precision), the plane box (the box form with a whole plane
-on chip; 16-bit planes of 50-64 a side), the box form on tensor cores (toeplitz.py; fp32 at the
-larger planes) or the SAT form (sat.py); for grad-weight the box products or the SAT tap sums.
+(toeplitz.py; small images, reduced precision; by image rows on narrow planes), the plane box (the
+box form with a whole plane on chip; 16-bit planes of 50-64 a side), the box form on tensor cores
+(toeplitz.py; fp32 at the larger planes, as three TF32 products of split operands) or the SAT form
+(sat.py); for grad-weight the box products or the SAT tap sums.
 An explicit backend that cannot run raises; it never falls back to another one.
 
 Under autocast, the custom op (unlike F.conv2d) is not cast by torch, so the
@@ -72,6 +73,14 @@ BOX_CONV_TOEPLITZ_SHARE = 0.75
 # the box form at stage 1.
 PLANE_BOX_PADDED_SIZES = (64,)
 PLANE_BOX_MIN_FILL = 0.6
+# Where the Toeplitz form runs, the Toeplitz GEMM by image rows (column blocks as its operand, plain
+# tile loads instead of a gather per element) replaces it on planes up to ROW_TOEPLITZ_MAX_WIDTH wide
+# whose width pads by at most ROW_TOEPLITZ_MAX_PADDING (it does padded-W multiply-adds per input row).
+# On the H200 (bench/results/2026-12-03-h200-forms-candidates.md) it won at padding 1.14 (28 -> 32 and
+# 14 -> 16: bf16 0.052 vs 0.056 ms at stage 2, 0.019 vs 0.021 at stage 3; fp32 0.044 vs 0.054 at stage
+# 3) and lost at 2.29 (7 -> 16: bf16 0.017 vs 0.012 ms, fp32 0.031 vs 0.017).
+ROW_TOEPLITZ_MAX_WIDTH = 32
+ROW_TOEPLITZ_MAX_PADDING = 1.2
 
 
 def _import_triton_kernels() -> tuple[ModuleType | None, str]:
@@ -109,8 +118,9 @@ def box_macs(grid: Sequence[int], width: int) -> int:
 
 
 class TritonForms(NamedTuple):
-    """Kernel family the triton backend runs: ``conv`` (forward and grad-input) is 'toeplitz', 'plane'
-    (the plane box), 'box' or 'sat', ``grad_weight`` is 'box' (the box products) or 'sat'."""
+    """Kernel family the triton backend runs: ``conv`` (forward and grad-input) is 'toeplitz',
+    'rowtoeplitz' (the Toeplitz GEMM by image rows), 'plane' (the plane box), 'box' or 'sat',
+    ``grad_weight`` is 'box' (the box products) or 'sat'."""
 
     conv: str
     grad_weight: str
@@ -120,7 +130,8 @@ def triton_forms(height: int, width: int, grid: Sequence[int], dtype: torch.dtyp
     """Which Triton kernels run for an (H, W) image in ``dtype``: the plane box for 16-bit planes that
     fill its padded square (PLANE_BOX_PADDED_SIZES, PLANE_BOX_MIN_FILL), else the cheaper by the
     tap-ratio rules (BOX_CONV_TAP_RATIO and BOX_CONV_TOEPLITZ_SHARE, TOEPLITZ_TAP_RATIO,
-    BOX_TAP_RATIO); always Toeplitz and box products beyond the SAT kernels' TRITON_MAX_PLANE."""
+    BOX_TAP_RATIO); always Toeplitz and box products beyond the SAT kernels' TRITON_MAX_PLANE. The
+    Toeplitz form runs by image rows on narrow planes (ROW_TOEPLITZ_MAX_WIDTH, ..._PADDING)."""
     taps = sat_tap_count(grid, height, width)
     precision = "16" if dtype in (torch.bfloat16, torch.float16) else "32"
     too_big_for_sat = max(height, width) > TRITON_MAX_PLANE
@@ -135,6 +146,9 @@ def triton_forms(height: int, width: int, grid: Sequence[int], dtype: torch.dtyp
         conv = "box"
     else:
         conv = "toeplitz" if height * width <= TOEPLITZ_TAP_RATIO[precision] * taps else "sat"
+    if (conv == "toeplitz" and width <= ROW_TOEPLITZ_MAX_WIDTH
+            and toeplitz.padded_width(width) <= ROW_TOEPLITZ_MAX_PADDING * width):
+        conv = "rowtoeplitz"
     grad_weight = too_big_for_sat or boxes <= BOX_TAP_RATIO[precision] * taps
     return TritonForms(conv, "box" if grad_weight else "sat")
 
@@ -160,14 +174,19 @@ def choose_backend(device: torch.device | str, height: int, width: int, grid: Se
             return BackendChoice("triton", f"CUDA, triton {kernels.triton.__version__}: Toeplitz GEMM on tensor "
                                            f"cores, {height * width} MACs per output instead of K²={dense} "
                                            f"(SAT: {taps} taps); {weight_part}")
+        if forms.conv == "rowtoeplitz":
+            return BackendChoice("triton", f"CUDA, triton {kernels.triton.__version__}: Toeplitz GEMM by image "
+                                           f"rows on tensor cores, {height * toeplitz.padded_width(width)} MACs "
+                                           f"per output instead of K²={dense} (SAT: {taps} taps); {weight_part}")
         if forms.conv == "plane":
             return BackendChoice("triton", f"CUDA, triton {kernels.triton.__version__}: plane-box GEMMs on tensor "
                                            f"cores, the {height}x{width} plane held on chip and its box sums "
                                            f"formed there, instead of K²={dense} taps (SAT: {taps}, Toeplitz: "
                                            f"{height * width}); {weight_part}")
         if forms.conv == "box":
+            split = " (three TF32 products of split operands)" if dtype == torch.float32 else ""
             return BackendChoice("triton", f"CUDA, triton {kernels.triton.__version__}: box-form GEMM on tensor "
-                                           f"cores, {box_macs(grid, width)} MACs per output instead of "
+                                           f"cores, {box_macs(grid, width)} MACs per output{split} instead of "
                                            f"K²={dense} (SAT: {taps} taps, Toeplitz: {height * width}); {weight_part}")
         if dense < CUDA_TRITON_MIN_TAP_RATIO * taps:
             return BackendChoice("torch", f"CUDA: K²={dense} dense taps < {CUDA_TRITON_MIN_TAP_RATIO:g} x "
@@ -215,8 +234,13 @@ def _conv_impl(x: torch.Tensor, weight: torch.Tensor, grid: tuple[int, ...], bac
     form = triton_forms(height, width, grid, x.dtype).conv
     if form == "sat":
         return sat.peripheral_conv2d_taps(x, weight, grid, kernels.sat_taps_triton)
+    if form == "box" and x.dtype == torch.float32:
+        return toeplitz.peripheral_conv2d_lags(
+            x, weight, grid, lambda images, kernel: kernels.box_split_lags_triton(images, kernel, grid))
     if form == "box":
         return toeplitz.peripheral_conv2d_box(x, weight, grid, kernels.box_conv_triton)
+    if form == "rowtoeplitz":
+        return toeplitz.peripheral_conv2d_box(x, weight, grid, kernels.row_toeplitz_triton)
     if form == "plane":
         return toeplitz.peripheral_conv2d_box(x, weight, grid, kernels.plane_box_conv_triton)
     reach = toeplitz.lag_reach(grid, height)

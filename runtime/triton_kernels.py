@@ -45,7 +45,6 @@ import triton.language as tl
 
 from runtime.constants import device_constant
 from runtime.sat import accumulate_dtype
-from runtime.slide import slide_plan
 from runtime.toeplitz import cell_lag_ranges, lag_cells, lag_reach, padded_width
 
 
@@ -290,11 +289,16 @@ def _box_conv_kernel(x_ptr, prefix_ptr, blocks_ptr, lo_ptr, hi_ptr, narrow_ptr, 
 
 
 @triton.jit
+def _tf32_round(t):
+    """fp32 ``t`` rounded to nearest TF32 (10 mantissa bits; the tensor cores would truncate)."""
+    return ((t.to(tl.int32, bitcast=True) + 4096) & -8192).to(tl.float32, bitcast=True)
+
+
+@triton.jit
 def _tf32_parts(t):
-    """(big, small) with t = big + small exactly, big's mantissa truncated to TF32's 10 bits; a TF32
-    product of ``small`` keeps the next 11 (three products of such parts are about fp32-exact)."""
-    big = (t.to(tl.int32, bitcast=True) & -8192).to(tl.float32, bitcast=True)
-    return big, t - big
+    """(big, small): TF32 values with t ≈ big + small to about 22 bits (``tf32_parts``)."""
+    big = _tf32_round(t)
+    return big, _tf32_round(t - big)
 
 
 @triton.jit
@@ -302,8 +306,8 @@ def _box_split_kernel(prefix_ptr, big_ptr, small_ptr, lo_ptr, hi_ptr, y_ptr, B, 
                       CELLS, CELL_BEGIN, CELL_END, BLOCK_M: tl.constexpr, W_PAD: tl.constexpr,
                       K_CHUNK: tl.constexpr, GATHER: tl.constexpr):
     """y[n, c, h] = Σ_a X_a[n, c, h] @ R_a[c] (the box form) for fp32 inputs, as TF32 products of split
-    operands: R_a = big + small (split once per call, ``tf32_parts``), X_a = prefix[h + hi_a] -
-    prefix[h + lo_a] split in the kernel, and X_a @ R_a = X_big R_big + X_big R_small + X_small R_big.
+    operands: R_a ≈ big + small (split once per call, ``tf32_parts``), X_a = prefix[h + hi_a] -
+    prefix[h + lo_a] split in the kernel, and X_a @ R_a ≈ X_big R_big + X_big R_small + X_small R_big.
 
     Program = BLOCK_M rows (n, h) of channel c; each cell's W_PAD-deep product goes K_CHUNK columns at
     a time, so only a (BLOCK_M, K_CHUNK) slice of X_a and its parts is live at once. The parts of R_a
@@ -338,9 +342,11 @@ def _box_split_kernel(prefix_ptr, big_ptr, small_ptr, lo_ptr, hi_ptr, y_ptr, B, 
             else:
                 offsets = block + (v * W_PAD)[:, None] + w[None, :]
                 r_big, r_small = tl.load(big_ptr + offsets), tl.load(small_ptr + offsets)
-            acc = tl.dot(box_big, r_big, acc, input_precision="tf32")
-            acc = tl.dot(box_big, r_small, acc, input_precision="tf32")
-            acc = tl.dot(box_small, r_big, acc, input_precision="tf32")
+            # As tl.dot's tf32x3: the two small products sum in a fresh accumulator (the tensor cores'
+            # fp32 sums drop low bits of addends far below the running total), NaNs of inf - inf dropped.
+            small = tl.dot(box_small, r_big, tl.zeros((BLOCK_M, W_PAD), dtype=tl.float32), input_precision="tf32")
+            small = tl.dot(box_big, r_small, small, input_precision="tf32")
+            acc = tl.dot(box_big, r_big, acc + tl.where(small == small, small, 0.0), input_precision="tf32")
     tl.store(y_ptr + plane[:, None] * (H * W) + (h * W)[:, None] + w[None, :], acc,
              mask=real[:, None] & (w < W)[None, :])
 
@@ -428,131 +434,6 @@ def _row_toeplitz_kernel(x_ptr, blocks_ptr, cells_ptr, y_ptr, B, C, H: tl.conste
     rows = h0 + r
     out = y_ptr + ((images.to(tl.int64) * C + c) * (H * W))[:, None] + (rows * W + w)[None, :]
     tl.store(out, acc.to(y_ptr.dtype.element_ty), mask=(images < B)[:, None] & ((rows < H) & (w < W))[None, :])
-
-
-@triton.jit
-def _shifted_rows(planes, u, w, shift, real, H: tl.constexpr, W: tl.constexpr):
-    """Rows u + shift of each row's plane, zero outside the image: ``planes`` (M, 1) points at row 0 of
-    each of the M rows' planes, ``u`` (M,) are the rows, ``w`` (N,) the columns, ``real`` (M,) masks rows."""
-    source = u + shift
-    return tl.load(planes + (source * W)[:, None] + w[None, :],
-                   mask=(real & (source >= 0) & (source < H))[:, None] & (w < W)[None, :], other=0.0)
-
-
-@triton.jit
-def _plane_cumsum(t, PLANES: tl.constexpr, H_PAD: tl.constexpr, W_PAD: tl.constexpr, REVERSE: tl.constexpr):
-    """Cumulative sums down (REVERSE: up) the rows of each of the PLANES (H_PAD, W_PAD) planes stacked
-    in ``t`` (PLANES·H_PAD, W_PAD)."""
-    if PLANES == 1:
-        return tl.cumsum(t, axis=0, reverse=REVERSE)
-    planes = tl.cumsum(tl.reshape(t, (PLANES, H_PAD, W_PAD)), axis=1, reverse=REVERSE)
-    return tl.reshape(planes, (PLANES * H_PAD, W_PAD))
-
-
-@triton.jit
-def _negated(t, UPCAST: tl.constexpr):
-    """-t, exact in every dtype; under the interpreter (UPCAST) in fp32, as its bf16/fp16 arithmetic
-    is wrong and the dot widens its operands anyway."""
-    if UPCAST:
-        return -t.to(tl.float32)
-    return -t
-
-
-@triton.jit
-def _direct_operands(planes, blocks, direct_ptr, index, u, w, real, H: tl.constexpr, W: tl.constexpr,
-                     W_PAD: tl.constexpr, GATHER: tl.constexpr):
-    """(R_cell, x[u + lag]) of the direct (lag, cell) pair ``index`` at direct_ptr."""
-    lag = tl.load(direct_ptr + 2 * index)
-    block = _cell_block(blocks, tl.load(direct_ptr + 2 * index + 1), lag, w, H, W, W_PAD, GATHER)
-    return block, _shifted_rows(planes, u, w, lag, real, H, W)
-
-
-@triton.jit
-def _slide_group_operands(planes, blocks, groups_ptr, group, u, w, real, UPPER: tl.constexpr, H: tl.constexpr,
-                          W: tl.constexpr, W_PAD: tl.constexpr, GATHER: tl.constexpr):
-    """(R_g, x[u + lead_g]) of group ``group`` at groups_ptr (see ``_slide_groups``)."""
-    block = _cell_block(blocks, tl.load(groups_ptr + 3 * group + 2), tl.load(groups_ptr + 3 * group), w, H, W, W_PAD,
-                        GATHER)
-    return block, _shifted_rows(planes, u, w, tl.load(groups_ptr + 3 * group + 1) - UPPER, real, H, W)
-
-
-@triton.jit
-def _slide_groups(planes, blocks, groups_ptr, GROUPS, u, w, real, UPPER: tl.constexpr, H: tl.constexpr,
-                  W: tl.constexpr, W_PAD: tl.constexpr, GATHER: tl.constexpr, PRECISION: tl.constexpr,
-                  UPCAST: tl.constexpr, ROWS: tl.constexpr, acc_dtype: tl.constexpr, PREFETCH: tl.constexpr):
-    """Σ_g (x[u + lead_g] - x[u + trail_g]) @ R_g over the GROUPS (lo, hi, cell) at groups_ptr (slide.py):
-    UPPER lead = hi - 1, trail = lo - 1; otherwise lead = lo, trail = hi. The groups are contiguous
-    (each one's lo is the previous one's hi), so each shifted row tile is loaded once and carried.
-    PREFETCH issues the next group's loads before this group's products (registers double-buffered)."""
-    acc = tl.zeros((ROWS, W_PAD), dtype=acc_dtype)
-    carried = _shifted_rows(planes, u, w, tl.load(groups_ptr) - UPPER, real, H, W)
-    block, new = _slide_group_operands(planes, blocks, groups_ptr, 0, u, w, real, UPPER, H, W, W_PAD, GATHER)
-    for group in range(GROUPS):
-        if not PREFETCH:
-            block, new = _slide_group_operands(planes, blocks, groups_ptr, group, u, w, real, UPPER, H, W, W_PAD,
-                                               GATHER)
-        else:
-            next_block, next_new = _slide_group_operands(planes, blocks, groups_ptr, tl.minimum(group + 1, GROUPS - 1),
-                                                         u, w, real, UPPER, H, W, W_PAD, GATHER)
-        if UPPER:
-            acc = _dot_step(acc, new, block, PRECISION, UPCAST)
-            acc = _dot_step(acc, _negated(carried, UPCAST), block, PRECISION, UPCAST)
-        else:
-            acc = _dot_step(acc, carried, block, PRECISION, UPCAST)
-            acc = _dot_step(acc, _negated(new, UPCAST), block, PRECISION, UPCAST)
-        carried = new
-        if PREFETCH:
-            block, new = next_block, next_new
-    return acc
-
-
-@triton.jit
-def _slide_kernel(x_ptr, blocks_ptr, direct_ptr, upper_ptr, lower_ptr, y_ptr, B, C, H: tl.constexpr,
-                  W: tl.constexpr, CELLS, DIRECT, UPPER, LOWER, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
-                  H_PAD: tl.constexpr, W_PAD: tl.constexpr, PLANES: tl.constexpr, GATHER: tl.constexpr,
-                  PREFETCH: tl.constexpr):
-    """y[n, c] = Σ_a X_a[n, c] @ R_a[c] in the sliding-box form (slide.py), every product exact.
-
-    Program = PLANES (n, c) planes of one channel, stacked as the rows of one tile (each padded to
-    H_PAD x W_PAD). The DIRECT (lag, cell) pairs at direct_ptr are products of shifted input rows with
-    R_cell; the UPPER and LOWER (lo, hi, cell) groups are sliding boxes (``_slide_groups``), summed
-    down (upper) or up (lower) the rows of each plane. R_a comes from the column blocks (C, k', W_PAD,
-    W_PAD), or with GATHER from the lag kernel Kc (C, 2H-1, 2W-1) (``_cell_block``). PREFETCH issues
-    each product's loads one product ahead.
-    """
-    pid, c = tl.program_id(0), tl.program_id(1)
-    rows = tl.arange(0, PLANES * H_PAD)
-    u = rows % H_PAD
-    n = pid * PLANES + rows // H_PAD
-    real = n < B
-    planes = x_ptr + ((n.to(tl.int64) * C + c) * (H * W))[:, None]
-    w = tl.arange(0, W_PAD)
-    if GATHER:
-        blocks = blocks_ptr + c.to(tl.int64) * ((2 * H - 1) * (2 * W - 1)) + (W - 1) + w[:, None] - w[None, :]
-    else:
-        blocks = blocks_ptr + c.to(tl.int64) * CELLS * (W_PAD * W_PAD) + w[:, None] * W_PAD + w[None, :]
-    acc_dtype = tl.float64 if PRECISION == "ieee" else tl.float32
-    y = tl.zeros((PLANES * H_PAD, W_PAD), dtype=acc_dtype)
-    block, shifted = _direct_operands(planes, blocks, direct_ptr, 0, u, w, real, H, W, W_PAD, GATHER)
-    for index in range(DIRECT):
-        if not PREFETCH:
-            block, shifted = _direct_operands(planes, blocks, direct_ptr, index, u, w, real, H, W, W_PAD, GATHER)
-        else:
-            next_block, next_shifted = _direct_operands(planes, blocks, direct_ptr, tl.minimum(index + 1, DIRECT - 1),
-                                                        u, w, real, H, W, W_PAD, GATHER)
-        y = _dot_step(y, shifted, block, PRECISION, UPCAST)
-        if PREFETCH:
-            block, shifted = next_block, next_shifted
-    if UPPER > 0:
-        slides = _slide_groups(planes, blocks, upper_ptr, UPPER, u, w, real, True, H, W, W_PAD, GATHER, PRECISION,
-                               UPCAST, PLANES * H_PAD, acc_dtype, PREFETCH)
-        y += _plane_cumsum(slides, PLANES, H_PAD, W_PAD, False)
-    if LOWER > 0:
-        slides = _slide_groups(planes, blocks, lower_ptr, LOWER, u, w, real, False, H, W, W_PAD, GATHER, PRECISION,
-                               UPCAST, PLANES * H_PAD, acc_dtype, PREFETCH)
-        y += _plane_cumsum(slides, PLANES, H_PAD, W_PAD, True)
-    offsets = ((n.to(tl.int64) * C + c) * (H * W))[:, None] + (u * W)[:, None] + w[None, :]
-    tl.store(y_ptr + offsets, y.to(y_ptr.dtype.element_ty), mask=(real & (u < H))[:, None] & (w < W)[None, :])
 
 
 @triton.jit
@@ -808,31 +689,51 @@ def box_conv_triton(x: torch.Tensor, blocks: torch.Tensor, grid: Sequence[int], 
     return y.to(x.dtype)
 
 
+def round_to_tf32(t: torch.Tensor) -> torch.Tensor:
+    """fp32 ``t`` rounded to nearest TF32 (ties away from zero), as the kernels' ``_tf32_round``."""
+    return ((t.contiguous().view(torch.int32) + 4096) & -8192).view(torch.float32)
+
+
 def tf32_parts(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """fp32 ``t`` -> (big, small), t = big + small exactly, big truncated to TF32 (``_tf32_parts``)."""
-    big = (t.contiguous().view(torch.int32) & -8192).view(torch.float32)
-    return big, t - big
+    """fp32 ``t`` -> (big, small), both TF32 values (low 13 mantissa bits zero), big the nearest TF32
+    to t and small the nearest to t - big: t ≈ big + small to about 22 bits."""
+    big = round_to_tf32(t)
+    return big, round_to_tf32(t - big)
 
 
-def box_split_triton(x: torch.Tensor, blocks: torch.Tensor, grid: Sequence[int], block_m: int = 128,
-                     num_warps: int = 8, num_stages: int = 1, k_chunk: int = 32) -> torch.Tensor:
+def box_split_tile(padded: int) -> tuple[int, int, int, int]:
+    """The split-TF32 box kernel's default (block_m, num_warps, num_stages, k_chunk) for planes padded
+    to ``padded`` columns. From the H200 sweep with R gathered from the lag kernel
+    (bench/results/2026-12-03-h200-forms-candidates.md, before the small products got their own
+    accumulator): 64 rows, 4 warps, K in chunks of 16 at stage 1 (0.367 ms against 0.424 for 128 rows
+    and 0.433 for the tf32x3 box kernel), 128 rows, 8 warps, chunks of 32 at stage 2 (0.141 ms
+    against 0.160 for 64 rows)."""
+    return (64, 4, 1, 16) if padded >= 64 else (128, 8, 1, 32)
+
+
+def box_split_triton(x: torch.Tensor, blocks: torch.Tensor, grid: Sequence[int], block_m: int | None = None,
+                     num_warps: int | None = None, num_stages: int | None = None,
+                     k_chunk: int | None = None) -> torch.Tensor:
     """``box_conv_triton`` for fp32 x with split TF32 operands (``_box_split_kernel``): x (B, C, H, W),
-    R (C, k', Wp, Wp) fp32 -> (B, C, H, W) fp32. Not yet calibrated on a GPU."""
+    R (C, k', Wp, Wp) fp32 -> (B, C, H, W) fp32. Defaults: ``box_split_tile``."""
     return _box_split(x, blocks, grid, False, block_m, num_warps, num_stages, k_chunk)
 
 
-def box_split_lags_triton(x: torch.Tensor, kernel: torch.Tensor, grid: Sequence[int], block_m: int = 128,
-                          num_warps: int = 8, num_stages: int = 1, k_chunk: int = 32) -> torch.Tensor:
+def box_split_lags_triton(x: torch.Tensor, kernel: torch.Tensor, grid: Sequence[int], block_m: int | None = None,
+                          num_warps: int | None = None, num_stages: int | None = None,
+                          k_chunk: int | None = None) -> torch.Tensor:
     """``box_split_triton`` with R_a's parts gathered in the kernel from the split lag kernel Kc
-    (C, 2H-1, 2W-1) fp32 instead of read from split column blocks."""
+    (C, 2H-1, 2W-1) fp32 instead of read from split column blocks: the fp32 box form of ``auto``."""
     return _box_split(x, kernel, grid, True, block_m, num_warps, num_stages, k_chunk)
 
 
-def _box_split(x: torch.Tensor, operand: torch.Tensor, grid: Sequence[int], gather: bool, block_m: int,
-               num_warps: int, num_stages: int, k_chunk: int) -> torch.Tensor:
+def _box_split(x: torch.Tensor, operand: torch.Tensor, grid: Sequence[int], gather: bool, block_m: int | None,
+               num_warps: int | None, num_stages: int | None, k_chunk: int | None) -> torch.Tensor:
     """Launch ``_box_split_kernel`` with R from column blocks or (``gather``) the lag kernel."""
     if x.dtype != torch.float32:
         raise ValueError(f"box_split_triton takes fp32 inputs, got {x.dtype}")
+    block_m, num_warps, num_stages, k_chunk = (given or default for given, default in zip(
+        (block_m, num_warps, num_stages, k_chunk), box_split_tile(padded_width(x.shape[-1]))))
     x = x.contiguous()
     batch, channels, height, width = x.shape
     prefix = column_prefix_triton(x)
@@ -902,9 +803,12 @@ def _plane_box(x: torch.Tensor, operand: torch.Tensor, grid: Sequence[int], gath
 
 
 def row_toeplitz_tile(dtype: torch.dtype, width: int) -> tuple[int, int, int, int]:
-    """``row_toeplitz_triton``'s default (block_m, rows, num_warps, num_stages): 64 images, enough
-    output rows for 128 tile columns, 4 warps, 2 stages (not yet calibrated on a GPU)."""
-    return 64, max(1, 128 // padded_width(width)), 4, 2
+    """``row_toeplitz_triton``'s default (block_m, rows, num_warps, num_stages): enough output rows for
+    128 tile columns, 4 warps, 2 stages; 64 images for 16-bit inputs, 32 for fp32 (three TF32
+    products each; 64 images took 180-224 registers). From the H200 sweep
+    (bench/results/2026-12-03-h200-forms-candidates.md): bf16 stage 2 0.052 ms (0.054 with 3 stages,
+    0.056 with 256 columns and 8 warps), fp32 stage 3 0.044 ms with 32 images against 0.110 with 64."""
+    return 64 if dtype in (torch.bfloat16, torch.float16) else 32, max(1, 128 // padded_width(width)), 4, 2
 
 
 def row_toeplitz_triton(x: torch.Tensor, blocks: torch.Tensor, grid: Sequence[int], block_m: int | None = None,
@@ -926,54 +830,6 @@ def row_toeplitz_triton(x: torch.Tensor, blocks: torch.Tensor, grid: Sequence[in
         x, blocks.to(x.dtype).contiguous(), cells, y, batch, channels, height, width, len(grid), lo, hi,
         PRECISION=_dot_precision(x.dtype), UPCAST=_upcast(x.dtype), BLOCK_M=block_m, ROWS=rows,
         W_PAD=blocks.shape[-1], num_warps=num_warps, num_stages=num_stages)
-    return y.to(x.dtype)
-
-
-def _slide_tables(grid: tuple[int, ...], height: int, device: torch.device
-                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, tuple[int, int, int]]:
-    """The sliding-box plan (slide.slide_plan) as flat int32 tables (direct, upper, lower) and their
-    lengths; an empty list becomes one unused entry (a kernel argument cannot be an empty tensor)."""
-    plan = slide_plan(grid, height)
-    tables = tuple(_offsets_tensor(tuple(v for entry in part for v in entry) or (0,), device) for part in plan)
-    return (*tables, tuple(len(part) for part in plan))
-
-
-def slide_conv_triton(x: torch.Tensor, blocks: torch.Tensor, grid: Sequence[int], planes: int | None = None,
-                      num_warps: int | None = None, num_stages: int = 1, max_registers: int | None = None,
-                      prefetch: bool = False) -> torch.Tensor:
-    """Triton twin of ``slide.slide_conv``: x (B, C, H, W), R (C, k', Wp, Wp) in x.dtype -> (B, C, H, W).
-
-    A program holds ``planes`` planes of one channel (default: enough for 64 tile rows, a wgmma's
-    height), each padded to powers of two; 4 warps per 64 rows by default. ``max_registers``: a
-    per-thread register cap for ptxas; ``prefetch``: issue each product's loads one product ahead."""
-    return _slide(x, blocks, grid, False, planes, num_warps, num_stages, max_registers, prefetch)
-
-
-def slide_lags_triton(x: torch.Tensor, kernel: torch.Tensor, grid: Sequence[int], planes: int | None = None,
-                      num_warps: int | None = None, num_stages: int = 1, max_registers: int | None = None,
-                      prefetch: bool = False) -> torch.Tensor:
-    """``slide_conv_triton`` with each R_a gathered in the kernel from the lag kernel Kc (C, 2H-1, 2W-1)
-    instead of read from per-call column blocks."""
-    return _slide(x, kernel, grid, True, planes, num_warps, num_stages, max_registers, prefetch)
-
-
-def _slide(x: torch.Tensor, operand: torch.Tensor, grid: Sequence[int], gather: bool, planes: int | None,
-           num_warps: int | None, num_stages: int, max_registers: int | None, prefetch: bool) -> torch.Tensor:
-    """Launch ``_slide_kernel`` with R from column blocks or (``gather``) the lag kernel."""
-    x = x.contiguous()
-    batch, channels, height, width = x.shape
-    direct, upper, lower, counts = _slide_tables(tuple(grid), height, x.device)
-    h_pad, w_pad = padded_width(height), padded_width(width)
-    planes = planes or max(1, 64 // h_pad)
-    if x.dtype == torch.float64:
-        planes = 1  # the fp64 fallback holds a (rows, Wp, Wp) product
-    num_warps = num_warps or 4 * max(1, planes * h_pad // 64)
-    y = torch.empty_like(x, dtype=_output_dtype(x.dtype))
-    _slide_kernel[(triton.cdiv(batch, planes), channels)](
-        x, operand.to(x.dtype).contiguous(), direct, upper, lower, y, batch, channels, height, width, len(grid),
-        *counts, PRECISION=_dot_precision(x.dtype), UPCAST=_upcast(x.dtype), H_PAD=h_pad, W_PAD=w_pad,
-        PLANES=planes, GATHER=gather, PREFETCH=prefetch, num_warps=num_warps, num_stages=num_stages,
-        **({"maxnreg": max_registers} if max_registers else {}))
     return y.to(x.dtype)
 
 

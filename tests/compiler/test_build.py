@@ -136,11 +136,12 @@ def test_backends_reports_the_auto_choice_and_reason_per_stage():
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
     assert "triton" in lines[3] and "box-form GEMM on tensor cores, 832 MACs per output" in lines[3]  # stage 1
+    assert "three TF32 products of split operands" in lines[3]
     assert "instead of K²=2601" in lines[3]
     assert "triton" in lines[6] and "Toeplitz GEMM" in lines[6]  # stage 4: K=13 on 7x7
     bf16 = runner.invoke(main, ["backends", "pelk_t", "--device", "cuda", "--dtype", "bf16"]).output.splitlines()
     assert "plane-box GEMMs" in bf16[3] and "bf16" in bf16[0]  # stage 1: 56x56 fills a 64x64 tile
-    assert "Toeplitz GEMM" in bf16[4]  # stage 2: 28x28
+    assert "Toeplitz GEMM by image rows" in bf16[4]  # stage 2: 28x28
     cpu = runner.invoke(main, ["backends", "pelk_b101", "--device", "cpu"]).output
     assert "sat" in cpu and "the measured crossover" in cpu
     assert runner.invoke(main, ["backends", "no_such_spec"]).exit_code != 0

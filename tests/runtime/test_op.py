@@ -63,7 +63,7 @@ def test_auto_on_cuda_follows_the_measured_layer_table():
     stage1_bf16 = choose_backend("cuda", 56, 56, PAPER_GRIDS[101], torch.bfloat16)
     assert "plane-box GEMMs" in stage1_bf16.reason
     stage2_bf16 = choose_backend("cuda", 28, 28, PAPER_GRIDS[51], torch.bfloat16)
-    assert "Toeplitz GEMM" in stage2_bf16.reason
+    assert "Toeplitz GEMM by image rows" in stage2_bf16.reason and "896 MACs per output" in stage2_bf16.reason
 
 
 def test_compiling_the_cuda_choice_raises_no_dynamo_warning(monkeypatch):
@@ -85,17 +85,21 @@ def test_compiling_the_cuda_choice_raises_no_dynamo_warning(monkeypatch):
 
 
 def test_triton_forms_follow_the_tap_ratios():
+    # Narrow planes whose width pads little (14 -> 16, 28 -> 32) run the Toeplitz form by image rows;
+    # 7 -> 16 would more than double its multiply-adds.
     assert triton_forms(7, 7, PAPER_GRIDS[13], torch.float32) == ("toeplitz", "box")
-    assert triton_forms(14, 14, PAPER_GRIDS[51], torch.float32) == ("toeplitz", "box")
+    assert triton_forms(14, 14, PAPER_GRIDS[51], torch.float32) == ("rowtoeplitz", "box")
+    assert triton_forms(7, 7, PAPER_GRIDS[13], torch.bfloat16) == ("toeplitz", "box")
     # fp32 at stages 1-2: k'·Wp box multiply-adds beat H·W Toeplitz ones and the SAT taps.
     assert triton_forms(28, 28, PAPER_GRIDS[51], torch.float32) == ("box", "box")
     assert triton_forms(56, 56, PAPER_GRIDS[101], torch.float32) == ("box", "box")
-    assert triton_forms(28, 28, PAPER_GRIDS[51], torch.bfloat16) == ("toeplitz", "box")
+    assert triton_forms(28, 28, PAPER_GRIDS[51], torch.bfloat16) == ("rowtoeplitz", "box")
+    assert triton_forms(20, 20, PAPER_GRIDS[51], torch.bfloat16) == ("toeplitz", "box")  # 20 -> 32
     # 16-bit planes that fill a 64x64 tile: the plane box; smaller ones keep the Toeplitz form.
     assert triton_forms(56, 56, PAPER_GRIDS[101], torch.bfloat16) == ("plane", "box")
     assert triton_forms(56, 56, PAPER_GRIDS[51], torch.float16) == ("plane", "box")
     assert triton_forms(40, 40, PAPER_GRIDS[51], torch.bfloat16) == ("toeplitz", "box")
-    assert triton_forms(56, 28, PAPER_GRIDS[51], torch.bfloat16) == ("toeplitz", "box")
+    assert triton_forms(56, 28, PAPER_GRIDS[51], torch.bfloat16) == ("rowtoeplitz", "box")
     # A tiny kernel on a big plane: 16 SAT taps against 3 x 64 box multiply-adds.
     assert triton_forms(56, 56, (1, 1, 1), torch.float32) == ("sat", "sat")
     # Planes beyond what a SAT program holds always take the Toeplitz form.

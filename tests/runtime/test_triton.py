@@ -64,15 +64,19 @@ def test_triton_is_exact_in_fp64_on_a_paper_grid_larger_than_the_image():
     torch.testing.assert_close(triton_conv(x, weight, grid), peripheral_conv2d_reference(x, weight, grid))
 
 
-@pytest.fixture(params=["toeplitz", "plane", "box", "sat"])
+@pytest.fixture(params=["toeplitz", "rowtoeplitz", "plane", "box", "sat"])
 def form(request, monkeypatch):
     """Force the triton backend's forward form (the ratio of the chosen one unbounded, the others 0;
-    the plane box, 16-bit only, on every padded plane size); grad-weight runs the box products, or
-    the SAT tap sums with the SAT form."""
+    the plane box, 16-bit only, on every padded plane size; the Toeplitz form by rows on any width);
+    grad-weight runs the box products, or the SAT tap sums with the SAT form."""
     from runtime import op
-    unbounded = {name: float("inf") if request.param == name else 0.0 for name in ("toeplitz", "box", "sat")}
+    toeplitz_forms = ("toeplitz", "rowtoeplitz")
+    unbounded = {name: float("inf") if request.param == name else 0.0 for name in ("box", "sat")}
+    unbounded["toeplitz"] = float("inf") if request.param in toeplitz_forms else 0.0
     monkeypatch.setattr(op, "PLANE_BOX_PADDED_SIZES", (16, 32, 64) if request.param == "plane" else ())
     monkeypatch.setattr(op, "PLANE_BOX_MIN_FILL", 0.0)
+    monkeypatch.setattr(op, "ROW_TOEPLITZ_MAX_WIDTH", 64 if request.param == "rowtoeplitz" else 0)
+    monkeypatch.setattr(op, "ROW_TOEPLITZ_MAX_PADDING", float("inf"))
     monkeypatch.setattr(op, "TOEPLITZ_TAP_RATIO", {"16": unbounded["toeplitz"], "32": unbounded["toeplitz"]})
     monkeypatch.setattr(op, "BOX_CONV_TAP_RATIO", {"16": unbounded["box"], "32": unbounded["box"]})
     monkeypatch.setattr(op, "BOX_CONV_TOEPLITZ_SHARE", unbounded["box"])
@@ -122,7 +126,7 @@ KERNEL_TOLERANCE = {torch.float64: 1e-12, torch.float32: 1e-5, torch.bfloat16: 1
        width=st.integers(1, 8), dtype=st.sampled_from([torch.float32, torch.bfloat16, torch.float64]),
        seed=st.integers(0, 2**16))
 def test_toeplitz_kernels_match_their_torch_twins(grid, batch, height, width, dtype, seed):
-    from runtime import slide, toeplitz
+    from runtime import toeplitz
     x, weight = random_inputs(batch, 2, height, width, grid, dtype, seed)
     dy = torch.randn(x.shape, generator=torch.Generator().manual_seed(seed + 1)).to(dtype)
     kernel = toeplitz.lag_kernel(weight, grid, height, width, dtype)
@@ -146,14 +150,6 @@ def test_toeplitz_kernels_match_their_torch_twins(grid, batch, height, width, dt
         assert relative_error(got, box_twin) <= KERNEL_TOLERANCE[dtype]
     got = triton_kernels.row_toeplitz_triton(x.to(DEVICE), blocks.to(DEVICE), grid, block_m=16, rows=2).cpu()
     assert relative_error(got, box_twin) <= KERNEL_TOLERANCE[dtype]
-    slide_twin = slide.slide_conv(x, blocks, grid).double()
-    for planes, prefetch in ((1, False), (2, True)):  # one plane per program or two in one tile
-        got = triton_kernels.slide_conv_triton(x.to(DEVICE), blocks.to(DEVICE), grid, planes=planes,
-                                               prefetch=prefetch).cpu()
-        assert relative_error(got, slide_twin) <= KERNEL_TOLERANCE[dtype]
-        got = triton_kernels.slide_lags_triton(x.to(DEVICE), kernel.to(DEVICE), grid, planes=planes,
-                                               prefetch=not prefetch).cpu()
-        assert relative_error(got, slide_twin) <= KERNEL_TOLERANCE[dtype]
     products = triton_kernels.box_products_triton(dy.to(DEVICE), x.to(DEVICE), grid, block_k=16).cpu()
     assert relative_error(products, toeplitz.box_products(dy, x, grid).double()) <= 1e-5
 
