@@ -15,7 +15,7 @@ form's configurations can be replaced, e.g. ``--rowtoeplitz 64/128/4/2,32/128/4/
 * ``toeplitz``: the lag-gather Toeplitz GEMM (MxNxK/warps/stages, 0 for the launcher's default);
 * ``rowtoeplitz``: the Toeplitz GEMM by image rows, column blocks as its operand
   (images/tile columns, i.e. output rows x padded W/warps/stages);
-* ``plane``: the plane box (warps/stages/row_cells/register cap, 0 none/gather 0 or 1);
+* ``plane``: the plane box (warps/stages/row_cells);
 * ``box``: the box-form GEMM (rows/warps/stages);
 * ``boxsplit``: the box form for fp32 with split TF32 operands (rows/warps/stages/K chunk/gather 0 or 1);
 * ``boxgrad`` and ``satgrad``: grad-weight by box products (K/warps/stages) or SAT tap sums.
@@ -43,7 +43,7 @@ CONFIGS: dict[str, list[tuple[int, ...]]] = {
     "sat": [(256, 2, 8)],
     "toeplitz": [(0, 0, 0, 4, 0)],
     "rowtoeplitz": [(64, 128, 4, 2), (64, 128, 4, 3), (64, 256, 8, 2), (32, 128, 4, 2)],
-    "plane": [(4, 1, 1, 0, 0), (4, 1, 1, 0, 1), (4, 1, 1, 96, 0)],
+    "plane": [(4, 1, 1)],
     "box": [(32, 2, 3), (64, 4, 2), (128, 8, 1), (128, 4, 1)],
     "boxsplit": [(128, 8, 1, 32, 0), (128, 8, 1, 16, 0), (64, 4, 1, 16, 0), (64, 4, 1, 32, 0), (64, 4, 2, 32, 0),
                  (256, 8, 1, 32, 0), (128, 8, 1, 32, 1), (64, 4, 1, 16, 1), (128, 8, 1, 16, 1)],
@@ -91,13 +91,8 @@ def candidates(x: torch.Tensor, w: torch.Tensor, dy: torch.Tensor, grid: tuple[i
         "rowtoeplitz": lambda m, columns, warps, stages: with_blocks(lambda images, blocks, cells: (
             kernels.row_toeplitz_triton(images, blocks, cells, m, max(1, columns // blocks.shape[-1]), warps,
                                         stages))),
-        "plane": lambda warps, stages, row_cells, registers, gather: (
-            with_lags(lambda planes, kernel: kernels.plane_box_lags_triton(planes, kernel, grid, warps, stages,
-                                                                           row_cells, registers or None))
-            if gather else
-            with_blocks(lambda planes, blocks, cells: kernels.plane_box_conv_triton(planes, blocks, cells, warps,
-                                                                                   stages, row_cells,
-                                                                                   registers or None))),
+        "plane": lambda warps, stages, row_cells: with_blocks(lambda planes, blocks, cells: (
+            kernels.plane_box_conv_triton(planes, blocks, cells, warps, stages, row_cells))),
         "box": lambda rows, warps, stages: with_blocks(lambda images, blocks, cells: kernels.box_conv_triton(
             images, blocks, cells, rows, warps, stages)),
         "boxsplit": lambda rows, warps, stages, chunk, gather: (

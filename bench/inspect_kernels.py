@@ -96,7 +96,7 @@ def kernels_at(size: int, grid: tuple[int, ...], dtype: str):
             "hi_ptr": "*i32", "rows_ptr": "*i32", "wide_ptr": "*i32", "y_ptr": f"*{dtype}"},
            ("C", "CELLS", "ROW_CELLS", "WIDE_CELLS"),
            {"H": size, "W": size, "PRECISION": precision, "UPCAST": False, "HI_LO": half,
-            "H_PAD": padded_width(size), "W_PAD": padded_width(size), "GATHER": False},
+            "H_PAD": padded_width(size), "W_PAD": padded_width(size)},
            4, 1)
     if size <= 32:
         block_m, rows, warps, stages = triton_kernels.row_toeplitz_tile(TORCH_TYPES[dtype], size)
@@ -107,12 +107,14 @@ def kernels_at(size: int, grid: tuple[int, ...], dtype: str):
                 "W_PAD": padded_width(size)},
                warps, stages)
     if not half:
+        block_m, warps, stages, chunk = triton_kernels.box_split_tile(padded_width(size))
         yield ("box split", triton_kernels._box_split_kernel,
                {"prefix_ptr": "*fp32", "big_ptr": "*fp32", "small_ptr": "*fp32", "lo_ptr": "*i32", "hi_ptr": "*i32",
                 "y_ptr": "*fp32"},
                ("B", "C", "CELLS", "CELL_BEGIN", "CELL_END"),
-               {"H": size, "W": size, "BLOCK_M": 128, "W_PAD": padded_width(size), "K_CHUNK": 32, "GATHER": False},
-               8, 1)
+               {"H": size, "W": size, "BLOCK_M": block_m, "W_PAD": padded_width(size), "K_CHUNK": chunk,
+                "GATHER": True},
+               warps, stages)
     yield ("box products", triton_kernels._box_products_kernel,
            {"dy_ptr": f"*{dtype}", "prefix_ptr": "*fp32", "lo_ptr": "*i32", "hi_ptr": "*i32", "out_ptr": "*fp32"},
            ("B", "C", "CELLS", "PER_SPLIT"),

@@ -312,7 +312,8 @@ def _box_split_kernel(prefix_ptr, big_ptr, small_ptr, lo_ptr, hi_ptr, y_ptr, B, 
     Program = BLOCK_M rows (n, h) of channel c; each cell's W_PAD-deep product goes K_CHUNK columns at
     a time, so only a (BLOCK_M, K_CHUNK) slice of X_a and its parts is live at once. The parts of R_a
     come from split column blocks (C, k', W_PAD, W_PAD), or with GATHER from the split lag kernel
-    (C, 2H-1, 2W-1), a quarter of the bytes at PeLK's stage 1 (``_cell_block``'s gather).
+    (C, 2H-1, 2W-1), a quarter of the bytes at PeLK's stage 1: R_a[v, w] = Kc[c, r_a, W-1 + v - w]
+    for a lag row r_a of cell a.
     """
     pid_m, c = tl.program_id(0), tl.program_id(1)
     rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -352,29 +353,16 @@ def _box_split_kernel(prefix_ptr, big_ptr, small_ptr, lo_ptr, hi_ptr, y_ptr, B, 
 
 
 @triton.jit
-def _cell_block(blocks, cell, lo, w, H: tl.constexpr, W: tl.constexpr, W_PAD: tl.constexpr, GATHER: tl.constexpr):
-    """R_a (W_PAD, W_PAD) of kernel-row cell ``cell`` (lags from ``lo``): a plain tile of the column
-    blocks, or with GATHER gathered from the channel's lag kernel at the row of a lag inside the cell
-    and the image (``blocks`` then points at lag W-1 + q - p of row 0; zero beyond W)."""
-    if GATHER:
-        row = tl.minimum(tl.maximum(lo, 1 - H), H - 1) + H - 1
-        return tl.load(blocks + row * (2 * W - 1), mask=(w < W)[:, None] & (w < W)[None, :], other=0.0)
-    return tl.load(blocks + cell * (W_PAD * W_PAD))
-
-
-@triton.jit
 def _plane_box_kernel(x_ptr, blocks_ptr, bands_ptr, lo_ptr, hi_ptr, rows_ptr, wide_ptr, y_ptr, C, H: tl.constexpr,
                       W: tl.constexpr, CELLS, ROW_CELLS, WIDE_CELLS, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
-                      HI_LO: tl.constexpr, H_PAD: tl.constexpr, W_PAD: tl.constexpr, GATHER: tl.constexpr):
+                      HI_LO: tl.constexpr, H_PAD: tl.constexpr, W_PAD: tl.constexpr):
     """y[n, c] = Σ_a X_a[n, c] @ R_a[c] (the box form) with the box sums on tensor cores too.
 
     Program = one (n, c) plane, held on chip (H_PAD x W_PAD). The ROW_CELLS narrow cells listed at
     rows_ptr go one row lag at a time (``_row_lag_products``: shifted input rows read from memory, exact
     products); the WIDE_CELLS cells at wide_ptr as X_a = V_a @ x, exact in its fp32 accumulator,
     with V_a the cell's 0/1 band of row lags (H_PAD x H_PAD, read from the table at bands_ptr), times
-    R_a (``_box_times_block``). R_a comes from the column blocks (C, k', W_PAD, W_PAD) at blocks_ptr,
-    or with GATHER from the lag kernel Kc (C, 2H-1, 2W-1) there: R_a[q, p] = Kc[c, r_a, W-1 + q - p]
-    for a lag row r_a of cell a (``_cell_block``).
+    R_a (``_box_times_block``) from the column blocks (C, k', W_PAD, W_PAD) at blocks_ptr.
     """
     n, c = tl.program_id(0), tl.program_id(1)
     plane = (n.to(tl.int64) * C + c) * (H * W)
@@ -383,22 +371,18 @@ def _plane_box_kernel(x_ptr, blocks_ptr, bands_ptr, lo_ptr, hi_ptr, rows_ptr, wi
     inside = (u < H)[:, None] & (w < W)[None, :]
     x = tl.load(x_ptr + plane + u[:, None] * W + w[None, :], mask=inside, other=0.0)
     bands = bands_ptr + u[:, None] * H_PAD + u[None, :]
-    if GATHER:
-        blocks = blocks_ptr + c.to(tl.int64) * ((2 * H - 1) * (2 * W - 1)) + (W - 1) + w[:, None] - w[None, :]
-    else:
-        blocks = blocks_ptr + c.to(tl.int64) * CELLS * (W_PAD * W_PAD) + w[:, None] * W_PAD + w[None, :]
+    blocks = blocks_ptr + c.to(tl.int64) * CELLS * (W_PAD * W_PAD) + w[:, None] * W_PAD + w[None, :]
     acc = tl.zeros((H_PAD, W_PAD), dtype=tl.float64 if PRECISION == "ieee" else tl.float32)
     for index in range(ROW_CELLS):
         cell = tl.load(rows_ptr + index)
         lo = tl.load(lo_ptr + cell)
-        acc = _row_lag_products(acc, x_ptr + plane, _cell_block(blocks, cell, lo, w, H, W, W_PAD, GATHER), u, w,
-                                lo, tl.load(hi_ptr + cell), inside, H, W, PRECISION, UPCAST)
+        acc = _row_lag_products(acc, x_ptr + plane, tl.load(blocks + cell * (W_PAD * W_PAD)), u, w, lo,
+                                tl.load(hi_ptr + cell), inside, H, W, PRECISION, UPCAST)
     for index in range(WIDE_CELLS):
         cell = tl.load(wide_ptr + index)
         band = tl.load(bands + cell * (H_PAD * H_PAD))
         box = _dot_step(tl.zeros((H_PAD, W_PAD), dtype=acc.dtype), band, x, PRECISION, UPCAST)
-        block = _cell_block(blocks, cell, tl.load(lo_ptr + cell), w, H, W, W_PAD, GATHER)
-        acc = _box_times_block(acc, box, block, x.dtype, PRECISION, UPCAST, HI_LO)
+        acc = _box_times_block(acc, box, tl.load(blocks + cell * (W_PAD * W_PAD)), x.dtype, PRECISION, UPCAST, HI_LO)
     tl.store(y_ptr + plane + u[:, None] * W + w[None, :], acc.to(y_ptr.dtype.element_ty), mask=inside)
 
 
@@ -760,33 +744,18 @@ def _band_table(grid: tuple[int, ...], padded: int, dtype: torch.dtype, device: 
 
 
 def plane_box_conv_triton(x: torch.Tensor, blocks: torch.Tensor, grid: Sequence[int], num_warps: int = 4,
-                          num_stages: int = 1, row_cells: int = 1, max_registers: int | None = None) -> torch.Tensor:
+                          num_stages: int = 1, row_cells: int = 1) -> torch.Tensor:
     """Triton twin of ``toeplitz.box_conv`` with the box sums as tensor-core products:
     x (B, C, H, W), R (C, k', Wp, Wp) in x.dtype -> (B, C, H, W).
 
     A program holds one (H, W) plane padded to powers of two, so it suits planes up to 64 a side;
     cells whose lags miss the image are skipped, cells of at most ``row_cells`` rows go row by row.
-    ``max_registers``: a per-thread register cap for ptxas (more programs per SM, maybe spills;
-    compiled offline for sm_90, 96 fits 5 programs per SM and spills 48 bytes; not yet timed).
     Defaults from H100 sweeps at stage 1 bf16 (bench/results/2026-11-25-h100-forms-plane-box-bands.md):
     4 warps, one stage, one-row cells row by row: 0.125 ms at K=51 (0.126 with two-row cells too),
-    against 0.146 when the bands were built in registers and 0.269 for the Toeplitz form.
+    against 0.146 when the bands were built in registers and 0.269 for the Toeplitz form; the same
+    0.126 on the H200, where R gathered from the lag kernel ran 0.155 and a 96-register cap 0.132
+    (bench/results/2026-12-03-h200-forms-candidates.md).
     """
-    return _plane_box(x, blocks, grid, False, num_warps, num_stages, row_cells, max_registers)
-
-
-def plane_box_lags_triton(x: torch.Tensor, kernel: torch.Tensor, grid: Sequence[int], num_warps: int = 4,
-                          num_stages: int = 1, row_cells: int = 1, max_registers: int | None = None) -> torch.Tensor:
-    """``plane_box_conv_triton`` with each cell's R_a gathered in the kernel from the lag kernel Kc
-    (C, 2H-1, 2W-1), as the Toeplitz kernel's operand is (a candidate, not in ``auto``, not yet
-    timed): no (C, k', Wp, Wp) column blocks are built per call, and a program reads rows of the
-    channel's Kc (L1-resident) instead of 104 KB of blocks per 56x56 plane."""
-    return _plane_box(x, kernel, grid, True, num_warps, num_stages, row_cells, max_registers)
-
-
-def _plane_box(x: torch.Tensor, operand: torch.Tensor, grid: Sequence[int], gather: bool, num_warps: int,
-               num_stages: int, row_cells: int, max_registers: int | None) -> torch.Tensor:
-    """Launch ``_plane_box_kernel`` with R from column blocks or (``gather``) the lag kernel."""
     x = x.contiguous()
     batch, channels, height, width = x.shape
     lags_lo, lags_hi, cells = _cell_lag_tensors(grid, x.device)
@@ -795,10 +764,10 @@ def _plane_box(x: torch.Tensor, operand: torch.Tensor, grid: Sequence[int], gath
     bands = _band_table(tuple(grid), padded, x.dtype, x.device)
     y = torch.empty_like(x, dtype=_output_dtype(x.dtype))
     _plane_box_kernel[(batch, channels)](
-        x, operand.to(x.dtype).contiguous(), bands, lags_lo, lags_hi, rows, wide, y, channels, height, width, cells,
+        x, blocks.to(x.dtype).contiguous(), bands, lags_lo, lags_hi, rows, wide, y, channels, height, width, cells,
         rows.numel(), wide.numel(), PRECISION=_dot_precision(x.dtype), UPCAST=_upcast(x.dtype),
-        HI_LO=x.dtype in (torch.bfloat16, torch.float16), H_PAD=padded, W_PAD=padded_width(width), GATHER=gather,
-        num_warps=num_warps, num_stages=num_stages, **({"maxnreg": max_registers} if max_registers else {}))
+        HI_LO=x.dtype in (torch.bfloat16, torch.float16), H_PAD=padded, W_PAD=padded_width(width),
+        num_warps=num_warps, num_stages=num_stages)
     return y.to(x.dtype)
 
 
