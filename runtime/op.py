@@ -13,8 +13,8 @@ device), ``triton`` (CUDA, or CPU under TRITON_INTERPRET=1), and ``auto`` =
 (``triton_forms``): for the forward and grad-input the Toeplitz form on tensor cores
 (toeplitz.py; small images, reduced precision; by image rows on narrow planes), the plane box (the
 box form with a whole plane on chip; 16-bit planes of 50-64 a side), the box form on tensor cores
-(toeplitz.py; fp32 at the larger planes, as three TF32 products of split operands) or the SAT form
-(sat.py); for grad-weight the box products or the SAT tap sums.
+(toeplitz.py; fp32 at the larger planes) or the SAT form (sat.py); for grad-weight the box products
+or the SAT tap sums.
 An explicit backend that cannot run raises; it never falls back to another one.
 
 Under autocast, the custom op (unlike F.conv2d) is not cast by torch, so the
@@ -184,9 +184,8 @@ def choose_backend(device: torch.device | str, height: int, width: int, grid: Se
                                            f"formed there, instead of K²={dense} taps (SAT: {taps}, Toeplitz: "
                                            f"{height * width}); {weight_part}")
         if forms.conv == "box":
-            split = " (three TF32 products of split operands)" if dtype == torch.float32 else ""
             return BackendChoice("triton", f"CUDA, triton {kernels.triton.__version__}: box-form GEMM on tensor "
-                                           f"cores, {box_macs(grid, width)} MACs per output{split} instead of "
+                                           f"cores, {box_macs(grid, width)} MACs per output instead of "
                                            f"K²={dense} (SAT: {taps} taps, Toeplitz: {height * width}); {weight_part}")
         if dense < CUDA_TRITON_MIN_TAP_RATIO * taps:
             return BackendChoice("torch", f"CUDA: K²={dense} dense taps < {CUDA_TRITON_MIN_TAP_RATIO:g} x "
@@ -234,9 +233,6 @@ def _conv_impl(x: torch.Tensor, weight: torch.Tensor, grid: tuple[int, ...], bac
     form = triton_forms(height, width, grid, x.dtype).conv
     if form == "sat":
         return sat.peripheral_conv2d_taps(x, weight, grid, kernels.sat_taps_triton)
-    if form == "box" and x.dtype == torch.float32:
-        return toeplitz.peripheral_conv2d_lags(
-            x, weight, grid, lambda images, kernel: kernels.box_split_lags_triton(images, kernel, grid))
     if form == "box":
         return toeplitz.peripheral_conv2d_box(x, weight, grid, kernels.box_conv_triton)
     if form == "rowtoeplitz":

@@ -707,7 +707,8 @@ def box_split_lags_triton(x: torch.Tensor, kernel: torch.Tensor, grid: Sequence[
                           num_warps: int | None = None, num_stages: int | None = None,
                           k_chunk: int | None = None) -> torch.Tensor:
     """``box_split_triton`` with R_a's parts gathered in the kernel from the split lag kernel Kc
-    (C, 2H-1, 2W-1) fp32 instead of read from split column blocks: the fp32 box form of ``auto``."""
+    (C, 2H-1, 2W-1) fp32 instead of read from split column blocks. A candidate, not in ``auto``: its
+    small products' own accumulator is not yet measured on a GPU (docs/runtime.md)."""
     return _box_split(x, kernel, grid, True, block_m, num_warps, num_stages, k_chunk)
 
 
