@@ -17,7 +17,6 @@ form's configurations can be replaced, e.g. ``--rowtoeplitz 64/128/4/2,32/128/4/
   (images/tile columns, i.e. output rows x padded W/warps/stages);
 * ``plane``: the plane box (warps/stages/row_cells);
 * ``box``: the box-form GEMM (rows/warps/stages);
-* ``boxsplit``: the box form for fp32 with split TF32 operands (rows/warps/stages/K chunk/gather 0 or 1);
 * ``boxgrad`` and ``satgrad``: grad-weight by box products (K/warps/stages) or SAT tap sums.
 
     python3 bench/bench_forms.py --out forms.md
@@ -45,8 +44,6 @@ CONFIGS: dict[str, list[tuple[int, ...]]] = {
     "rowtoeplitz": [(64, 128, 4, 2), (64, 128, 4, 3), (64, 256, 8, 2), (32, 128, 4, 2)],
     "plane": [(4, 1, 1)],
     "box": [(32, 2, 3), (64, 4, 2), (128, 8, 1), (128, 4, 1)],
-    "boxsplit": [(128, 8, 1, 32, 0), (128, 8, 1, 16, 0), (64, 4, 1, 16, 0), (64, 4, 1, 32, 0), (64, 4, 2, 32, 0),
-                 (256, 8, 1, 32, 0), (128, 8, 1, 32, 1), (64, 4, 1, 16, 1), (128, 8, 1, 16, 1)],
     "boxgrad": [(32, 4, 1)],
     "satgrad": [],
 }
@@ -95,12 +92,6 @@ def candidates(x: torch.Tensor, w: torch.Tensor, dy: torch.Tensor, grid: tuple[i
             kernels.plane_box_conv_triton(planes, blocks, cells, warps, stages, row_cells))),
         "box": lambda rows, warps, stages: with_blocks(lambda images, blocks, cells: kernels.box_conv_triton(
             images, blocks, cells, rows, warps, stages)),
-        "boxsplit": lambda rows, warps, stages, chunk, gather: (
-            with_lags(lambda images, kernel: kernels.box_split_lags_triton(images, kernel, grid, rows, warps, stages,
-                                                                           chunk))
-            if gather else
-            with_blocks(lambda images, blocks, cells: kernels.box_split_triton(images, blocks, cells, rows, warps,
-                                                                               stages, chunk))),
         "boxgrad": lambda k, warps, stages: (lambda: toeplitz.peripheral_grad_weight_boxes(
             dy, x, grid, lambda d, images, cells: kernels.box_products_triton(d, images, cells, block_k=k,
                                                                               num_warps=warps, num_stages=stages))),
@@ -110,7 +101,7 @@ def candidates(x: torch.Tensor, w: torch.Tensor, dy: torch.Tensor, grid: tuple[i
     # on planes up to 32 wide, the box form and SAT in fp32 (in 16-bit their box sums need a hi/lo pair
     # of products and they lost to Toeplitz everywhere).
     fits = {"plane": half and size > 32, "rowtoeplitz": size <= 32,
-            "box": not half, "boxsplit": not half, "sat": not half and size > 32, "satgrad": not half}
+            "box": not half, "sat": not half and size > 32, "satgrad": not half}
     for form, form_configs in configs.items():
         if not fits.get(form, True):
             continue

@@ -106,15 +106,6 @@ def kernels_at(size: int, grid: tuple[int, ...], dtype: str):
                {"H": size, "W": size, "PRECISION": precision, "UPCAST": False, "BLOCK_M": block_m, "ROWS": rows,
                 "W_PAD": padded_width(size)},
                warps, stages)
-    if not half:
-        block_m, warps, stages, chunk = triton_kernels.box_split_tile(padded_width(size))
-        yield ("box split", triton_kernels._box_split_kernel,
-               {"prefix_ptr": "*fp32", "big_ptr": "*fp32", "small_ptr": "*fp32", "lo_ptr": "*i32", "hi_ptr": "*i32",
-                "y_ptr": "*fp32"},
-               ("B", "C", "CELLS", "CELL_BEGIN", "CELL_END"),
-               {"H": size, "W": size, "BLOCK_M": block_m, "W_PAD": padded_width(size), "K_CHUNK": chunk,
-                "GATHER": True},
-               warps, stages)
     yield ("box products", triton_kernels._box_products_kernel,
            {"dy_ptr": f"*{dtype}", "prefix_ptr": "*fp32", "lo_ptr": "*i32", "hi_ptr": "*i32", "out_ptr": "*fp32"},
            ("B", "C", "CELLS", "PER_SPLIT"),

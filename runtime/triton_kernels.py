@@ -289,70 +289,6 @@ def _box_conv_kernel(x_ptr, prefix_ptr, blocks_ptr, lo_ptr, hi_ptr, narrow_ptr, 
 
 
 @triton.jit
-def _tf32_round(t):
-    """fp32 ``t`` rounded to nearest TF32 (10 mantissa bits; the tensor cores would truncate)."""
-    return ((t.to(tl.int32, bitcast=True) + 4096) & -8192).to(tl.float32, bitcast=True)
-
-
-@triton.jit
-def _tf32_parts(t):
-    """(big, small): TF32 values with t ≈ big + small to about 22 bits (``tf32_parts``)."""
-    big = _tf32_round(t)
-    return big, _tf32_round(t - big)
-
-
-@triton.jit
-def _box_split_kernel(prefix_ptr, big_ptr, small_ptr, lo_ptr, hi_ptr, y_ptr, B, C, H: tl.constexpr, W: tl.constexpr,
-                      CELLS, CELL_BEGIN, CELL_END, BLOCK_M: tl.constexpr, W_PAD: tl.constexpr,
-                      K_CHUNK: tl.constexpr, GATHER: tl.constexpr):
-    """y[n, c, h] = Σ_a X_a[n, c, h] @ R_a[c] (the box form) for fp32 inputs, as TF32 products of split
-    operands: R_a ≈ big + small (split once per call, ``tf32_parts``), X_a = prefix[h + hi_a] -
-    prefix[h + lo_a] split in the kernel, and X_a @ R_a ≈ X_big R_big + X_big R_small + X_small R_big.
-
-    Program = BLOCK_M rows (n, h) of channel c; each cell's W_PAD-deep product goes K_CHUNK columns at
-    a time, so only a (BLOCK_M, K_CHUNK) slice of X_a and its parts is live at once. The parts of R_a
-    come from split column blocks (C, k', W_PAD, W_PAD), or with GATHER from the split lag kernel
-    (C, 2H-1, 2W-1), a quarter of the bytes at PeLK's stage 1: R_a[v, w] = Kc[c, r_a, W-1 + v - w]
-    for a lag row r_a of cell a.
-    """
-    pid_m, c = tl.program_id(0), tl.program_id(1)
-    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    h = rows % H
-    plane = (rows // H).to(tl.int64) * C + c
-    w = tl.arange(0, W_PAD)
-    real = rows < B * H
-    acc = tl.zeros((BLOCK_M, W_PAD), dtype=tl.float32)
-    for cell in range(CELL_BEGIN, CELL_END):
-        lo, hi = tl.load(lo_ptr + cell), tl.load(hi_ptr + cell)
-        if GATHER:  # R_a[v, w] = Kc[c, lag row of the cell, W-1 + v - w]
-            row = tl.minimum(tl.maximum(lo, 1 - H), H - 1) + H - 1
-            block = c.to(tl.int64) * ((2 * H - 1) * (2 * W - 1)) + row * (2 * W - 1) + (W - 1)
-        else:
-            block = c.to(tl.int64) * CELLS * (W_PAD * W_PAD) + cell * (W_PAD * W_PAD)
-        for k0 in tl.static_range(0, W_PAD, K_CHUNK):
-            v = k0 + tl.arange(0, K_CHUNK)
-            columns = prefix_ptr + plane[:, None] * ((H + 1) * W) + v[None, :]
-            inside = real[:, None] & (v < W)[None, :]
-            box = _prefix_rows(columns, h, hi, H, W, inside) - _prefix_rows(columns, h, lo, H, W, inside)
-            box_big, box_small = _tf32_parts(box)
-            if GATHER:
-                offsets = block + v[:, None] - w[None, :]
-                mask = (v < W)[:, None] & (w < W)[None, :]
-                r_big = tl.load(big_ptr + offsets, mask=mask, other=0.0)
-                r_small = tl.load(small_ptr + offsets, mask=mask, other=0.0)
-            else:
-                offsets = block + (v * W_PAD)[:, None] + w[None, :]
-                r_big, r_small = tl.load(big_ptr + offsets), tl.load(small_ptr + offsets)
-            # As tl.dot's tf32x3: the two small products sum in a fresh accumulator (the tensor cores'
-            # fp32 sums drop low bits of addends far below the running total), NaNs of inf - inf dropped.
-            small = tl.dot(box_small, r_big, tl.zeros((BLOCK_M, W_PAD), dtype=tl.float32), input_precision="tf32")
-            small = tl.dot(box_big, r_small, small, input_precision="tf32")
-            acc = tl.dot(box_big, r_big, acc + tl.where(small == small, small, 0.0), input_precision="tf32")
-    tl.store(y_ptr + plane[:, None] * (H * W) + (h * W)[:, None] + w[None, :], acc,
-             mask=real[:, None] & (w < W)[None, :])
-
-
-@triton.jit
 def _plane_box_kernel(x_ptr, blocks_ptr, bands_ptr, lo_ptr, hi_ptr, rows_ptr, wide_ptr, y_ptr, C, H: tl.constexpr,
                       W: tl.constexpr, CELLS, ROW_CELLS, WIDE_CELLS, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
                       HI_LO: tl.constexpr, H_PAD: tl.constexpr, W_PAD: tl.constexpr):
@@ -671,68 +607,6 @@ def box_conv_triton(x: torch.Tensor, blocks: torch.Tensor, grid: Sequence[int], 
         HI_LO=x.dtype in (torch.bfloat16, torch.float16), BLOCK_M=block_m,
         W_PAD=blocks.shape[-1], num_warps=num_warps, num_stages=num_stages)
     return y.to(x.dtype)
-
-
-def round_to_tf32(t: torch.Tensor) -> torch.Tensor:
-    """fp32 ``t`` rounded to nearest TF32 (ties away from zero), as the kernels' ``_tf32_round``."""
-    return ((t.contiguous().view(torch.int32) + 4096) & -8192).view(torch.float32)
-
-
-def tf32_parts(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """fp32 ``t`` -> (big, small), both TF32 values (low 13 mantissa bits zero), big the nearest TF32
-    to t and small the nearest to t - big: t ≈ big + small to about 22 bits."""
-    big = round_to_tf32(t)
-    return big, round_to_tf32(t - big)
-
-
-def box_split_tile(padded: int) -> tuple[int, int, int, int]:
-    """The split-TF32 box kernel's default (block_m, num_warps, num_stages, k_chunk) for planes padded
-    to ``padded`` columns. From the H200 sweep with R gathered from the lag kernel
-    (bench/results/2026-12-03-h200-forms-candidates.md, before the small products got their own
-    accumulator): 64 rows, 4 warps, K in chunks of 16 at stage 1 (0.367 ms against 0.424 for 128 rows
-    and 0.433 for the tf32x3 box kernel), 128 rows, 8 warps, chunks of 32 at stage 2 (0.141 ms
-    against 0.160 for 64 rows)."""
-    return (64, 4, 1, 16) if padded >= 64 else (128, 8, 1, 32)
-
-
-def box_split_triton(x: torch.Tensor, blocks: torch.Tensor, grid: Sequence[int], block_m: int | None = None,
-                     num_warps: int | None = None, num_stages: int | None = None,
-                     k_chunk: int | None = None) -> torch.Tensor:
-    """``box_conv_triton`` for fp32 x with split TF32 operands (``_box_split_kernel``): x (B, C, H, W),
-    R (C, k', Wp, Wp) fp32 -> (B, C, H, W) fp32. Defaults: ``box_split_tile``."""
-    return _box_split(x, blocks, grid, False, block_m, num_warps, num_stages, k_chunk)
-
-
-def box_split_lags_triton(x: torch.Tensor, kernel: torch.Tensor, grid: Sequence[int], block_m: int | None = None,
-                          num_warps: int | None = None, num_stages: int | None = None,
-                          k_chunk: int | None = None) -> torch.Tensor:
-    """``box_split_triton`` with R_a's parts gathered in the kernel from the split lag kernel Kc
-    (C, 2H-1, 2W-1) fp32 instead of read from split column blocks. A candidate, not in ``auto``: its
-    small products' own accumulator is not yet measured on a GPU (docs/runtime.md)."""
-    return _box_split(x, kernel, grid, True, block_m, num_warps, num_stages, k_chunk)
-
-
-def _box_split(x: torch.Tensor, operand: torch.Tensor, grid: Sequence[int], gather: bool, block_m: int | None,
-               num_warps: int | None, num_stages: int | None, k_chunk: int | None) -> torch.Tensor:
-    """Launch ``_box_split_kernel`` with R from column blocks or (``gather``) the lag kernel."""
-    if x.dtype != torch.float32:
-        raise ValueError(f"box_split_triton takes fp32 inputs, got {x.dtype}")
-    block_m, num_warps, num_stages, k_chunk = (given or default for given, default in zip(
-        (block_m, num_warps, num_stages, k_chunk), box_split_tile(padded_width(x.shape[-1]))))
-    x = x.contiguous()
-    batch, channels, height, width = x.shape
-    prefix = column_prefix_triton(x)
-    lags_lo, lags_hi, cells = _cell_lag_tensors(grid, x.device)
-    reach, _, _ = _cells_by_width(grid, height, 1, x.device)
-    big, small = tf32_parts(operand.float())
-    padded = padded_width(width)
-    block_m = max(16, min(block_m, triton.next_power_of_2(batch * height)))
-    y = torch.empty_like(x)
-    _box_split_kernel[(triton.cdiv(batch * height, block_m), channels)](
-        prefix, big, small, lags_lo, lags_hi, y, batch, channels, height, width, cells, reach[0], reach[-1] + 1,
-        BLOCK_M=block_m, W_PAD=padded, K_CHUNK=min(k_chunk, padded), GATHER=gather, num_warps=num_warps,
-        num_stages=num_stages)
-    return y
 
 
 def _band_table(grid: tuple[int, ...], padded: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
