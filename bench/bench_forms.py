@@ -73,7 +73,7 @@ def candidates(x: torch.Tensor, w: torch.Tensor, dy: torch.Tensor, grid: tuple[i
     kernels = triton_kernels
 
     def with_blocks(conv):
-        return lambda: toeplitz.peripheral_conv2d_box(x, w, grid, conv)
+        return lambda: toeplitz.peripheral_conv2d_box(x, w, grid, conv, kernels.column_blocks_triton)
 
     def with_lags(conv):
         return lambda: toeplitz.peripheral_conv2d_lags(x, w, grid, conv)

@@ -234,11 +234,11 @@ def _conv_impl(x: torch.Tensor, weight: torch.Tensor, grid: tuple[int, ...], bac
     if form == "sat":
         return sat.peripheral_conv2d_taps(x, weight, grid, kernels.sat_taps_triton)
     if form == "box":
-        return toeplitz.peripheral_conv2d_box(x, weight, grid, kernels.box_conv_triton)
+        return toeplitz.peripheral_conv2d_box(x, weight, grid, kernels.box_conv_triton, kernels.column_blocks_triton)
     if form == "rowtoeplitz":
-        return toeplitz.peripheral_conv2d_box(x, weight, grid, kernels.row_toeplitz_triton)
+        return toeplitz.peripheral_conv2d_box(x, weight, grid, kernels.row_toeplitz_triton, kernels.column_blocks_triton)
     if form == "plane":
-        return toeplitz.peripheral_conv2d_box(x, weight, grid, kernels.plane_box_conv_triton)
+        return toeplitz.peripheral_conv2d_box(x, weight, grid, kernels.plane_box_conv_triton, kernels.column_blocks_triton)
     reach = toeplitz.lag_reach(grid, height)
     return toeplitz.peripheral_conv2d_lags(
         x, weight, grid, lambda images, kernel: kernels.toeplitz_conv_triton(images, kernel, reach))

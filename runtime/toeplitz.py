@@ -142,9 +142,11 @@ def box_conv(x: torch.Tensor, blocks: torch.Tensor, grid: tuple[int, ...]) -> to
     return y[..., :width].to(x.dtype)
 
 
-def peripheral_conv2d_box(x: torch.Tensor, weight: torch.Tensor, grid: tuple[int, ...], conv=box_conv) -> torch.Tensor:
-    """Peripheral conv in the box form through ``conv(x, R, grid)``: (B, C, H, W) -> (B, C, H, W)."""
-    return conv(x, column_blocks(weight, grid, x.shape[-1], x.dtype), grid)
+def peripheral_conv2d_box(x: torch.Tensor, weight: torch.Tensor, grid: tuple[int, ...], conv=box_conv,
+                          blocks=column_blocks) -> torch.Tensor:
+    """Peripheral conv in the box form through ``conv(x, R, grid)`` with R = ``blocks(w_θ, grid, W, dtype)``:
+    (B, C, H, W) -> (B, C, H, W)."""
+    return conv(x, blocks(weight, grid, x.shape[-1], x.dtype), grid)
 
 
 def cell_lag_ranges(grid: tuple[int, ...]) -> list[tuple[int, int]]:

@@ -148,6 +148,20 @@ def test_toeplitz_kernels_match_their_torch_twins(grid, batch, height, width, dt
 
 
 @needs_kernels
+@settings(max_examples=8, deadline=None)
+@given(grid=grids(max_cells=5, max_cell=4), width=st.integers(1, 40),
+       dtype=st.sampled_from([torch.float32, torch.bfloat16, torch.float16, torch.float64]),
+       weight_dtype=st.sampled_from([torch.float32, torch.float64]), seed=st.integers(0, 2**16))
+def test_column_blocks_kernel_equals_its_torch_twin_bit_for_bit(grid, width, dtype, weight_dtype, seed):
+    from runtime import toeplitz
+    _, weight = random_inputs(1, 3, 1, width, grid, weight_dtype, seed)
+    got = triton_kernels.column_blocks_triton(weight.to(DEVICE), grid, width, dtype).cpu()
+    expected = toeplitz.column_blocks(weight, grid, width, dtype)
+    assert got.dtype == dtype and got.shape == expected.shape
+    assert torch.equal(got, expected)  # a gather and a cast: nothing to round differently
+
+
+@needs_kernels
 @settings(max_examples=6, deadline=None)
 @given(height=st.integers(1, 80), width=st.integers(1, 9),
        dtype=st.sampled_from([torch.float32, torch.bfloat16, torch.float64]), seed=st.integers(0, 2**16))
