@@ -14,8 +14,9 @@ form's configurations can be replaced, e.g. ``--rowtoeplitz 64/128/4/2,32/128/4/
 * ``sat``: the SAT kernels (tile_elements/warps/col_chunk);
 * ``toeplitz``: the lag-gather Toeplitz GEMM (MxNxK/warps/stages, 0 for the launcher's default);
 * ``rowtoeplitz``: the Toeplitz GEMM by image rows, column blocks as its operand
-  (images/tile columns, i.e. output rows x padded W/warps/stages);
-* ``plane``: the plane box (warps/stages/row_cells);
+  (images/tile columns, i.e. output rows x padded W/warps/stages[/register cap, 0 for none]);
+* ``plane``: the plane box, tiles loaded through registers (warps/stages/row_cells);
+* ``planetma``: the plane box, tiles moved by TMA (warps/stages/row_cells; auto's where TMA applies);
 * ``box``: the box-form GEMM (rows/warps/stages);
 * ``boxgrad`` and ``satgrad``: grad-weight by box products (K/warps/stages) or SAT tap sums.
 
@@ -43,6 +44,7 @@ CONFIGS: dict[str, list[tuple[int, ...]]] = {
     "toeplitz": [(0, 0, 0, 4, 0)],
     "rowtoeplitz": [(64, 128, 4, 2), (64, 128, 4, 3), (64, 256, 8, 2), (32, 128, 4, 2)],
     "plane": [(4, 1, 1)],
+    "planetma": [(4, 2, 1), (4, 3, 1), (8, 2, 1)],
     "box": [(32, 2, 3), (64, 4, 2), (128, 8, 1), (128, 4, 1)],
     "boxgrad": [(32, 4, 1)],
     "satgrad": [],
@@ -85,11 +87,13 @@ def candidates(x: torch.Tensor, w: torch.Tensor, dy: torch.Tensor, grid: tuple[i
                                                                                     warps, chunk))),
         "toeplitz": lambda m, n, k, warps, stages: with_lags(lambda images, kernel: kernels.toeplitz_conv_triton(
             images, kernel, reach, m, n, k, warps, stages)),
-        "rowtoeplitz": lambda m, columns, warps, stages: with_blocks(lambda images, blocks, cells: (
+        "rowtoeplitz": lambda m, columns, warps, stages, registers=0: with_blocks(lambda images, blocks, cells: (
             kernels.row_toeplitz_triton(images, blocks, cells, m, max(1, columns // blocks.shape[-1]), warps,
-                                        stages))),
+                                        stages, registers or None))),
         "plane": lambda warps, stages, row_cells: with_blocks(lambda planes, blocks, cells: (
-            kernels.plane_box_conv_triton(planes, blocks, cells, warps, stages, row_cells))),
+            kernels.plane_box_conv_triton(planes, blocks, cells, warps, stages, row_cells, tma=False))),
+        "planetma": lambda warps, stages, row_cells: with_blocks(lambda planes, blocks, cells: (
+            kernels.plane_box_conv_triton(planes, blocks, cells, warps, stages, row_cells, tma=True))),
         "box": lambda rows, warps, stages: with_blocks(lambda images, blocks, cells: kernels.box_conv_triton(
             images, blocks, cells, rows, warps, stages)),
         "boxgrad": lambda k, warps, stages: (lambda: toeplitz.peripheral_grad_weight_boxes(
@@ -100,7 +104,7 @@ def candidates(x: torch.Tensor, w: torch.Tensor, dy: torch.Tensor, grid: tuple[i
     # Where each form can win: the plane box on 16-bit planes that pad to 64, the Toeplitz GEMM by rows
     # on planes up to 32 wide, the box form and SAT in fp32 (in 16-bit their box sums need a hi/lo pair
     # of products and they lost to Toeplitz everywhere).
-    fits = {"plane": half and size > 32, "rowtoeplitz": size <= 32,
+    fits = {"plane": half and size > 32, "planetma": half and size > 32, "rowtoeplitz": size <= 32,
             "box": not half, "sat": not half and size > 32, "satgrad": not half}
     for form, form_configs in configs.items():
         if not fits.get(form, True):

@@ -1,7 +1,7 @@
 """Compile the runtime's tensor-core kernels for an H100/H200 (sm_90) without a GPU and report how
 Triton laid them out: shared memory, registers and spills (ptxas -v, the ptxas that ships with
-triton), asynchronous copies (and whether they bypass L1: ``cp.async.cg``), tensor-core dots and
-wgmma's waits.
+triton), asynchronous copies (and whether they bypass L1: ``cp.async.cg``; TMA copies count as async
+copies too), tensor-core dots and wgmma's waits.
 
 A kernel whose loads are not copied asynchronously, or whose every wgmma waits for the one
 before (``pendings`` all 0), runs its loop unpipelined; that is what plane sizes as runtime
@@ -67,7 +67,7 @@ def registers(ptx: str) -> str:
 def layout_row(label: str, compiled, ttgir: str) -> str:
     pendings = re.findall(r"pendings = (\d+)", ttgir)
     ptx = compiled.asm["ptx"]
-    return (f"| {label} | {compiled.metadata.shared} | {registers(ptx)} | {ttgir.count('async_copy_global_to_local')} | "
+    return (f"| {label} | {compiled.metadata.shared} | {registers(ptx)} | {len(re.findall(r'async(?:_tma)?_copy_global_to_local', ttgir))} | "
             f"{ptx.count('cp.async.cg')} / {ptx.count('cp.async.ca')} | "
             f"{ttgir.count('tt.dot ')} | {ttgir.count('warp_group_dot ')} | {','.join(pendings) or '-'} |")
 
@@ -98,6 +98,16 @@ def kernels_at(size: int, grid: tuple[int, ...], dtype: str):
            {"H": size, "W": size, "PRECISION": precision, "UPCAST": False, "HI_LO": half,
             "H_PAD": padded_width(size), "W_PAD": padded_width(size)},
            4, 1)
+    if size * TORCH_TYPES[dtype].itemsize % 16 == 0:  # TMA needs 16-byte rows
+        tile = f"{padded_width(size)},{padded_width(size)}"
+        yield ("plane box tma", triton_kernels._plane_box_tma_kernel,
+               {"x_desc": f"tensordesc<{dtype}[1,{tile}]>", "blocks_desc": f"tensordesc<{dtype}[{tile}]>",
+                "bands_desc": f"tensordesc<{dtype}[{tile}]>", "y_desc": f"tensordesc<{dtype}[1,{tile}]>",
+                "lo_ptr": "*i32", "hi_ptr": "*i32", "rows_ptr": "*i32", "wide_ptr": "*i32"},
+               ("C", "CELLS", "ROW_CELLS", "WIDE_CELLS"),
+               {"PRECISION": precision, "UPCAST": False, "HI_LO": half, "H_PAD": padded_width(size),
+                "W_PAD": padded_width(size)},
+               4, 2)
     if size <= 32:
         block_m, rows, warps, stages = triton_kernels.row_toeplitz_tile(TORCH_TYPES[dtype], size)
         yield ("row toeplitz", triton_kernels._row_toeplitz_kernel,

@@ -323,6 +323,37 @@ def _plane_box_kernel(x_ptr, blocks_ptr, bands_ptr, lo_ptr, hi_ptr, rows_ptr, wi
 
 
 @triton.jit
+def _plane_box_tma_kernel(x_desc, blocks_desc, bands_desc, y_desc, lo_ptr, hi_ptr, rows_ptr, wide_ptr, C, CELLS,
+                          ROW_CELLS, WIDE_CELLS, PRECISION: tl.constexpr, UPCAST: tl.constexpr, HI_LO: tl.constexpr,
+                          H_PAD: tl.constexpr, W_PAD: tl.constexpr):
+    """``_plane_box_kernel`` with every tile moved by the tensor-memory accelerator (TMA): the
+    plane, its shifted copies for the narrow cells (rows outside the image arrive as zeros), the
+    bands and the column blocks go from global to shared memory without passing through registers
+    or the L1's load/store path (which ncu showed 79% busy for the plane box), and y goes back the
+    same way.
+
+    x_desc, y_desc: (B·C, H, W) with (1, H_PAD, W_PAD) tiles; blocks_desc: (C·k'·W_PAD, W_PAD) with
+    (W_PAD, W_PAD) tiles; bands_desc: (k'·H_PAD, H_PAD) with (H_PAD, H_PAD) tiles.
+    """
+    n, c = tl.program_id(0), tl.program_id(1)
+    plane = n * C + c
+    x = x_desc.load([plane, 0, 0]).reshape(H_PAD, W_PAD)
+    acc = tl.zeros((H_PAD, W_PAD), dtype=tl.float64 if PRECISION == "ieee" else tl.float32)
+    for index in range(ROW_CELLS):
+        cell = tl.load(rows_ptr + index)
+        block = blocks_desc.load([(c * CELLS + cell) * W_PAD, 0])
+        for lag in range(tl.load(lo_ptr + cell), tl.load(hi_ptr + cell)):
+            acc = _dot_step(acc, x_desc.load([plane, lag, 0]).reshape(H_PAD, W_PAD), block, PRECISION, UPCAST)
+    for index in range(WIDE_CELLS):
+        cell = tl.load(wide_ptr + index)
+        box = _dot_step(tl.zeros((H_PAD, W_PAD), dtype=acc.dtype), bands_desc.load([cell * H_PAD, 0]), x, PRECISION,
+                        UPCAST)
+        acc = _box_times_block(acc, box, blocks_desc.load([(c * CELLS + cell) * W_PAD, 0]), x.dtype, PRECISION,
+                               UPCAST, HI_LO)
+    y_desc.store([plane, 0, 0], acc.to(y_desc.dtype).reshape(1, H_PAD, W_PAD))
+
+
+@triton.jit
 def _row_toeplitz_kernel(x_ptr, blocks_ptr, cells_ptr, y_ptr, B, C, H: tl.constexpr, W: tl.constexpr, CELLS,
                          LAG_LO, LAG_HI, PRECISION: tl.constexpr, UPCAST: tl.constexpr, BLOCK_M: tl.constexpr,
                          ROWS: tl.constexpr, W_PAD: tl.constexpr):
@@ -635,31 +666,57 @@ def _band_table(grid: tuple[int, ...], padded: int, dtype: torch.dtype, device: 
     return device_constant(("plane box bands", grid, padded, dtype), device, build)
 
 
+def tma_applies(x: torch.Tensor) -> bool:
+    """Whether the tensor-memory accelerator can move x's (H, W) planes: a Hopper-or-newer GPU (or the
+    interpreter) and 16-byte aligned rows (W·itemsize a multiple of 16: W = 56 in bf16 yes, 28 no)."""
+    aligned = x.shape[-1] * x.element_size() % 16 == 0 and x.data_ptr() % 16 == 0
+    if x.device.type == "cuda":
+        return aligned and torch.cuda.get_device_capability(x.device)[0] >= 9
+    return aligned and INTERPRETED
+
+
 def plane_box_conv_triton(x: torch.Tensor, blocks: torch.Tensor, grid: Sequence[int], num_warps: int = 4,
-                          num_stages: int = 1, row_cells: int = 1) -> torch.Tensor:
+                          num_stages: int | None = None, row_cells: int = 1, tma: bool | None = None) -> torch.Tensor:
     """Triton twin of ``toeplitz.box_conv`` with the box sums as tensor-core products:
     x (B, C, H, W), R (C, k', Wp, Wp) in x.dtype -> (B, C, H, W).
 
     A program holds one (H, W) plane padded to powers of two, so it suits planes up to 64 a side;
     cells whose lags miss the image are skipped, cells of at most ``row_cells`` rows go row by row.
-    Defaults from H100 sweeps at stage 1 bf16 (bench/results/2026-11-25-h100-forms-plane-box-bands.md):
-    4 warps, one stage, one-row cells row by row: 0.125 ms at K=51 (0.126 with two-row cells too),
-    against 0.146 when the bands were built in registers and 0.269 for the Toeplitz form; the same
-    0.126 on the H200, where R gathered from the lag kernel ran 0.155 and a 96-register cap 0.132
-    (bench/results/2026-12-03-h200-forms-candidates.md).
+    ``tma``: move the tiles by TMA (``_plane_box_tma_kernel``; default where ``tma_applies``) or by
+    loads through registers (``_plane_box_kernel``). Defaults from sweeps at stage 1 bf16:
+    4 warps, one-row cells row by row; TMA with 2 stages, 0.101 / 0.129 ms at K=51 / 101 on the H200
+    against 0.113 / 0.144 for the register loads at their best, one stage
+    (bench/results/2026-12-03-h200-forms-tma.md). The register-load kernel on the H100: 0.125 ms at
+    K=51 against 0.146 with the bands built in registers and 0.269 for the Toeplitz form
+    (bench/results/2026-11-25-h100-forms-plane-box-bands.md).
     """
     x = x.contiguous()
     batch, channels, height, width = x.shape
+    tma = tma_applies(x) if tma is None else tma
+    num_stages = num_stages or (2 if tma else 1)
     lags_lo, lags_hi, cells = _cell_lag_tensors(grid, x.device)
     _, rows, wide = _cells_by_width(grid, height, row_cells, x.device)
-    padded = padded_width(height)
+    padded, w_pad = padded_width(height), padded_width(width)
     bands = _band_table(tuple(grid), padded, x.dtype, x.device)
+    blocks = blocks.to(x.dtype).contiguous()
     y = torch.empty_like(x, dtype=_output_dtype(x.dtype))
-    _plane_box_kernel[(batch, channels)](
-        x, blocks.to(x.dtype).contiguous(), bands, lags_lo, lags_hi, rows, wide, y, channels, height, width, cells,
-        rows.numel(), wide.numel(), PRECISION=_dot_precision(x.dtype), UPCAST=_upcast(x.dtype),
-        HI_LO=x.dtype in (torch.bfloat16, torch.float16), H_PAD=padded, W_PAD=padded_width(width),
-        num_warps=num_warps, num_stages=num_stages)
+    precision = dict(PRECISION=_dot_precision(x.dtype), UPCAST=_upcast(x.dtype),
+                     HI_LO=x.dtype in (torch.bfloat16, torch.float16), H_PAD=padded, W_PAD=w_pad,
+                     num_warps=num_warps, num_stages=num_stages)
+    if tma:
+        from triton.tools.tensor_descriptor import TensorDescriptor
+
+        planes = batch * channels
+        _plane_box_tma_kernel[(batch, channels)](
+            TensorDescriptor.from_tensor(x.view(planes, height, width), [1, padded, w_pad]),
+            TensorDescriptor.from_tensor(blocks.view(-1, w_pad), [w_pad, w_pad]),
+            TensorDescriptor.from_tensor(bands.view(-1, padded), [padded, padded]),
+            TensorDescriptor.from_tensor(y.view(planes, height, width), [1, padded, w_pad]),
+            lags_lo, lags_hi, rows, wide, channels, cells, rows.numel(), wide.numel(), **precision)
+    else:
+        _plane_box_kernel[(batch, channels)](
+            x, blocks, bands, lags_lo, lags_hi, rows, wide, y, channels, height, width, cells, rows.numel(),
+            wide.numel(), **precision)
     return y.to(x.dtype)
 
 
@@ -673,10 +730,11 @@ def row_toeplitz_tile(dtype: torch.dtype, width: int) -> tuple[int, int, int, in
 
 
 def row_toeplitz_triton(x: torch.Tensor, blocks: torch.Tensor, grid: Sequence[int], block_m: int | None = None,
-                        rows: int | None = None, num_warps: int | None = None,
-                        num_stages: int | None = None) -> torch.Tensor:
+                        rows: int | None = None, num_warps: int | None = None, num_stages: int | None = None,
+                        max_registers: int | None = None) -> torch.Tensor:
     """Triton twin of ``toeplitz.box_conv`` in the Toeplitz form by rows (``_row_toeplitz_kernel``):
-    x (B, C, H, W), R (C, k', Wp, Wp) in x.dtype -> (B, C, H, W). Defaults: ``row_toeplitz_tile``."""
+    x (B, C, H, W), R (C, k', Wp, Wp) in x.dtype -> (B, C, H, W). Defaults: ``row_toeplitz_tile``;
+    ``max_registers`` caps the registers per thread (ptxas maxnreg: more programs per SM, maybe spills)."""
     x = x.contiguous()
     batch, channels, height, width = x.shape
     block_m, rows, num_warps, num_stages = (given or default for given, default in zip(
@@ -690,7 +748,8 @@ def row_toeplitz_triton(x: torch.Tensor, blocks: torch.Tensor, grid: Sequence[in
     _row_toeplitz_kernel[(triton.cdiv(height, rows), channels, triton.cdiv(batch, block_m))](
         x, blocks.to(x.dtype).contiguous(), cells, y, batch, channels, height, width, len(grid), lo, hi,
         PRECISION=_dot_precision(x.dtype), UPCAST=_upcast(x.dtype), BLOCK_M=block_m, ROWS=rows,
-        W_PAD=blocks.shape[-1], num_warps=num_warps, num_stages=num_stages)
+        W_PAD=blocks.shape[-1], num_warps=num_warps, num_stages=num_stages,
+        **({"maxnreg": max_registers} if max_registers else {}))
     return y.to(x.dtype)
 
 

@@ -5,6 +5,7 @@ selects when triton is imported. If triton was imported without it (torch
 imports triton), this file reruns itself in a fresh process that sets it.
 Tiny shapes only: the interpreter runs every program in Python.
 """
+import itertools
 import os
 import subprocess
 import sys
@@ -138,13 +139,37 @@ def test_toeplitz_kernels_match_their_torch_twins(grid, batch, height, width, dt
     box_twin = toeplitz.box_conv(x, blocks, grid).double()
     got = triton_kernels.box_conv_triton(x.to(DEVICE), blocks.to(DEVICE), grid, block_m=16).cpu()
     assert relative_error(got, box_twin) <= KERNEL_TOLERANCE[dtype]
-    for row_cells in (0, 1, 2):  # cells of at most row_cells rows go row by row, wider ones by band products
-        got = triton_kernels.plane_box_conv_triton(x.to(DEVICE), blocks.to(DEVICE), grid, row_cells=row_cells).cpu()
+    tma_options = (False, True) if triton_kernels.tma_applies(x.to(DEVICE)) else (False,)
+    for row_cells, tma in itertools.product((0, 1, 2), tma_options):  # cells of at most row_cells rows go row
+        got = triton_kernels.plane_box_conv_triton(x.to(DEVICE), blocks.to(DEVICE), grid, row_cells=row_cells,
+                                                   tma=tma).cpu()  # by row, wider ones by band products
         assert relative_error(got, box_twin) <= KERNEL_TOLERANCE[dtype]
     got = triton_kernels.row_toeplitz_triton(x.to(DEVICE), blocks.to(DEVICE), grid, block_m=16, rows=2).cpu()
     assert relative_error(got, box_twin) <= KERNEL_TOLERANCE[dtype]
     products = triton_kernels.box_products_triton(dy.to(DEVICE), x.to(DEVICE), grid, block_k=16).cpu()
     assert relative_error(products, toeplitz.box_products(dy, x, grid).double()) <= 1e-5
+
+
+@needs_kernels
+@settings(max_examples=6, deadline=None)
+@given(grid=grids(max_cells=5, max_cell=4), height=st.integers(1, 12), width=st.sampled_from([8, 16]),
+       dtype=st.sampled_from([torch.float32, torch.bfloat16, torch.float16]), seed=st.integers(0, 2**16))
+def test_plane_box_moves_its_tiles_by_tma_with_the_same_result(grid, height, width, dtype, seed):
+    """The TMA kernel reads shifted planes with rows outside the image as zeros, as the masked loads do."""
+    from runtime import toeplitz
+    x, weight = random_inputs(2, 3, height, width, grid, dtype, seed)
+    x = x.to(DEVICE)
+    assert triton_kernels.tma_applies(x) == (DEVICE == "cpu" or torch.cuda.get_device_capability()[0] >= 9)
+    blocks = toeplitz.column_blocks(weight, grid, width, dtype).to(DEVICE)
+    for row_cells in (0, 1, 2):
+        by_tma = triton_kernels.plane_box_conv_triton(x, blocks, grid, row_cells=row_cells, tma=True).cpu()
+        by_loads = triton_kernels.plane_box_conv_triton(x, blocks, grid, row_cells=row_cells, tma=False).cpu()
+        assert torch.equal(by_tma, by_loads)  # the same products in the same order
+
+
+def test_tma_needs_16_byte_rows():
+    assert not triton_kernels.tma_applies(torch.zeros(1, 1, 28, 28, dtype=torch.bfloat16))
+    assert not triton_kernels.tma_applies(torch.zeros(1, 1, 4, 6, dtype=torch.float32))
 
 
 @needs_kernels
