@@ -742,6 +742,8 @@ def row_toeplitz_triton(x: torch.Tensor, blocks: torch.Tensor, grid: Sequence[in
     if x.dtype == torch.float64:
         block_m, rows = 16, 1  # the fp64 fallback holds a (BLOCK_M, Wp, rows·Wp) product
     block_m = max(16, min(block_m, triton.next_power_of_2(batch)))
+    if max_registers is None and x.dtype in (torch.bfloat16, torch.float16) and blocks.shape[-1] == 32:
+        max_registers = 96  # H200 stage 2 bf16: 5 programs per SM, one wave, no spills: 0.035 vs 0.044 ms
     lo, hi = lag_reach(tuple(grid), height)
     cells = _offsets_tensor(tuple(lag_cells(tuple(grid), height)), x.device)
     y = torch.empty_like(x, dtype=_output_dtype(x.dtype))
