@@ -233,12 +233,10 @@ def _conv_impl(x: torch.Tensor, weight: torch.Tensor, grid: tuple[int, ...], bac
     form = triton_forms(height, width, grid, x.dtype).conv
     if form == "sat":
         return sat.peripheral_conv2d_taps(x, weight, grid, kernels.sat_taps_triton)
-    if form == "box":
-        return toeplitz.peripheral_conv2d_box(x, weight, grid, kernels.box_conv_triton, kernels.column_blocks_triton)
-    if form == "rowtoeplitz":
-        return toeplitz.peripheral_conv2d_box(x, weight, grid, kernels.row_toeplitz_triton, kernels.column_blocks_triton)
-    if form == "plane":
-        return toeplitz.peripheral_conv2d_box(x, weight, grid, kernels.plane_box_conv_triton, kernels.column_blocks_triton)
+    box_convs = {"box": kernels.box_conv_triton, "rowtoeplitz": kernels.row_toeplitz_triton,
+                 "plane": kernels.plane_box_conv_triton}
+    if form in box_convs:
+        return toeplitz.peripheral_conv2d_box(x, weight, grid, box_convs[form], kernels.column_blocks_triton)
     reach = toeplitz.lag_reach(grid, height)
     return toeplitz.peripheral_conv2d_lags(
         x, weight, grid, lambda images, kernel: kernels.toeplitz_conv_triton(images, kernel, reach))

@@ -700,9 +700,9 @@ def plane_box_conv_triton(x: torch.Tensor, blocks: torch.Tensor, grid: Sequence[
     bands = _band_table(tuple(grid), padded, x.dtype, x.device)
     blocks = blocks.to(x.dtype).contiguous()
     y = torch.empty_like(x, dtype=_output_dtype(x.dtype))
-    precision = dict(PRECISION=_dot_precision(x.dtype), UPCAST=_upcast(x.dtype),
-                     HI_LO=x.dtype in (torch.bfloat16, torch.float16), H_PAD=padded, W_PAD=w_pad,
-                     num_warps=num_warps, num_stages=num_stages)
+    options = dict(PRECISION=_dot_precision(x.dtype), UPCAST=_upcast(x.dtype),
+                   HI_LO=x.dtype in (torch.bfloat16, torch.float16), H_PAD=padded, W_PAD=w_pad,
+                   num_warps=num_warps, num_stages=num_stages)
     if tma:
         from triton.tools.tensor_descriptor import TensorDescriptor
 
@@ -712,11 +712,11 @@ def plane_box_conv_triton(x: torch.Tensor, blocks: torch.Tensor, grid: Sequence[
             TensorDescriptor.from_tensor(blocks.view(-1, w_pad), [w_pad, w_pad]),
             TensorDescriptor.from_tensor(bands.view(-1, padded), [padded, padded]),
             TensorDescriptor.from_tensor(y.view(planes, height, width), [1, padded, w_pad]),
-            lags_lo, lags_hi, rows, wide, channels, cells, rows.numel(), wide.numel(), **precision)
+            lags_lo, lags_hi, rows, wide, channels, cells, rows.numel(), wide.numel(), **options)
     else:
         _plane_box_kernel[(batch, channels)](
             x, blocks, bands, lags_lo, lags_hi, rows, wide, y, channels, height, width, cells, rows.numel(),
-            wide.numel(), **precision)
+            wide.numel(), **options)
     return y.to(x.dtype)
 
 
@@ -762,6 +762,8 @@ def column_blocks_triton(weight: torch.Tensor, grid: Sequence[int], width: int, 
     channels, cells = weight.shape[0], len(grid)
     padded = padded_width(width)
     column_cells = _offsets_tensor(tuple(lag_cells(tuple(grid), width)), weight.device)
+    if weight.dtype == torch.float64 and dtype != torch.float64:
+        weight = weight.to(dtype)  # one rounding, as torch's: the kernel (or the interpreter's fp32 out) rounds twice
     blocks = torch.empty(channels, cells, padded, padded, device=weight.device, dtype=_output_dtype(dtype))
     _column_blocks_kernel[(channels, cells)](weight.contiguous(), column_cells, blocks, cells, width, padded,
                                              num_warps=4)
