@@ -14,9 +14,11 @@ form's configurations can be replaced, e.g. ``--rowtoeplitz 64/128/4/2,32/128/4/
 * ``sat``: the SAT kernels (tile_elements/warps/col_chunk);
 * ``toeplitz``: the lag-gather Toeplitz GEMM (MxNxK/warps/stages, 0 for the launcher's default);
 * ``rowtoeplitz``: the Toeplitz GEMM by image rows, column blocks as its operand
-  (images/tile columns, i.e. output rows x padded W/warps/stages[/register cap, 0 for none]);
-* ``plane``: the plane box, tiles loaded through registers (warps/stages/row_cells);
-* ``planetma``: the plane box, tiles moved by TMA (warps/stages/row_cells; auto's where TMA applies);
+  (images/tile columns, i.e. output rows x padded W/warps/stages[/register cap, 0 for none; default the
+  launcher's]);
+* ``plane``: the plane box, tiles loaded through registers (warps/stages/row_cells[/half boxes: 1 one fp16
+  product per wide cell, 0 a hi/lo pair; default the launcher's]);
+* ``planetma``: the plane box, tiles moved by TMA (as ``plane``; auto's where TMA applies);
 * ``box``: the box-form GEMM (rows/warps/stages);
 * ``boxgrad`` and ``satgrad``: grad-weight by box products (K/warps/stages) or SAT tap sums.
 
@@ -44,7 +46,7 @@ CONFIGS: dict[str, list[tuple[int, ...]]] = {
     "toeplitz": [(0, 0, 0, 4, 0)],
     "rowtoeplitz": [(64, 128, 4, 2), (64, 128, 4, 3), (64, 256, 8, 2), (32, 128, 4, 2)],
     "plane": [(4, 1, 1)],
-    "planetma": [(4, 2, 1), (4, 3, 1), (8, 2, 1)],
+    "planetma": [(4, 2, 1, 0), (4, 2, 1, 1), (4, 3, 1, 1)],
     "box": [(32, 2, 3), (64, 4, 2), (128, 8, 1), (128, 4, 1)],
     "boxgrad": [(32, 4, 1)],
     "satgrad": [],
@@ -74,8 +76,8 @@ def candidates(x: torch.Tensor, w: torch.Tensor, dy: torch.Tensor, grid: tuple[i
     reach = toeplitz.lag_reach(grid, size)
     kernels = triton_kernels
 
-    def with_blocks(conv):
-        return lambda: toeplitz.peripheral_conv2d_box(x, w, grid, conv, kernels.column_blocks_triton)
+    def with_blocks(conv, blocks=kernels.column_blocks_triton):
+        return lambda: toeplitz.peripheral_conv2d_box(x, w, grid, conv, blocks)
 
     def with_lags(conv):
         return lambda: toeplitz.peripheral_conv2d_lags(x, w, grid, conv)
@@ -87,13 +89,17 @@ def candidates(x: torch.Tensor, w: torch.Tensor, dy: torch.Tensor, grid: tuple[i
                                                                                     warps, chunk))),
         "toeplitz": lambda m, n, k, warps, stages: with_lags(lambda images, kernel: kernels.toeplitz_conv_triton(
             images, kernel, reach, m, n, k, warps, stages)),
-        "rowtoeplitz": lambda m, columns, warps, stages, registers=0: with_blocks(lambda images, blocks, cells: (
+        "rowtoeplitz": lambda m, columns, warps, stages, registers=-1: with_blocks(lambda images, blocks, cells: (
             kernels.row_toeplitz_triton(images, blocks, cells, m, max(1, columns // blocks.shape[-1]), warps,
-                                        stages, registers or None))),
-        "plane": lambda warps, stages, row_cells: with_blocks(lambda planes, blocks, cells: (
-            kernels.plane_box_conv_triton(planes, blocks, cells, warps, stages, row_cells, tma=False))),
-        "planetma": lambda warps, stages, row_cells: with_blocks(lambda planes, blocks, cells: (
-            kernels.plane_box_conv_triton(planes, blocks, cells, warps, stages, row_cells, tma=True))),
+                                        stages, None if registers < 0 else registers))),
+        "plane": lambda warps, stages, row_cells, half_boxes=-1: with_blocks(lambda planes, blocks, cells: (
+            kernels.plane_box_conv_triton(planes, blocks, cells, warps, stages, row_cells, tma=False,
+                                          half_boxes=None if half_boxes < 0 else bool(half_boxes))),
+            kernels.plane_blocks_triton),
+        "planetma": lambda warps, stages, row_cells, half_boxes=-1: with_blocks(lambda planes, blocks, cells: (
+            kernels.plane_box_conv_triton(planes, blocks, cells, warps, stages, row_cells, tma=True,
+                                          half_boxes=None if half_boxes < 0 else bool(half_boxes))),
+            kernels.plane_blocks_triton),
         "box": lambda rows, warps, stages: with_blocks(lambda images, blocks, cells: kernels.box_conv_triton(
             images, blocks, cells, rows, warps, stages)),
         "boxgrad": lambda k, warps, stages: (lambda: toeplitz.peripheral_grad_weight_boxes(

@@ -30,7 +30,7 @@ from triton.compiler import ASTSource
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from bench.bench_layers import SHAPES  # noqa: E402
 from runtime import triton_kernels  # noqa: E402
-from runtime.toeplitz import padded_width  # noqa: E402
+from runtime.toeplitz import HALF_SCALE_BITS, padded_width  # noqa: E402
 
 H100 = GPUTarget("cuda", 90, 32)
 TORCH_TYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}  # --dtypes names, also triton's
@@ -38,14 +38,18 @@ POINTER_ALIGNMENT = [["tt.divisibility", 16]]  # torch allocations are 16-byte a
 
 
 def compile_kernel(kernel, pointers: dict[str, str], scalars: tuple[str, ...], constants: dict,
-                   num_warps: int, num_stages: int):
+                   num_warps: int, num_stages: int, max_registers: int | None = None):
     """(compiled kernel, TTGIR) for ``kernel`` with pointer args typed by ``pointers`` (name -> '*fp32'),
-    int32 ``scalars`` and compile-time ``constants``, in the kernel's argument order."""
+    int32 ``scalars`` and compile-time ``constants``, in the kernel's argument order; ``max_registers``
+    as the launcher's ptxas cap."""
     names = list(kernel.arg_names)
     signature = {name: pointers.get(name) or ("i32" if name in scalars else "constexpr") for name in names}
     attrs = {(names.index(name),): POINTER_ALIGNMENT for name in pointers}
+    options = {"num_warps": num_warps, "num_stages": num_stages}
+    if max_registers:
+        options["maxnreg"] = max_registers
     compiled = triton.compile(ASTSource(fn=kernel, signature=signature, constexprs=constants, attrs=attrs),
-                              target=H100, options={"num_warps": num_warps, "num_stages": num_stages})
+                              target=H100, options=options)
     return compiled, compiled.asm["ttgir"]
 
 
@@ -73,7 +77,7 @@ def layout_row(label: str, compiled, ttgir: str) -> str:
 
 
 def kernels_at(size: int, grid: tuple[int, ...], dtype: str):
-    """(label, kernel, pointers, scalars, constants, warps, stages) at the launchers' defaults."""
+    """(label, kernel, pointers, scalars, constants, warps, stages, register cap) at the launchers' defaults."""
     half = dtype != "fp32"
     precision = "tf32" if half else "tf32x3"
     block_m, block_n, block_k, stages = triton_kernels.toeplitz_tile(TORCH_TYPES[dtype], size, size)
@@ -82,7 +86,7 @@ def kernels_at(size: int, grid: tuple[int, ...], dtype: str):
            ("B", "C", "LAG_LO", "LAG_HI"),
            {"H": size, "W": size, "PRECISION": precision, "UPCAST": False, "BLOCK_M": block_m, "BLOCK_N": block_n,
             "BLOCK_K": block_k},
-           4, stages)
+           4, stages, None)
     block_m, warps, stages = triton_kernels.box_conv_tile(TORCH_TYPES[dtype], padded_width(size))
     yield ("box conv", triton_kernels._box_conv_kernel,
            {"x_ptr": f"*{dtype}", "prefix_ptr": "*fp32", "blocks_ptr": f"*{dtype}", "lo_ptr": "*i32",
@@ -90,38 +94,38 @@ def kernels_at(size: int, grid: tuple[int, ...], dtype: str):
            ("B", "C", "CELLS", "CELL_BEGIN", "CELL_END", "NARROW", "WIDE"),
            {"H": size, "W": size, "PRECISION": precision, "UPCAST": False, "HI_LO": half,
             "BLOCK_M": block_m, "W_PAD": padded_width(size)},
-           warps, stages)
+           warps, stages, None)
+    half_boxes = triton_kernels.half_boxes_apply(TORCH_TYPES[dtype])
+    plane_constants = {"PRECISION": precision, "UPCAST": False, "HI_LO": half, "HALF_BOXES": half_boxes,
+                       "SCALE_BITS": HALF_SCALE_BITS, "H_PAD": padded_width(size), "W_PAD": padded_width(size)}
+    plane_scalars = ("C", "CELLS", "ROW_CELLS", "WIDE_CELLS", "BOX_BITS")
     yield ("plane box", triton_kernels._plane_box_kernel,
-           {"x_ptr": f"*{dtype}", "blocks_ptr": f"*{dtype}", "bands_ptr": f"*{dtype}", "lo_ptr": "*i32",
-            "hi_ptr": "*i32", "rows_ptr": "*i32", "wide_ptr": "*i32", "y_ptr": f"*{dtype}"},
-           ("C", "CELLS", "ROW_CELLS", "WIDE_CELLS"),
-           {"H": size, "W": size, "PRECISION": precision, "UPCAST": False, "HI_LO": half,
-            "H_PAD": padded_width(size), "W_PAD": padded_width(size)},
-           4, 1)
-    if size * TORCH_TYPES[dtype].itemsize % 16 == 0:  # TMA needs 16-byte rows
+           {"x_ptr": f"*{dtype}", "blocks_ptr": f"*{dtype}", "half_ptr": "*fp16", "exponents_ptr": "*i32",
+            "bands_ptr": f"*{dtype}", "lo_ptr": "*i32", "hi_ptr": "*i32", "rows_ptr": "*i32", "wide_ptr": "*i32",
+            "y_ptr": f"*{dtype}"},
+           plane_scalars, {"H": size, "W": size, **plane_constants}, 4, 1, None)
+    if triton_kernels.tma_rows_align(size, TORCH_TYPES[dtype]):
         tile = f"{padded_width(size)},{padded_width(size)}"
         yield ("plane box tma", triton_kernels._plane_box_tma_kernel,
                {"x_desc": f"tensordesc<{dtype}[1,{tile}]>", "blocks_desc": f"tensordesc<{dtype}[{tile}]>",
+                "half_desc": f"tensordesc<fp16[{tile}]>", "exponents_ptr": "*i32",
                 "bands_desc": f"tensordesc<{dtype}[{tile}]>", "y_desc": f"tensordesc<{dtype}[1,{tile}]>",
                 "lo_ptr": "*i32", "hi_ptr": "*i32", "rows_ptr": "*i32", "wide_ptr": "*i32"},
-               ("C", "CELLS", "ROW_CELLS", "WIDE_CELLS"),
-               {"PRECISION": precision, "UPCAST": False, "HI_LO": half, "H_PAD": padded_width(size),
-                "W_PAD": padded_width(size)},
-               4, 2)
+               plane_scalars, plane_constants, 4, 2, None)
     if size <= 32:
-        block_m, rows, warps, stages = triton_kernels.row_toeplitz_tile(TORCH_TYPES[dtype], size)
+        tile = triton_kernels.row_toeplitz_tile(TORCH_TYPES[dtype], size)
         yield ("row toeplitz", triton_kernels._row_toeplitz_kernel,
                {"x_ptr": f"*{dtype}", "blocks_ptr": f"*{dtype}", "cells_ptr": "*i32", "y_ptr": f"*{dtype}"},
                ("B", "C", "CELLS", "LAG_LO", "LAG_HI"),
-               {"H": size, "W": size, "PRECISION": precision, "UPCAST": False, "BLOCK_M": block_m, "ROWS": rows,
-                "W_PAD": padded_width(size)},
-               warps, stages)
+               {"H": size, "W": size, "PRECISION": precision, "UPCAST": False, "BLOCK_M": tile.block_m,
+                "ROWS": tile.rows, "W_PAD": padded_width(size)},
+               tile.num_warps, tile.num_stages, tile.max_registers)
     yield ("box products", triton_kernels._box_products_kernel,
            {"dy_ptr": f"*{dtype}", "prefix_ptr": "*fp32", "lo_ptr": "*i32", "hi_ptr": "*i32", "out_ptr": "*fp32"},
            ("B", "C", "CELLS", "PER_SPLIT"),
            {"H": size, "W": size, "PRECISION": precision, "UPCAST": False, "HI_LO": half,
             "BLOCK_W": max(16, min(64, triton.next_power_of_2(size))), "BLOCK_K": 32},
-           4, 1)
+           4, 1, None)
 
 
 def main() -> None:
@@ -138,8 +142,8 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|---|")
     for (stage, size), grid in shapes.items():
         for dtype in args.dtypes.split(","):
-            for label, kernel, pointers, scalars, constants, warps, num_stages in kernels_at(size, grid, dtype):
-                compiled, ttgir = compile_kernel(kernel, pointers, scalars, constants, warps, num_stages)
+            for label, kernel, pointers, scalars, constants, warps, num_stages, cap in kernels_at(size, grid, dtype):
+                compiled, ttgir = compile_kernel(kernel, pointers, scalars, constants, warps, num_stages, cap)
                 print(layout_row(f"{stage}, {size}, {dtype}, {label}", compiled, ttgir), flush=True)
                 if args.ptx:
                     os.makedirs(args.ptx, exist_ok=True)

@@ -233,10 +233,11 @@ def _conv_impl(x: torch.Tensor, weight: torch.Tensor, grid: tuple[int, ...], bac
     form = triton_forms(height, width, grid, x.dtype).conv
     if form == "sat":
         return sat.peripheral_conv2d_taps(x, weight, grid, kernels.sat_taps_triton)
-    box_convs = {"box": kernels.box_conv_triton, "rowtoeplitz": kernels.row_toeplitz_triton,
-                 "plane": kernels.plane_box_conv_triton}
+    box_convs = {"box": (kernels.box_conv_triton, kernels.column_blocks_triton),
+                 "rowtoeplitz": (kernels.row_toeplitz_triton, kernels.column_blocks_triton),
+                 "plane": (kernels.plane_box_conv_triton, kernels.plane_blocks_triton)}
     if form in box_convs:
-        return toeplitz.peripheral_conv2d_box(x, weight, grid, box_convs[form], kernels.column_blocks_triton)
+        return toeplitz.peripheral_conv2d_box(x, weight, grid, *box_convs[form])
     reach = toeplitz.lag_reach(grid, height)
     return toeplitz.peripheral_conv2d_lags(
         x, weight, grid, lambda images, kernel: kernels.toeplitz_conv_triton(images, kernel, reach))

@@ -129,6 +129,37 @@ def column_blocks(weight: torch.Tensor, grid: tuple[int, ...], width: int, dtype
     return _gather_shared(weight, index, dtype).view(weight.shape[0], len(grid), padded, padded)
 
 
+HALF_SCALE_BITS = 14
+"""Scaled into fp16, a channel's largest weight (or a plane's largest box sum) lands in
+[2^14, 2^15): below fp16's 65504 with a factor of two to spare, and 28 binades above its
+smallest normal number, so every entry that matters keeps fp16's 11 bits."""
+
+
+def float_exponent(value: torch.Tensor) -> torch.Tensor:
+    """floor(log2 |value|) of fp32 values from their exponent bits, int32: -127 for 0 and subnormals,
+    128 for inf and NaN (the Triton kernels compute the same from the same bits)."""
+    return ((value.float().abs().view(torch.int32) >> 23) & 0xFF) - 127
+
+
+def clamp_exponent(exponent: torch.Tensor) -> torch.Tensor:
+    """Exponents e with 2^e and 2^-e normal fp32 numbers: clamped to [-126, 126]."""
+    return exponent.clamp(-126, 126)
+
+
+def half_block_exponents(weight: torch.Tensor) -> torch.Tensor:
+    """w_θ (C, 1, k', k') or R (C, k', Wp, Wp) -> (C,) int32 e_c that scale channel c's largest
+    |weight| into [2^14, 2^15) (HALF_SCALE_BITS); 126 for an all-zero channel."""
+    amax = weight.abs().flatten(1).amax(1)
+    return clamp_exponent(HALF_SCALE_BITS - float_exponent(amax)).to(torch.int32)
+
+
+def half_blocks(blocks: torch.Tensor, exponents: torch.Tensor) -> torch.Tensor:
+    """R (C, k', Wp, Wp) in bf16/fp16 -> R·2^e_c in fp16 (exact where a weight is normal there: bf16's 8
+    and fp16's 11 significant bits fit), the plane box's operand for its wide cells' box sums in fp16."""
+    scale = torch.ldexp(torch.ones((), dtype=torch.float32, device=blocks.device), exponents.float())
+    return (blocks.float() * scale[:, None, None, None]).to(torch.float16)
+
+
 def box_conv(x: torch.Tensor, blocks: torch.Tensor, grid: tuple[int, ...]) -> torch.Tensor:
     """Y = Σ_a X_a R_a: per kernel-row cell a, the vertical box sum X_a of x over a's row lags
     (from a column prefix sum) times the horizontal Toeplitz block R_a.

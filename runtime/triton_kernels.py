@@ -37,7 +37,7 @@ Triton's interpreter, CPU tensors included; that is how CI tests them.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import torch
 import triton
@@ -45,7 +45,11 @@ import triton.language as tl
 
 from runtime.constants import device_constant
 from runtime.sat import accumulate_dtype
-from runtime.toeplitz import cell_lag_ranges, lag_cells, lag_reach, padded_width
+from runtime.toeplitz import (HALF_SCALE_BITS, cell_lag_ranges, half_block_exponents, half_blocks, lag_cells,
+                              lag_reach, padded_width)
+
+_TRITON_TYPES = {torch.float32: tl.float32, torch.bfloat16: tl.bfloat16, torch.float16: tl.float16,
+                 torch.float64: tl.float64}
 
 
 @triton.jit
@@ -173,6 +177,32 @@ def _dot_step(acc, a, b, PRECISION: tl.constexpr, UPCAST: tl.constexpr):
 
 
 @triton.jit
+def _float_exponent(value):
+    """floor(log2 |value|) of fp32 values from their exponent bits (toeplitz.float_exponent)."""
+    return ((tl.abs(value).to(tl.int32, bitcast=True) >> 23) & 0xFF) - 127
+
+
+@triton.jit
+def _power_of_two(exponent):
+    """2^exponent, exactly, for int32 exponents in fp32's normal range [-126, 127]."""
+    return ((exponent + 127) << 23).to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def _clamp_exponent(exponent):
+    """Exponents e with 2^e and 2^-e normal fp32 numbers (toeplitz.clamp_exponent)."""
+    return tl.minimum(tl.maximum(exponent, -126), 126)
+
+
+@triton.jit
+def _half_box_exponent(x, BOX_BITS, SCALE_BITS: tl.constexpr):
+    """e with |box sum|·2^e < 2^(SCALE_BITS+1) for every box sum of up to 2^BOX_BITS rows of the
+    plane x: from x's largest magnitude (|x| < 2^(E+1) for E its exponent)."""
+    amax = tl.max(tl.max(tl.abs(x.to(tl.float32)), axis=1), axis=0)
+    return _clamp_exponent(SCALE_BITS - BOX_BITS - _float_exponent(amax))
+
+
+@triton.jit
 def _toeplitz_kernel(x_ptr, kc_ptr, y_ptr, B, C, H: tl.constexpr, W: tl.constexpr, LAG_LO, LAG_HI,
                      PRECISION: tl.constexpr, UPCAST: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                      BLOCK_K: tl.constexpr):
@@ -289,16 +319,21 @@ def _box_conv_kernel(x_ptr, prefix_ptr, blocks_ptr, lo_ptr, hi_ptr, narrow_ptr, 
 
 
 @triton.jit
-def _plane_box_kernel(x_ptr, blocks_ptr, bands_ptr, lo_ptr, hi_ptr, rows_ptr, wide_ptr, y_ptr, C, H: tl.constexpr,
-                      W: tl.constexpr, CELLS, ROW_CELLS, WIDE_CELLS, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
-                      HI_LO: tl.constexpr, H_PAD: tl.constexpr, W_PAD: tl.constexpr):
+def _plane_box_kernel(x_ptr, blocks_ptr, half_ptr, exponents_ptr, bands_ptr, lo_ptr, hi_ptr, rows_ptr, wide_ptr,
+                      y_ptr, C, H: tl.constexpr, W: tl.constexpr, CELLS, ROW_CELLS, WIDE_CELLS, BOX_BITS,
+                      PRECISION: tl.constexpr, UPCAST: tl.constexpr, HI_LO: tl.constexpr,
+                      HALF_BOXES: tl.constexpr, SCALE_BITS: tl.constexpr, H_PAD: tl.constexpr,
+                      W_PAD: tl.constexpr):
     """y[n, c] = Σ_a X_a[n, c] @ R_a[c] (the box form) with the box sums on tensor cores too.
 
     Program = one (n, c) plane, held on chip (H_PAD x W_PAD). The ROW_CELLS narrow cells listed at
     rows_ptr go one row lag at a time (``_row_lag_products``: shifted input rows read from memory, exact
     products); the WIDE_CELLS cells at wide_ptr as X_a = V_a @ x, exact in its fp32 accumulator,
     with V_a the cell's 0/1 band of row lags (H_PAD x H_PAD, read from the table at bands_ptr), times
-    R_a (``_box_times_block``) from the column blocks (C, k', W_PAD, W_PAD) at blocks_ptr.
+    R_a from the column blocks (C, k', W_PAD, W_PAD) at blocks_ptr (``_box_times_block``). With
+    HALF_BOXES one fp16 product instead: X_a·2^e (e from the plane's largest |x|, BOX_BITS) times
+    R_a·2^e_c (half_ptr, e_c at exponents_ptr), the accumulator scaled by 2^(e+e_c) around the wide
+    cells (powers of two: exact).
     """
     n, c = tl.program_id(0), tl.program_id(1)
     plane = (n.to(tl.int64) * C + c) * (H * W)
@@ -307,33 +342,46 @@ def _plane_box_kernel(x_ptr, blocks_ptr, bands_ptr, lo_ptr, hi_ptr, rows_ptr, wi
     inside = (u < H)[:, None] & (w < W)[None, :]
     x = tl.load(x_ptr + plane + u[:, None] * W + w[None, :], mask=inside, other=0.0)
     bands = bands_ptr + u[:, None] * H_PAD + u[None, :]
-    blocks = blocks_ptr + c.to(tl.int64) * CELLS * (W_PAD * W_PAD) + w[:, None] * W_PAD + w[None, :]
+    block_entries = c.to(tl.int64) * CELLS * (W_PAD * W_PAD) + w[:, None] * W_PAD + w[None, :]
+    blocks = blocks_ptr + block_entries
     acc = tl.zeros((H_PAD, W_PAD), dtype=tl.float64 if PRECISION == "ieee" else tl.float32)
     for index in range(ROW_CELLS):
         cell = tl.load(rows_ptr + index)
         lo = tl.load(lo_ptr + cell)
         acc = _row_lag_products(acc, x_ptr + plane, tl.load(blocks + cell * (W_PAD * W_PAD)), u, w, lo,
                                 tl.load(hi_ptr + cell), inside, H, W, PRECISION, UPCAST)
+    if HALF_BOXES:
+        box_exponent = _half_box_exponent(x, BOX_BITS, SCALE_BITS)
+        weight_exponent = tl.load(exponents_ptr + c)
+        acc = acc * _power_of_two(box_exponent) * _power_of_two(weight_exponent)
     for index in range(WIDE_CELLS):
         cell = tl.load(wide_ptr + index)
-        band = tl.load(bands + cell * (H_PAD * H_PAD))
-        box = _dot_step(tl.zeros((H_PAD, W_PAD), dtype=acc.dtype), band, x, PRECISION, UPCAST)
-        acc = _box_times_block(acc, box, tl.load(blocks + cell * (W_PAD * W_PAD)), x.dtype, PRECISION, UPCAST, HI_LO)
+        box = _dot_step(tl.zeros((H_PAD, W_PAD), dtype=acc.dtype), tl.load(bands + cell * (H_PAD * H_PAD)), x,
+                        PRECISION, UPCAST)
+        if HALF_BOXES:
+            acc = _dot_step(acc, (box * _power_of_two(box_exponent)).to(tl.float16),
+                            tl.load(half_ptr + block_entries + cell * (W_PAD * W_PAD)), PRECISION, UPCAST)
+        else:
+            acc = _box_times_block(acc, box, tl.load(blocks + cell * (W_PAD * W_PAD)), x.dtype, PRECISION, UPCAST,
+                                   HI_LO)
+    if HALF_BOXES:
+        acc = acc * _power_of_two(-box_exponent) * _power_of_two(-weight_exponent)
     tl.store(y_ptr + plane + u[:, None] * W + w[None, :], acc.to(y_ptr.dtype.element_ty), mask=inside)
 
 
 @triton.jit
-def _plane_box_tma_kernel(x_desc, blocks_desc, bands_desc, y_desc, lo_ptr, hi_ptr, rows_ptr, wide_ptr, C, CELLS,
-                          ROW_CELLS, WIDE_CELLS, PRECISION: tl.constexpr, UPCAST: tl.constexpr, HI_LO: tl.constexpr,
-                          H_PAD: tl.constexpr, W_PAD: tl.constexpr):
+def _plane_box_tma_kernel(x_desc, blocks_desc, half_desc, exponents_ptr, bands_desc, y_desc, lo_ptr, hi_ptr,
+                          rows_ptr, wide_ptr, C, CELLS, ROW_CELLS, WIDE_CELLS, BOX_BITS, PRECISION: tl.constexpr,
+                          UPCAST: tl.constexpr, HI_LO: tl.constexpr, HALF_BOXES: tl.constexpr,
+                          SCALE_BITS: tl.constexpr, H_PAD: tl.constexpr, W_PAD: tl.constexpr):
     """``_plane_box_kernel`` with every tile moved by the tensor-memory accelerator (TMA): the
     plane, its shifted copies for the narrow cells (rows outside the image arrive as zeros), the
     bands and the column blocks go from global to shared memory without passing through registers
     or the L1's load/store path (which ncu showed 79% busy for the plane box), and y goes back the
     same way.
 
-    x_desc, y_desc: (B·C, H, W) with (1, H_PAD, W_PAD) tiles; blocks_desc: (C·k'·W_PAD, W_PAD) with
-    (W_PAD, W_PAD) tiles; bands_desc: (k'·H_PAD, H_PAD) with (H_PAD, H_PAD) tiles.
+    x_desc, y_desc: (B·C, H, W) with (1, H_PAD, W_PAD) tiles; blocks_desc, half_desc: (C·k'·W_PAD, W_PAD)
+    with (W_PAD, W_PAD) tiles; bands_desc: (k'·H_PAD, H_PAD) with (H_PAD, H_PAD) tiles.
     """
     n, c = tl.program_id(0), tl.program_id(1)
     plane = n * C + c
@@ -344,12 +392,22 @@ def _plane_box_tma_kernel(x_desc, blocks_desc, bands_desc, y_desc, lo_ptr, hi_pt
         block = blocks_desc.load([(c * CELLS + cell) * W_PAD, 0])
         for lag in range(tl.load(lo_ptr + cell), tl.load(hi_ptr + cell)):
             acc = _dot_step(acc, x_desc.load([plane, lag, 0]).reshape(H_PAD, W_PAD), block, PRECISION, UPCAST)
+    if HALF_BOXES:
+        box_exponent = _half_box_exponent(x, BOX_BITS, SCALE_BITS)
+        weight_exponent = tl.load(exponents_ptr + c)
+        acc = acc * _power_of_two(box_exponent) * _power_of_two(weight_exponent)
     for index in range(WIDE_CELLS):
         cell = tl.load(wide_ptr + index)
         box = _dot_step(tl.zeros((H_PAD, W_PAD), dtype=acc.dtype), bands_desc.load([cell * H_PAD, 0]), x, PRECISION,
                         UPCAST)
-        acc = _box_times_block(acc, box, blocks_desc.load([(c * CELLS + cell) * W_PAD, 0]), x.dtype, PRECISION,
-                               UPCAST, HI_LO)
+        if HALF_BOXES:
+            acc = _dot_step(acc, (box * _power_of_two(box_exponent)).to(tl.float16),
+                            half_desc.load([(c * CELLS + cell) * W_PAD, 0]), PRECISION, UPCAST)
+        else:
+            acc = _box_times_block(acc, box, blocks_desc.load([(c * CELLS + cell) * W_PAD, 0]), x.dtype, PRECISION,
+                                   UPCAST, HI_LO)
+    if HALF_BOXES:
+        acc = acc * _power_of_two(-box_exponent) * _power_of_two(-weight_exponent)
     y_desc.store([plane, 0, 0], acc.to(y_desc.dtype).reshape(1, H_PAD, W_PAD))
 
 
@@ -458,11 +516,16 @@ def _column_prefix_kernel(x_ptr, out_ptr, H: tl.constexpr, W: tl.constexpr, BLOC
 
 
 @triton.jit
-def _column_blocks_kernel(w_ptr, column_cells_ptr, out_ptr, CELLS, W: tl.constexpr, W_PAD: tl.constexpr):
+def _column_blocks_kernel(w_ptr, column_cells_ptr, out_ptr, half_ptr, exponents_ptr, CELLS, W: tl.constexpr,
+                          W_PAD: tl.constexpr, HALF_COPY: tl.constexpr, ROUNDED: tl.constexpr,
+                          CELLS_PAD: tl.constexpr, SCALE_BITS: tl.constexpr):
     """out[c, a, q, p] = w[c, a, column_cells[q - p + W - 1]] for q, p < W, else 0 (toeplitz.column_blocks).
 
     Program = one (c, a): the (W_PAD, W_PAD) horizontal Toeplitz block of w_θ's row a, cast to
     out's dtype. column_cells maps a column lag -(W-1)..W-1 to its cell, CELLS beyond the kernel.
+    HALF_COPY: also the block rounded to ROUNDED (out's dtype) and scaled by 2^e_c into fp16 at
+    half_ptr, with e_c from channel c's largest rounded weight, written to exponents_ptr[c]
+    (toeplitz.half_block_exponents and toeplitz.half_blocks).
     """
     c, a = tl.program_id(0).to(tl.int64), tl.program_id(1)
     q = tl.arange(0, W_PAD)[:, None]
@@ -471,7 +534,17 @@ def _column_blocks_kernel(w_ptr, column_cells_ptr, out_ptr, CELLS, W: tl.constex
     cell = tl.load(column_cells_ptr + tl.where(inside, q - p + W - 1, 0), mask=inside, other=CELLS)
     row = w_ptr + (c * CELLS + a) * CELLS
     value = tl.load(row + cell, mask=inside & (cell < CELLS), other=0.0)
-    tl.store(out_ptr + (c * CELLS + a) * (W_PAD * W_PAD) + q * W_PAD + p, value.to(out_ptr.dtype.element_ty))
+    block = (c * CELLS + a) * (W_PAD * W_PAD) + q * W_PAD + p
+    tl.store(out_ptr + block, value.to(out_ptr.dtype.element_ty))
+    if HALF_COPY:
+        k = tl.arange(0, CELLS_PAD)
+        weights = tl.load(w_ptr + c * CELLS * CELLS + k[:, None] * CELLS + k[None, :],
+                          mask=(k < CELLS)[:, None] & (k < CELLS)[None, :], other=0.0)
+        amax = tl.max(tl.max(tl.abs(weights.to(ROUNDED).to(tl.float32)), axis=1), axis=0)
+        exponent = _clamp_exponent(SCALE_BITS - _float_exponent(amax))
+        tl.store(half_ptr + block, (value.to(ROUNDED).to(tl.float32) * _power_of_two(exponent)).to(tl.float16))
+        if a == 0:
+            tl.store(exponents_ptr + c, exponent)
 
 
 INTERPRETED = not isinstance(_taps_kernel, triton.runtime.JITFunction)
@@ -666,26 +739,71 @@ def _band_table(grid: tuple[int, ...], padded: int, dtype: torch.dtype, device: 
     return device_constant(("plane box bands", grid, padded, dtype), device, build)
 
 
+def tma_rows_align(width: int, dtype: torch.dtype) -> bool:
+    """Whether rows of ``width`` entries are whole 16-byte units, as TMA moves them: W = 56 in bf16 yes, 28 no."""
+    return width * dtype.itemsize % 16 == 0
+
+
 def tma_applies(x: torch.Tensor) -> bool:
     """Whether the tensor-memory accelerator can move x's (H, W) planes: a Hopper-or-newer GPU (or the
-    interpreter) and 16-byte aligned rows (W·itemsize a multiple of 16: W = 56 in bf16 yes, 28 no)."""
-    aligned = x.shape[-1] * x.element_size() % 16 == 0 and x.data_ptr() % 16 == 0
+    interpreter), 16-byte aligned rows (``tma_rows_align``) and data."""
+    aligned = tma_rows_align(x.shape[-1], x.dtype) and x.data_ptr() % 16 == 0
     if x.device.type == "cuda":
         return aligned and torch.cuda.get_device_capability(x.device)[0] >= 9
     return aligned and INTERPRETED
 
 
-def plane_box_conv_triton(x: torch.Tensor, blocks: torch.Tensor, grid: Sequence[int], num_warps: int = 4,
-                          num_stages: int | None = None, row_cells: int = 1, tma: bool | None = None) -> torch.Tensor:
+class PlaneBlocks(NamedTuple):
+    """The plane box's weights: R (C, k', Wp, Wp) in x's dtype for the row-by-row cells and, for
+    ``half_boxes_apply`` dtypes, R·2^e_c in fp16 with the exponents e_c (C,) int32 for the wide cells."""
+
+    blocks: torch.Tensor
+    half: torch.Tensor | None = None
+    exponents: torch.Tensor | None = None
+
+
+def half_boxes_apply(dtype: torch.dtype) -> bool:
+    """Whether the plane box takes a wide cell's box sum as one fp16 product (scaled into range) rather
+    than a bf16/fp16 hi/lo pair: for bf16, whose own output rounding (2^-9) is 4x fp16's rounding of
+    the box (2^-11), so y's error stays within bf16's; not for fp16, where they are equal."""
+    return dtype == torch.bfloat16
+
+
+def plane_blocks_triton(weight: torch.Tensor, grid: Sequence[int], width: int, dtype: torch.dtype) -> PlaneBlocks:
+    """w_θ (C, 1, k', k') -> ``PlaneBlocks`` in one kernel: ``column_blocks_triton`` and, where
+    ``half_boxes_apply``, its fp16 copy scaled per channel (toeplitz.half_blocks)."""
+    if not half_boxes_apply(dtype):
+        return PlaneBlocks(column_blocks_triton(weight, grid, width, dtype))
+    return PlaneBlocks(*_column_blocks(weight, grid, width, dtype, half_copy=True))
+
+
+def _as_plane_blocks(blocks: torch.Tensor | PlaneBlocks, dtype: torch.dtype, half_boxes: bool) -> PlaneBlocks:
+    """PlaneBlocks in ``dtype``; from R alone, its fp16 copy by the torch twin (as the kernel: the
+    exponents come from R's entries, which can only scale differently, exactly, by powers of two)."""
+    if not isinstance(blocks, PlaneBlocks):
+        blocks = PlaneBlocks(blocks)
+    rounded = blocks.blocks.to(dtype).contiguous()
+    if not half_boxes:
+        return PlaneBlocks(rounded)
+    if blocks.half is not None:
+        return PlaneBlocks(rounded, blocks.half, blocks.exponents)
+    exponents = half_block_exponents(rounded)
+    return PlaneBlocks(rounded, half_blocks(rounded, exponents).contiguous(), exponents)
+
+
+def plane_box_conv_triton(x: torch.Tensor, blocks: torch.Tensor | PlaneBlocks, grid: Sequence[int],
+                          num_warps: int = 4, num_stages: int | None = None, row_cells: int = 1,
+                          tma: bool | None = None, half_boxes: bool | None = None) -> torch.Tensor:
     """Triton twin of ``toeplitz.box_conv`` with the box sums as tensor-core products:
-    x (B, C, H, W), R (C, k', Wp, Wp) in x.dtype -> (B, C, H, W).
+    x (B, C, H, W), R (C, k', Wp, Wp) or ``PlaneBlocks`` -> (B, C, H, W).
 
     A program holds one (H, W) plane padded to powers of two, so it suits planes up to 64 a side;
     cells whose lags miss the image are skipped, cells of at most ``row_cells`` rows go row by row.
     ``tma``: move the tiles by TMA (``_plane_box_tma_kernel``; default where ``tma_applies``) or by
-    loads through registers (``_plane_box_kernel``). Defaults from sweeps at stage 1 bf16:
-    4 warps, one-row cells row by row; TMA with 2 stages, 0.101 / 0.129 ms at K=51 / 101 on the H200
-    against 0.113 / 0.144 for the register loads at their best, one stage
+    loads through registers (``_plane_box_kernel``). ``half_boxes``: a wide cell's box sum times R_a
+    as one fp16 product (default where ``half_boxes_apply``) rather than a hi/lo pair. Defaults from
+    sweeps at stage 1 bf16: 4 warps, one-row cells row by row; TMA with 2 stages, 0.101 / 0.129 ms at
+    K=51 / 101 on the H200 against 0.113 / 0.144 for the register loads at their best, one stage
     (bench/results/2026-12-03-h200-forms-tma.md). The register-load kernel on the H100: 0.125 ms at
     K=51 against 0.146 with the bands built in registers and 0.269 for the Toeplitz form
     (bench/results/2026-11-25-h100-forms-plane-box-bands.md).
@@ -693,16 +811,21 @@ def plane_box_conv_triton(x: torch.Tensor, blocks: torch.Tensor, grid: Sequence[
     x = x.contiguous()
     batch, channels, height, width = x.shape
     tma = tma_applies(x) if tma is None else tma
+    half_boxes = half_boxes_apply(x.dtype) if half_boxes is None else half_boxes
     num_stages = num_stages or (2 if tma else 1)
     lags_lo, lags_hi, cells = _cell_lag_tensors(grid, x.device)
     _, rows, wide = _cells_by_width(grid, height, row_cells, x.device)
+    box_bits = max(hi - lo for lo, hi in cell_lag_ranges(tuple(grid))).bit_length()  # 2^bits > rows of any cell
     padded, w_pad = padded_width(height), padded_width(width)
     bands = _band_table(tuple(grid), padded, x.dtype, x.device)
-    blocks = blocks.to(x.dtype).contiguous()
+    blocks, half, exponents = _as_plane_blocks(blocks, x.dtype, half_boxes)
+    half = blocks if half is None else half  # unused without half_boxes
+    exponents = lags_lo if exponents is None else exponents
     y = torch.empty_like(x, dtype=_output_dtype(x.dtype))
     options = dict(PRECISION=_dot_precision(x.dtype), UPCAST=_upcast(x.dtype),
-                   HI_LO=x.dtype in (torch.bfloat16, torch.float16), H_PAD=padded, W_PAD=w_pad,
-                   num_warps=num_warps, num_stages=num_stages)
+                   HI_LO=x.dtype in (torch.bfloat16, torch.float16), HALF_BOXES=half_boxes,
+                   SCALE_BITS=HALF_SCALE_BITS, H_PAD=padded, W_PAD=w_pad, num_warps=num_warps,
+                   num_stages=num_stages)
     if tma:
         from triton.tools.tensor_descriptor import TensorDescriptor
 
@@ -710,23 +833,39 @@ def plane_box_conv_triton(x: torch.Tensor, blocks: torch.Tensor, grid: Sequence[
         _plane_box_tma_kernel[(batch, channels)](
             TensorDescriptor.from_tensor(x.view(planes, height, width), [1, padded, w_pad]),
             TensorDescriptor.from_tensor(blocks.view(-1, w_pad), [w_pad, w_pad]),
+            TensorDescriptor.from_tensor(half.view(-1, w_pad), [w_pad, w_pad]), exponents,
             TensorDescriptor.from_tensor(bands.view(-1, padded), [padded, padded]),
             TensorDescriptor.from_tensor(y.view(planes, height, width), [1, padded, w_pad]),
-            lags_lo, lags_hi, rows, wide, channels, cells, rows.numel(), wide.numel(), **options)
+            lags_lo, lags_hi, rows, wide, channels, cells, rows.numel(), wide.numel(), box_bits, **options)
     else:
         _plane_box_kernel[(batch, channels)](
-            x, blocks, bands, lags_lo, lags_hi, rows, wide, y, channels, height, width, cells, rows.numel(),
-            wide.numel(), **options)
+            x, blocks, half, exponents, bands, lags_lo, lags_hi, rows, wide, y, channels, height, width, cells,
+            rows.numel(), wide.numel(), box_bits, **options)
     return y.to(x.dtype)
 
 
-def row_toeplitz_tile(dtype: torch.dtype, width: int) -> tuple[int, int, int, int]:
-    """``row_toeplitz_triton``'s default (block_m, rows, num_warps, num_stages): enough output rows for
-    128 tile columns, 4 warps, 2 stages; 64 images for 16-bit inputs, 32 for fp32 (three TF32
-    products each; 64 images took 180-224 registers). From the H200 sweep
-    (bench/results/2026-12-03-h200-forms-candidates.md): bf16 stage 2 0.052 ms (0.054 with 3 stages,
-    0.056 with 256 columns and 8 warps), fp32 stage 3 0.044 ms with 32 images against 0.110 with 64."""
-    return 64 if dtype in (torch.bfloat16, torch.float16) else 32, max(1, 128 // padded_width(width)), 4, 2
+class RowToeplitzTile(NamedTuple):
+    """``row_toeplitz_triton``'s launch: images per program, output rows per program, warps, pipeline
+    stages, and ptxas' register cap per thread (None: no cap)."""
+
+    block_m: int
+    rows: int
+    num_warps: int
+    num_stages: int
+    max_registers: int | None
+
+
+def row_toeplitz_tile(dtype: torch.dtype, width: int) -> RowToeplitzTile:
+    """``row_toeplitz_triton``'s defaults: enough output rows for 128 tile columns, 4 warps, 2 stages;
+    64 images for 16-bit inputs, 32 for fp32 (three TF32 products each; 64 images took 180-224
+    registers). From the H200 sweep (bench/results/2026-12-03-h200-forms-candidates.md): bf16 stage 2
+    0.052 ms (0.054 with 3 stages, 0.056 with 256 columns and 8 warps), fp32 stage 3 0.044 ms with 32
+    images against 0.110 with 64. 16-bit on 32-column planes caps registers at 96: 5 programs per SM,
+    one wave, no spills offline; H200 stage 2 bf16 0.035 against 0.044 ms
+    (bench/results/2026-12-03-h200-layers-tma.md). At 16 columns (stage 3) the cap would spill."""
+    reduced, padded = dtype in (torch.bfloat16, torch.float16), padded_width(width)
+    return RowToeplitzTile(64 if reduced else 32, max(1, 128 // padded), 4, 2,
+                           96 if reduced and padded == 32 else None)
 
 
 def row_toeplitz_triton(x: torch.Tensor, blocks: torch.Tensor, grid: Sequence[int], block_m: int | None = None,
@@ -734,16 +873,17 @@ def row_toeplitz_triton(x: torch.Tensor, blocks: torch.Tensor, grid: Sequence[in
                         max_registers: int | None = None) -> torch.Tensor:
     """Triton twin of ``toeplitz.box_conv`` in the Toeplitz form by rows (``_row_toeplitz_kernel``):
     x (B, C, H, W), R (C, k', Wp, Wp) in x.dtype -> (B, C, H, W). Defaults: ``row_toeplitz_tile``;
-    ``max_registers`` caps the registers per thread (ptxas maxnreg: more programs per SM, maybe spills)."""
+    ``max_registers`` caps the registers per thread (ptxas maxnreg: more programs per SM, maybe
+    spills; 0 for no cap)."""
     x = x.contiguous()
     batch, channels, height, width = x.shape
+    tile = row_toeplitz_tile(x.dtype, width)
     block_m, rows, num_warps, num_stages = (given or default for given, default in zip(
-        (block_m, rows, num_warps, num_stages), row_toeplitz_tile(x.dtype, width)))
+        (block_m, rows, num_warps, num_stages), tile[:4]))
+    max_registers = tile.max_registers if max_registers is None else max_registers
     if x.dtype == torch.float64:
         block_m, rows = 16, 1  # the fp64 fallback holds a (BLOCK_M, Wp, rows·Wp) product
     block_m = max(16, min(block_m, triton.next_power_of_2(batch)))
-    if max_registers is None and x.dtype in (torch.bfloat16, torch.float16) and blocks.shape[-1] == 32:
-        max_registers = 96  # H200 stage 2 bf16: 5 programs per SM, one wave, no spills: 0.035 vs 0.044 ms
     lo, hi = lag_reach(tuple(grid), height)
     cells = _offsets_tensor(tuple(lag_cells(tuple(grid), height)), x.device)
     y = torch.empty_like(x, dtype=_output_dtype(x.dtype))
@@ -759,15 +899,27 @@ def column_blocks_triton(weight: torch.Tensor, grid: Sequence[int], width: int, 
     """Triton twin of ``toeplitz.column_blocks``: w_θ (C, 1, k', k') -> R (C, k', Wp, Wp) in ``dtype``
     (rounded as torch casts), one kernel instead of torch's cast, pad and gather, which took 20 µs at
     stage 1 and 13 µs at stage 2 on the H200 (ncu, bench/ncu_layers.py)."""
+    return _column_blocks(weight, grid, width, dtype, half_copy=False)[0]
+
+
+def _column_blocks(weight: torch.Tensor, grid: Sequence[int], width: int, dtype: torch.dtype,
+                   half_copy: bool) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """(R in ``dtype``, with ``half_copy`` R·2^e_c in fp16 and e_c (C,) int32, else None, None)."""
     channels, cells = weight.shape[0], len(grid)
     padded = padded_width(width)
     column_cells = _offsets_tensor(tuple(lag_cells(tuple(grid), width)), weight.device)
-    if weight.dtype == torch.float64 and dtype != torch.float64:
-        weight = weight.to(dtype)  # one rounding, as torch's: the kernel (or the interpreter's fp32 out) rounds twice
+    if weight.dtype != dtype and (weight.dtype == torch.float64 or INTERPRETED):
+        # one rounding, as torch's: from fp64 the kernel would round twice (to fp32, then dtype), and
+        # the interpreter's fp32 -> bf16 truncates
+        weight = weight.to(dtype)
     blocks = torch.empty(channels, cells, padded, padded, device=weight.device, dtype=_output_dtype(dtype))
-    _column_blocks_kernel[(channels, cells)](weight.contiguous(), column_cells, blocks, cells, width, padded,
-                                             num_warps=4)
-    return blocks.to(dtype)
+    half = torch.empty(blocks.shape, device=weight.device, dtype=torch.float16) if half_copy else blocks
+    exponents = torch.empty(channels, device=weight.device, dtype=torch.int32) if half_copy else column_cells
+    _column_blocks_kernel[(channels, cells)](
+        weight.contiguous(), column_cells, blocks, half, exponents, cells, width, padded, HALF_COPY=half_copy,
+        ROUNDED=_TRITON_TYPES.get(dtype, tl.float32), CELLS_PAD=triton.next_power_of_2(cells),
+        SCALE_BITS=HALF_SCALE_BITS, num_warps=4)
+    return blocks.to(dtype), (half if half_copy else None), (exponents if half_copy else None)
 
 
 def column_prefix_triton(x: torch.Tensor) -> torch.Tensor:

@@ -140,9 +140,11 @@ def test_toeplitz_kernels_match_their_torch_twins(grid, batch, height, width, dt
     got = triton_kernels.box_conv_triton(x.to(DEVICE), blocks.to(DEVICE), grid, block_m=16).cpu()
     assert relative_error(got, box_twin) <= KERNEL_TOLERANCE[dtype]
     tma_options = (False, True) if triton_kernels.tma_applies(x.to(DEVICE)) else (False,)
-    for row_cells, tma in itertools.product((0, 1, 2), tma_options):  # cells of at most row_cells rows go row
-        got = triton_kernels.plane_box_conv_triton(x.to(DEVICE), blocks.to(DEVICE), grid, row_cells=row_cells,
-                                                   tma=tma).cpu()  # by row, wider ones by band products
+    half_options = (False, True) if dtype in (torch.bfloat16, torch.float16) else (False,)
+    for row_cells, tma, half_boxes in itertools.product((0, 1, 2), tma_options, half_options):
+        got = triton_kernels.plane_box_conv_triton(  # cells of at most row_cells rows go row by row,
+            x.to(DEVICE), blocks.to(DEVICE), grid, row_cells=row_cells,  # wider ones by band products
+            tma=tma, half_boxes=half_boxes).cpu()
         assert relative_error(got, box_twin) <= KERNEL_TOLERANCE[dtype]
     got = triton_kernels.row_toeplitz_triton(x.to(DEVICE), blocks.to(DEVICE), grid, block_m=16, rows=2).cpu()
     assert relative_error(got, box_twin) <= KERNEL_TOLERANCE[dtype]
@@ -161,9 +163,10 @@ def test_plane_box_moves_its_tiles_by_tma_with_the_same_result(grid, height, wid
     x = x.to(DEVICE)
     assert triton_kernels.tma_applies(x) == (DEVICE == "cpu" or torch.cuda.get_device_capability()[0] >= 9)
     blocks = toeplitz.column_blocks(weight, grid, width, dtype).to(DEVICE)
-    for row_cells in (0, 1, 2):
-        by_tma = triton_kernels.plane_box_conv_triton(x, blocks, grid, row_cells=row_cells, tma=True).cpu()
-        by_loads = triton_kernels.plane_box_conv_triton(x, blocks, grid, row_cells=row_cells, tma=False).cpu()
+    half_options = (False, True) if dtype in (torch.bfloat16, torch.float16) else (False,)
+    for row_cells, half_boxes in itertools.product((0, 1, 2), half_options):
+        by_tma, by_loads = (triton_kernels.plane_box_conv_triton(x, blocks, grid, row_cells=row_cells, tma=tma,
+                                                                 half_boxes=half_boxes).cpu() for tma in (True, False))
         assert torch.equal(by_tma, by_loads)  # the same products in the same order
 
 
@@ -184,6 +187,48 @@ def test_column_blocks_kernel_equals_its_torch_twin_bit_for_bit(grid, width, dty
     expected = toeplitz.column_blocks(weight, grid, width, dtype)
     assert got.dtype == dtype and got.shape == expected.shape
     assert torch.equal(got, expected)  # a gather and a cast: nothing to round differently
+
+
+@needs_kernels
+@settings(max_examples=8, deadline=None)
+@given(grid=grids(max_cells=5, max_cell=4), width=st.integers(1, 20), weight_dtype=st.sampled_from(
+       [torch.float32, torch.bfloat16, torch.float64]), weight_scale=st.integers(-100, 100),
+       seed=st.integers(0, 2**16))
+@example(grid=(1, 1, 1), width=4, weight_dtype=torch.float32, weight_scale=0, seed=0)
+def test_plane_blocks_kernel_scales_its_fp16_copy_as_its_torch_twin(grid, width, weight_dtype, weight_scale, seed):
+    """One kernel writes R in bf16 and R·2^e_c in fp16, e_c putting channel c's largest weight in [2^14, 2^15)."""
+    from runtime import toeplitz
+    _, weight = random_inputs(1, 3, 1, width, grid, torch.float64, seed)
+    weight = (weight * 2.0 ** weight_scale).to(weight_dtype)
+    weight[1] = 0  # an all-zero channel scales by 2^126 and stays zero
+    got = triton_kernels.plane_blocks_triton(weight.to(DEVICE), grid, width, torch.bfloat16)
+    blocks = toeplitz.column_blocks(weight, grid, width, torch.bfloat16)
+    exponents = toeplitz.half_block_exponents(weight.to(torch.bfloat16))
+    assert torch.equal(got.blocks.cpu(), blocks)
+    assert torch.equal(got.exponents.cpu(), exponents) and exponents[1] == 126
+    assert torch.equal(got.half.cpu(), toeplitz.half_blocks(blocks, exponents))
+    largest = weight.to(torch.bfloat16).float().abs().flatten(1).amax(1) * 2.0 ** exponents
+    assert ((largest < 2**15) & ((largest >= 2**14) | (largest == 0) | (exponents.abs() == 126))).all()
+
+
+@needs_kernels
+@settings(max_examples=8, deadline=None)
+@given(grid=grids(max_cells=5, max_cell=4), height=st.integers(1, 12), width=st.sampled_from([8, 16]),
+       input_scale=st.integers(-60, 60), weight_scale=st.integers(-60, 60), seed=st.integers(0, 2**16))
+@example(grid=(8, 1, 8), height=12, width=16, input_scale=14, weight_scale=0, seed=0)  # boxes past fp16's 65504
+@example(grid=(8, 1, 8), height=12, width=16, input_scale=-30, weight_scale=-30, seed=0)  # below its normals
+def test_plane_box_in_fp16_keeps_bf16_accuracy_at_any_scale(grid, height, width, input_scale, weight_scale, seed):
+    """Box sums in fp16 are scaled into its range per plane, R per channel: bf16's error bound holds at
+    magnitudes where unscaled fp16 would overflow or lose its precision."""
+    x, weight = random_inputs(2, 2, height, width, grid, torch.float64, seed)
+    x, weight = (x * 2.0 ** input_scale).to(torch.bfloat16), (weight * 2.0 ** weight_scale).to(torch.bfloat16)
+    from runtime import toeplitz
+    blocks = triton_kernels.plane_blocks_triton(weight.to(DEVICE), grid, width, torch.bfloat16)
+    for tma in (False, True):
+        y = triton_kernels.plane_box_conv_triton(x.to(DEVICE), blocks, grid, tma=tma, half_boxes=True).cpu()
+        assert torch.isfinite(y).all()
+        assert_matches_reference(y, x, weight, grid)
+    assert toeplitz.HALF_SCALE_BITS + 1 < 16  # scaled boxes stay below 2^15 < 65504
 
 
 @needs_kernels
