@@ -17,7 +17,7 @@ form's configurations can be replaced, e.g. ``--rowtoeplitz 64/128/4/2,32/128/4/
   (images/tile columns, i.e. output rows x padded W/warps/stages[/register cap, 0 for none; default the
   launcher's]);
 * ``plane``: the plane box, tiles loaded through registers (warps/stages/row_cells[/half boxes: 1 one fp16
-  product per wide cell, 0 a hi/lo pair; default the launcher's]);
+  product per wide cell, 0 a hi/lo pair, -1 the launcher's default[/register cap]]);
 * ``planetma``: the plane box, tiles moved by TMA (as ``plane``; auto's where TMA applies);
 * ``box``: the box-form GEMM (rows/warps/stages);
 * ``boxgrad`` and ``satgrad``: grad-weight by box products (K/warps/stages) or SAT tap sums.
@@ -92,13 +92,15 @@ def candidates(x: torch.Tensor, w: torch.Tensor, dy: torch.Tensor, grid: tuple[i
         "rowtoeplitz": lambda m, columns, warps, stages, registers=-1: with_blocks(lambda images, blocks, cells: (
             kernels.row_toeplitz_triton(images, blocks, cells, m, max(1, columns // blocks.shape[-1]), warps,
                                         stages, None if registers < 0 else registers))),
-        "plane": lambda warps, stages, row_cells, half_boxes=-1: with_blocks(lambda planes, blocks, cells: (
-            kernels.plane_box_conv_triton(planes, blocks, cells, warps, stages, row_cells, tma=False,
-                                          half_boxes=None if half_boxes < 0 else bool(half_boxes))),
+        "plane": lambda warps, stages, row_cells, half_boxes=-1, registers=0: with_blocks(
+            lambda planes, blocks, cells: kernels.plane_box_conv_triton(
+                planes, blocks, cells, warps, stages, row_cells, tma=False,
+                half_boxes=None if half_boxes < 0 else bool(half_boxes), max_registers=registers or None),
             kernels.plane_blocks_triton),
-        "planetma": lambda warps, stages, row_cells, half_boxes=-1: with_blocks(lambda planes, blocks, cells: (
-            kernels.plane_box_conv_triton(planes, blocks, cells, warps, stages, row_cells, tma=True,
-                                          half_boxes=None if half_boxes < 0 else bool(half_boxes))),
+        "planetma": lambda warps, stages, row_cells, half_boxes=-1, registers=0: with_blocks(
+            lambda planes, blocks, cells: kernels.plane_box_conv_triton(
+                planes, blocks, cells, warps, stages, row_cells, tma=True,
+                half_boxes=None if half_boxes < 0 else bool(half_boxes), max_registers=registers or None),
             kernels.plane_blocks_triton),
         "box": lambda rows, warps, stages: with_blocks(lambda images, blocks, cells: kernels.box_conv_triton(
             images, blocks, cells, rows, warps, stages)),
@@ -107,10 +109,11 @@ def candidates(x: torch.Tensor, w: torch.Tensor, dy: torch.Tensor, grid: tuple[i
                                                                               num_warps=warps, num_stages=stages))),
         "satgrad": lambda: (lambda: sat.peripheral_grad_weight_taps(dy, x, grid, kernels.sat_tap_sums_triton)),
     }
-    # Where each form can win: the plane box on 16-bit planes that pad to 64, the Toeplitz GEMM by rows
-    # on planes up to 32 wide, the box form and SAT in fp32 (in 16-bit their box sums need a hi/lo pair
-    # of products and they lost to Toeplitz everywhere).
-    fits = {"plane": half and size > 32, "planetma": half and size > 32, "rowtoeplitz": size <= 32,
+    # Where each form can win: the plane box on 16-bit planes that pad to 64 (in fp32 also those that pad
+    # to 32), the Toeplitz GEMM by rows on planes up to 32 wide, the box form and SAT in fp32 (in 16-bit
+    # their box sums need a hi/lo pair of products and they lost to Toeplitz everywhere).
+    plane = size > 32 or (not half and size > 16)
+    fits = {"plane": plane, "planetma": plane and kernels.tma_rows_align(size, x.dtype), "rowtoeplitz": size <= 32,
             "box": not half, "sat": not half and size > 32, "satgrad": not half}
     for form, form_configs in configs.items():
         if not fits.get(form, True):

@@ -98,11 +98,10 @@ def kernels_at(size: int, grid: tuple[int, ...], dtype: str):
     half_boxes = triton_kernels.half_boxes_apply(TORCH_TYPES[dtype])
     plane_constants = {"PRECISION": precision, "UPCAST": False, "HI_LO": half, "HALF_BOXES": half_boxes,
                        "SCALE_BITS": HALF_SCALE_BITS, "H_PAD": padded_width(size), "W_PAD": padded_width(size)}
-    plane_scalars = ("C", "CELLS", "ROW_CELLS", "WIDE_CELLS", "BOX_BITS")
+    plane_scalars = ("C", "CELLS", "ROW_LAGS", "WIDE_CELLS", "BOX_BITS")
     yield ("plane box", triton_kernels._plane_box_kernel,
            {"x_ptr": f"*{dtype}", "blocks_ptr": f"*{dtype}", "half_ptr": "*fp16", "exponents_ptr": "*i32",
-            "bands_ptr": f"*{dtype}", "lo_ptr": "*i32", "hi_ptr": "*i32", "rows_ptr": "*i32", "wide_ptr": "*i32",
-            "y_ptr": f"*{dtype}"},
+            "bands_ptr": f"*{dtype}", "row_lags_ptr": "*i32", "wide_ptr": "*i32", "y_ptr": f"*{dtype}"},
            plane_scalars, {"H": size, "W": size, **plane_constants}, 4, 1, None)
     if triton_kernels.tma_rows_align(size, TORCH_TYPES[dtype]):
         tile = f"{padded_width(size)},{padded_width(size)}"
@@ -110,7 +109,7 @@ def kernels_at(size: int, grid: tuple[int, ...], dtype: str):
                {"x_desc": f"tensordesc<{dtype}[1,{tile}]>", "blocks_desc": f"tensordesc<{dtype}[{tile}]>",
                 "half_desc": f"tensordesc<fp16[{tile}]>", "exponents_ptr": "*i32",
                 "bands_desc": f"tensordesc<{dtype}[{tile}]>", "y_desc": f"tensordesc<{dtype}[1,{tile}]>",
-                "lo_ptr": "*i32", "hi_ptr": "*i32", "rows_ptr": "*i32", "wide_ptr": "*i32"},
+                "row_lags_ptr": "*i32", "wide_ptr": "*i32"},
                plane_scalars, plane_constants, 4, 2, None)
     if size <= 32:
         tile = triton_kernels.row_toeplitz_tile(TORCH_TYPES[dtype], size)

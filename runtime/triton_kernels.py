@@ -319,16 +319,17 @@ def _box_conv_kernel(x_ptr, prefix_ptr, blocks_ptr, lo_ptr, hi_ptr, narrow_ptr, 
 
 
 @triton.jit
-def _plane_box_kernel(x_ptr, blocks_ptr, half_ptr, exponents_ptr, bands_ptr, lo_ptr, hi_ptr, rows_ptr, wide_ptr,
-                      y_ptr, C, H: tl.constexpr, W: tl.constexpr, CELLS, ROW_CELLS, WIDE_CELLS, BOX_BITS,
+def _plane_box_kernel(x_ptr, blocks_ptr, half_ptr, exponents_ptr, bands_ptr, row_lags_ptr, wide_ptr,
+                      y_ptr, C, H: tl.constexpr, W: tl.constexpr, CELLS, ROW_LAGS, WIDE_CELLS, BOX_BITS,
                       PRECISION: tl.constexpr, UPCAST: tl.constexpr, HI_LO: tl.constexpr,
                       HALF_BOXES: tl.constexpr, SCALE_BITS: tl.constexpr, H_PAD: tl.constexpr,
                       W_PAD: tl.constexpr):
     """y[n, c] = Σ_a X_a[n, c] @ R_a[c] (the box form) with the box sums on tensor cores too.
 
-    Program = one (n, c) plane, held on chip (H_PAD x W_PAD). The ROW_CELLS narrow cells listed at
-    rows_ptr go one row lag at a time (``_row_lag_products``: shifted input rows read from memory, exact
-    products); the WIDE_CELLS cells at wide_ptr as X_a = V_a @ x, exact in its fp32 accumulator,
+    Program = one (n, c) plane, held on chip (H_PAD x W_PAD). The narrow cells go one row lag at a
+    time, the ROW_LAGS (cell, lag) pairs at row_lags_ptr in one loop that the compiler can pipeline
+    (``_row_lag_products``: shifted input rows read from memory, exact products); the WIDE_CELLS cells
+    at wide_ptr as X_a = V_a @ x, exact in its fp32 accumulator,
     with V_a the cell's 0/1 band of row lags (H_PAD x H_PAD, read from the table at bands_ptr), times
     R_a from the column blocks (C, k', W_PAD, W_PAD) at blocks_ptr (``_box_times_block``). With
     HALF_BOXES one fp16 product instead: X_a·2^e (e from the plane's largest |x|, BOX_BITS) times
@@ -345,11 +346,10 @@ def _plane_box_kernel(x_ptr, blocks_ptr, half_ptr, exponents_ptr, bands_ptr, lo_
     block_entries = c.to(tl.int64) * CELLS * (W_PAD * W_PAD) + w[:, None] * W_PAD + w[None, :]
     blocks = blocks_ptr + block_entries
     acc = tl.zeros((H_PAD, W_PAD), dtype=tl.float64 if PRECISION == "ieee" else tl.float32)
-    for index in range(ROW_CELLS):
-        cell = tl.load(rows_ptr + index)
-        lo = tl.load(lo_ptr + cell)
-        acc = _row_lag_products(acc, x_ptr + plane, tl.load(blocks + cell * (W_PAD * W_PAD)), u, w, lo,
-                                tl.load(hi_ptr + cell), inside, H, W, PRECISION, UPCAST)
+    for index in range(ROW_LAGS):
+        cell, lag = tl.load(row_lags_ptr + 2 * index), tl.load(row_lags_ptr + 2 * index + 1)
+        acc = _row_lag_products(acc, x_ptr + plane, tl.load(blocks + cell * (W_PAD * W_PAD)), u, w, lag, lag + 1,
+                                inside, H, W, PRECISION, UPCAST)
     if HALF_BOXES:
         box_exponent = _half_box_exponent(x, BOX_BITS, SCALE_BITS)
         weight_exponent = tl.load(exponents_ptr + c)
@@ -370,8 +370,8 @@ def _plane_box_kernel(x_ptr, blocks_ptr, half_ptr, exponents_ptr, bands_ptr, lo_
 
 
 @triton.jit
-def _plane_box_tma_kernel(x_desc, blocks_desc, half_desc, exponents_ptr, bands_desc, y_desc, lo_ptr, hi_ptr,
-                          rows_ptr, wide_ptr, C, CELLS, ROW_CELLS, WIDE_CELLS, BOX_BITS, PRECISION: tl.constexpr,
+def _plane_box_tma_kernel(x_desc, blocks_desc, half_desc, exponents_ptr, bands_desc, y_desc, row_lags_ptr,
+                          wide_ptr, C, CELLS, ROW_LAGS, WIDE_CELLS, BOX_BITS, PRECISION: tl.constexpr,
                           UPCAST: tl.constexpr, HI_LO: tl.constexpr, HALF_BOXES: tl.constexpr,
                           SCALE_BITS: tl.constexpr, H_PAD: tl.constexpr, W_PAD: tl.constexpr):
     """``_plane_box_kernel`` with every tile moved by the tensor-memory accelerator (TMA): the
@@ -387,11 +387,10 @@ def _plane_box_tma_kernel(x_desc, blocks_desc, half_desc, exponents_ptr, bands_d
     plane = n * C + c
     x = x_desc.load([plane, 0, 0]).reshape(H_PAD, W_PAD)
     acc = tl.zeros((H_PAD, W_PAD), dtype=tl.float64 if PRECISION == "ieee" else tl.float32)
-    for index in range(ROW_CELLS):
-        cell = tl.load(rows_ptr + index)
-        block = blocks_desc.load([(c * CELLS + cell) * W_PAD, 0])
-        for lag in range(tl.load(lo_ptr + cell), tl.load(hi_ptr + cell)):
-            acc = _dot_step(acc, x_desc.load([plane, lag, 0]).reshape(H_PAD, W_PAD), block, PRECISION, UPCAST)
+    for index in range(ROW_LAGS):
+        cell, lag = tl.load(row_lags_ptr + 2 * index), tl.load(row_lags_ptr + 2 * index + 1)
+        acc = _dot_step(acc, x_desc.load([plane, lag, 0]).reshape(H_PAD, W_PAD),
+                        blocks_desc.load([(c * CELLS + cell) * W_PAD, 0]), PRECISION, UPCAST)
     if HALF_BOXES:
         box_exponent = _half_box_exponent(x, BOX_BITS, SCALE_BITS)
         weight_exponent = tl.load(exponents_ptr + c)
@@ -572,6 +571,20 @@ def _cells_by_width(grid: Sequence[int], height: int, narrow_rows: int,
     narrow = tuple(cell for cell in reach if ranges[cell][1] - ranges[cell][0] <= narrow_rows)
     wide = tuple(cell for cell in reach if ranges[cell][1] - ranges[cell][0] > narrow_rows)
     return reach, _offsets_tensor(narrow, device), _offsets_tensor(wide, device)
+
+
+def _plane_cells(grid: tuple[int, ...], height: int, row_cells: int,
+                 device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The plane box's work list for an image of ``height`` rows, as int32 tensors: the (cell, lag)
+    pairs of the cells of at most ``row_cells`` rows, flattened (lags that miss the image left out),
+    and the wider cells within reach."""
+    reach, _, _ = _cells_by_width(grid, height, row_cells, device)
+    ranges = cell_lag_ranges(grid)
+    narrow = [cell for cell in reach if ranges[cell][1] - ranges[cell][0] <= row_cells]
+    pairs = tuple(value for cell in narrow for lag in range(*ranges[cell]) if abs(lag) < height
+                  for value in (cell, lag))
+    return _offsets_tensor(pairs, device), _offsets_tensor(tuple(cell for cell in reach if cell not in narrow),
+                                                            device)
 
 
 def _plane_blocks(height: int, width: int) -> tuple[int, int]:
@@ -793,7 +806,8 @@ def _as_plane_blocks(blocks: torch.Tensor | PlaneBlocks, dtype: torch.dtype, hal
 
 def plane_box_conv_triton(x: torch.Tensor, blocks: torch.Tensor | PlaneBlocks, grid: Sequence[int],
                           num_warps: int = 4, num_stages: int | None = None, row_cells: int = 1,
-                          tma: bool | None = None, half_boxes: bool | None = None) -> torch.Tensor:
+                          tma: bool | None = None, half_boxes: bool | None = None,
+                          max_registers: int | None = None) -> torch.Tensor:
     """Triton twin of ``toeplitz.box_conv`` with the box sums as tensor-core products:
     x (B, C, H, W), R (C, k', Wp, Wp) or ``PlaneBlocks`` -> (B, C, H, W).
 
@@ -801,7 +815,8 @@ def plane_box_conv_triton(x: torch.Tensor, blocks: torch.Tensor | PlaneBlocks, g
     cells whose lags miss the image are skipped, cells of at most ``row_cells`` rows go row by row.
     ``tma``: move the tiles by TMA (``_plane_box_tma_kernel``; default where ``tma_applies``) or by
     loads through registers (``_plane_box_kernel``). ``half_boxes``: a wide cell's box sum times R_a
-    as one fp16 product (default where ``half_boxes_apply``) rather than a hi/lo pair. Defaults from
+    as one fp16 product (default where ``half_boxes_apply``; 16-bit inputs only) rather than a hi/lo pair.
+    ``max_registers``: ptxas' register cap per thread (default none). Defaults from
     sweeps at stage 1 bf16: 4 warps, one-row cells row by row; TMA with 2 stages, 0.101 / 0.129 ms at
     K=51 / 101 on the H200 against 0.113 / 0.144 for the register loads at their best, one stage
     (bench/results/2026-12-03-h200-forms-tma.md). The register-load kernel on the H100: 0.125 ms at
@@ -811,21 +826,22 @@ def plane_box_conv_triton(x: torch.Tensor, blocks: torch.Tensor | PlaneBlocks, g
     x = x.contiguous()
     batch, channels, height, width = x.shape
     tma = tma_applies(x) if tma is None else tma
-    half_boxes = half_boxes_apply(x.dtype) if half_boxes is None else half_boxes
+    half_boxes = (half_boxes_apply(x.dtype) if half_boxes is None else half_boxes) and x.dtype in (torch.bfloat16,
+                                                                                                  torch.float16)
     num_stages = num_stages or (2 if tma else 1)
-    lags_lo, lags_hi, cells = _cell_lag_tensors(grid, x.device)
-    _, rows, wide = _cells_by_width(grid, height, row_cells, x.device)
+    cells = len(grid)
+    row_lags, wide = _plane_cells(tuple(grid), height, row_cells, x.device)
     box_bits = max(hi - lo for lo, hi in cell_lag_ranges(tuple(grid))).bit_length()  # 2^bits > rows of any cell
     padded, w_pad = padded_width(height), padded_width(width)
     bands = _band_table(tuple(grid), padded, x.dtype, x.device)
     blocks, half, exponents = _as_plane_blocks(blocks, x.dtype, half_boxes)
     half = blocks if half is None else half  # unused without half_boxes
-    exponents = lags_lo if exponents is None else exponents
+    exponents = wide if exponents is None else exponents
     y = torch.empty_like(x, dtype=_output_dtype(x.dtype))
     options = dict(PRECISION=_dot_precision(x.dtype), UPCAST=_upcast(x.dtype),
                    HI_LO=x.dtype in (torch.bfloat16, torch.float16), HALF_BOXES=half_boxes,
                    SCALE_BITS=HALF_SCALE_BITS, H_PAD=padded, W_PAD=w_pad, num_warps=num_warps,
-                   num_stages=num_stages)
+                   num_stages=num_stages, **({"maxnreg": max_registers} if max_registers else {}))
     if tma:
         from triton.tools.tensor_descriptor import TensorDescriptor
 
@@ -836,11 +852,11 @@ def plane_box_conv_triton(x: torch.Tensor, blocks: torch.Tensor | PlaneBlocks, g
             TensorDescriptor.from_tensor(half.view(-1, w_pad), [w_pad, w_pad]), exponents,
             TensorDescriptor.from_tensor(bands.view(-1, padded), [padded, padded]),
             TensorDescriptor.from_tensor(y.view(planes, height, width), [1, padded, w_pad]),
-            lags_lo, lags_hi, rows, wide, channels, cells, rows.numel(), wide.numel(), box_bits, **options)
+            row_lags, wide, channels, cells, row_lags.numel() // 2, wide.numel(), box_bits, **options)
     else:
         _plane_box_kernel[(batch, channels)](
-            x, blocks, half, exponents, bands, lags_lo, lags_hi, rows, wide, y, channels, height, width, cells,
-            rows.numel(), wide.numel(), box_bits, **options)
+            x, blocks, half, exponents, bands, row_lags, wide, y, channels, height, width, cells,
+            row_lags.numel() // 2, wide.numel(), box_bits, **options)
     return y.to(x.dtype)
 
 
