@@ -203,6 +203,40 @@ def _half_box_exponent(x, BOX_BITS, SCALE_BITS: tl.constexpr):
 
 
 @triton.jit
+def _half_box_scales(x, exponents_ptr, c, BOX_BITS, SCALE_BITS: tl.constexpr, HALF_BOXES: tl.constexpr):
+    """(e, e_c) for the plane box's wide cells as one fp16 product each: 2^e brings plane x's box
+    sums into fp16's range (``_half_box_exponent``), 2^e_c channel c's R (at exponents_ptr); (0, 0)
+    without HALF_BOXES."""
+    if HALF_BOXES:
+        scales = _half_box_exponent(x, BOX_BITS, SCALE_BITS), tl.load(exponents_ptr + c)
+    else:
+        scales = 0, 0
+    return scales
+
+
+@triton.jit
+def _times_powers_of_two(acc, first, second, HALF_BOXES: tl.constexpr):
+    """acc·2^first·2^second with HALF_BOXES (exact; two factors, as their sum can leave fp32's
+    exponent range), else acc."""
+    if HALF_BOXES:
+        acc = acc * _power_of_two(first) * _power_of_two(second)
+    return acc
+
+
+@triton.jit
+def _wide_cell_product(acc, box, block, box_exponent, x_dtype: tl.constexpr, PRECISION: tl.constexpr,
+                       UPCAST: tl.constexpr, HI_LO: tl.constexpr, HALF_BOXES: tl.constexpr):
+    """acc + X_a @ R_a for a wide cell's box sum X_a (exact, in acc's dtype): with HALF_BOXES one fp16
+    product of X_a·2^e and block = R_a·2^e_c (acc scaled by 2^(e+e_c)), else ``_box_times_block``
+    with block = R_a."""
+    if HALF_BOXES:
+        acc = _dot_step(acc, (box * _power_of_two(box_exponent)).to(tl.float16), block, PRECISION, UPCAST)
+    else:
+        acc = _box_times_block(acc, box, block, x_dtype, PRECISION, UPCAST, HI_LO)
+    return acc
+
+
+@triton.jit
 def _toeplitz_kernel(x_ptr, kc_ptr, y_ptr, B, C, H: tl.constexpr, W: tl.constexpr, LAG_LO, LAG_HI,
                      PRECISION: tl.constexpr, UPCAST: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                      BLOCK_K: tl.constexpr):
@@ -319,7 +353,7 @@ def _box_conv_kernel(x_ptr, prefix_ptr, blocks_ptr, lo_ptr, hi_ptr, narrow_ptr, 
 
 
 @triton.jit
-def _plane_box_kernel(x_ptr, blocks_ptr, half_ptr, exponents_ptr, bands_ptr, row_lags_ptr, wide_ptr,
+def _plane_box_kernel(x_ptr, blocks_ptr, wide_blocks_ptr, exponents_ptr, bands_ptr, row_lags_ptr, wide_ptr,
                       y_ptr, C, H: tl.constexpr, W: tl.constexpr, CELLS, ROW_LAGS, WIDE_CELLS, BOX_BITS,
                       PRECISION: tl.constexpr, UPCAST: tl.constexpr, HI_LO: tl.constexpr,
                       HALF_BOXES: tl.constexpr, SCALE_BITS: tl.constexpr, H_PAD: tl.constexpr,
@@ -329,12 +363,11 @@ def _plane_box_kernel(x_ptr, blocks_ptr, half_ptr, exponents_ptr, bands_ptr, row
     Program = one (n, c) plane, held on chip (H_PAD x W_PAD). The narrow cells go one row lag at a
     time, the ROW_LAGS (cell, lag) pairs at row_lags_ptr in one loop that the compiler can pipeline
     (``_row_lag_products``: shifted input rows read from memory, exact products); the WIDE_CELLS cells
-    at wide_ptr as X_a = V_a @ x, exact in its fp32 accumulator,
-    with V_a the cell's 0/1 band of row lags (H_PAD x H_PAD, read from the table at bands_ptr), times
-    R_a from the column blocks (C, k', W_PAD, W_PAD) at blocks_ptr (``_box_times_block``). With
-    HALF_BOXES one fp16 product instead: X_a·2^e (e from the plane's largest |x|, BOX_BITS) times
-    R_a·2^e_c (half_ptr, e_c at exponents_ptr), the accumulator scaled by 2^(e+e_c) around the wide
-    cells (powers of two: exact).
+    at wide_ptr as X_a = V_a @ x, exact in its fp32 accumulator, with V_a the cell's 0/1 band of
+    row lags (H_PAD x H_PAD, read from the table at bands_ptr), times their blocks at
+    wide_blocks_ptr (``_wide_cell_product``). Column blocks (C, k', W_PAD, W_PAD): R_a at blocks_ptr;
+    at wide_blocks_ptr R_a again, or with HALF_BOXES R_a·2^e_c in fp16 (e_c at exponents_ptr, read
+    only then; ``_half_box_scales``).
     """
     n, c = tl.program_id(0), tl.program_id(1)
     plane = (n.to(tl.int64) * C + c) * (H * W)
@@ -350,27 +383,20 @@ def _plane_box_kernel(x_ptr, blocks_ptr, half_ptr, exponents_ptr, bands_ptr, row
         cell, lag = tl.load(row_lags_ptr + 2 * index), tl.load(row_lags_ptr + 2 * index + 1)
         acc = _row_lag_products(acc, x_ptr + plane, tl.load(blocks + cell * (W_PAD * W_PAD)), u, w, lag, lag + 1,
                                 inside, H, W, PRECISION, UPCAST)
-    if HALF_BOXES:
-        box_exponent = _half_box_exponent(x, BOX_BITS, SCALE_BITS)
-        weight_exponent = tl.load(exponents_ptr + c)
-        acc = acc * _power_of_two(box_exponent) * _power_of_two(weight_exponent)
+    box_exponent, weight_exponent = _half_box_scales(x, exponents_ptr, c, BOX_BITS, SCALE_BITS, HALF_BOXES)
+    acc = _times_powers_of_two(acc, box_exponent, weight_exponent, HALF_BOXES)
     for index in range(WIDE_CELLS):
         cell = tl.load(wide_ptr + index)
         box = _dot_step(tl.zeros((H_PAD, W_PAD), dtype=acc.dtype), tl.load(bands + cell * (H_PAD * H_PAD)), x,
                         PRECISION, UPCAST)
-        if HALF_BOXES:
-            acc = _dot_step(acc, (box * _power_of_two(box_exponent)).to(tl.float16),
-                            tl.load(half_ptr + block_entries + cell * (W_PAD * W_PAD)), PRECISION, UPCAST)
-        else:
-            acc = _box_times_block(acc, box, tl.load(blocks + cell * (W_PAD * W_PAD)), x.dtype, PRECISION, UPCAST,
-                                   HI_LO)
-    if HALF_BOXES:
-        acc = acc * _power_of_two(-box_exponent) * _power_of_two(-weight_exponent)
+        acc = _wide_cell_product(acc, box, tl.load(wide_blocks_ptr + block_entries + cell * (W_PAD * W_PAD)),
+                                 box_exponent, x.dtype, PRECISION, UPCAST, HI_LO, HALF_BOXES)
+    acc = _times_powers_of_two(acc, -box_exponent, -weight_exponent, HALF_BOXES)
     tl.store(y_ptr + plane + u[:, None] * W + w[None, :], acc.to(y_ptr.dtype.element_ty), mask=inside)
 
 
 @triton.jit
-def _plane_box_tma_kernel(x_desc, blocks_desc, half_desc, exponents_ptr, bands_desc, y_desc, row_lags_ptr,
+def _plane_box_tma_kernel(x_desc, blocks_desc, wide_blocks_desc, exponents_ptr, bands_desc, y_desc, row_lags_ptr,
                           wide_ptr, C, CELLS, ROW_LAGS, WIDE_CELLS, BOX_BITS, PRECISION: tl.constexpr,
                           UPCAST: tl.constexpr, HI_LO: tl.constexpr, HALF_BOXES: tl.constexpr,
                           SCALE_BITS: tl.constexpr, H_PAD: tl.constexpr, W_PAD: tl.constexpr):
@@ -380,7 +406,7 @@ def _plane_box_tma_kernel(x_desc, blocks_desc, half_desc, exponents_ptr, bands_d
     or the L1's load/store path (which ncu showed 79% busy for the plane box), and y goes back the
     same way.
 
-    x_desc, y_desc: (B·C, H, W) with (1, H_PAD, W_PAD) tiles; blocks_desc, half_desc: (C·k'·W_PAD, W_PAD)
+    x_desc, y_desc: (B·C, H, W) with (1, H_PAD, W_PAD) tiles; blocks_desc, wide_blocks_desc: (C·k'·W_PAD, W_PAD)
     with (W_PAD, W_PAD) tiles; bands_desc: (k'·H_PAD, H_PAD) with (H_PAD, H_PAD) tiles.
     """
     n, c = tl.program_id(0), tl.program_id(1)
@@ -391,22 +417,15 @@ def _plane_box_tma_kernel(x_desc, blocks_desc, half_desc, exponents_ptr, bands_d
         cell, lag = tl.load(row_lags_ptr + 2 * index), tl.load(row_lags_ptr + 2 * index + 1)
         acc = _dot_step(acc, x_desc.load([plane, lag, 0]).reshape(H_PAD, W_PAD),
                         blocks_desc.load([(c * CELLS + cell) * W_PAD, 0]), PRECISION, UPCAST)
-    if HALF_BOXES:
-        box_exponent = _half_box_exponent(x, BOX_BITS, SCALE_BITS)
-        weight_exponent = tl.load(exponents_ptr + c)
-        acc = acc * _power_of_two(box_exponent) * _power_of_two(weight_exponent)
+    box_exponent, weight_exponent = _half_box_scales(x, exponents_ptr, c, BOX_BITS, SCALE_BITS, HALF_BOXES)
+    acc = _times_powers_of_two(acc, box_exponent, weight_exponent, HALF_BOXES)
     for index in range(WIDE_CELLS):
         cell = tl.load(wide_ptr + index)
         box = _dot_step(tl.zeros((H_PAD, W_PAD), dtype=acc.dtype), bands_desc.load([cell * H_PAD, 0]), x, PRECISION,
                         UPCAST)
-        if HALF_BOXES:
-            acc = _dot_step(acc, (box * _power_of_two(box_exponent)).to(tl.float16),
-                            half_desc.load([(c * CELLS + cell) * W_PAD, 0]), PRECISION, UPCAST)
-        else:
-            acc = _box_times_block(acc, box, blocks_desc.load([(c * CELLS + cell) * W_PAD, 0]), x.dtype, PRECISION,
-                                   UPCAST, HI_LO)
-    if HALF_BOXES:
-        acc = acc * _power_of_two(-box_exponent) * _power_of_two(-weight_exponent)
+        acc = _wide_cell_product(acc, box, wide_blocks_desc.load([(c * CELLS + cell) * W_PAD, 0]), box_exponent,
+                                 x.dtype, PRECISION, UPCAST, HI_LO, HALF_BOXES)
+    acc = _times_powers_of_two(acc, -box_exponent, -weight_exponent, HALF_BOXES)
     y_desc.store([plane, 0, 0], acc.to(y_desc.dtype).reshape(1, H_PAD, W_PAD))
 
 
@@ -561,16 +580,14 @@ def _cell_lag_tensors(grid: Sequence[int], device: torch.device) -> tuple[torch.
             _offsets_tensor(tuple(hi for _, hi in ranges), device), len(ranges))
 
 
-def _cells_by_width(grid: Sequence[int], height: int, narrow_rows: int,
-                    device: torch.device) -> tuple[list[int], torch.Tensor, torch.Tensor]:
-    """(cells within an image of ``height`` rows, those of at most ``narrow_rows`` rows and the
-    wider ones as int32 tensors): the box kernels skip cells whose lags miss the image and take
-    narrow ones row by row."""
+def _cells_by_width(grid: Sequence[int], height: int, narrow_rows: int
+                    ) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
+    """(cells within an image of ``height`` rows, those of at most ``narrow_rows`` rows, the wider
+    ones): the box kernels skip cells whose lags miss the image and take narrow ones row by row."""
     ranges = cell_lag_ranges(tuple(grid))
-    reach = [cell for cell, (lo, hi) in enumerate(ranges) if lo < height and hi > 1 - height]
+    reach = tuple(cell for cell, (lo, hi) in enumerate(ranges) if lo < height and hi > 1 - height)
     narrow = tuple(cell for cell in reach if ranges[cell][1] - ranges[cell][0] <= narrow_rows)
-    wide = tuple(cell for cell in reach if ranges[cell][1] - ranges[cell][0] > narrow_rows)
-    return reach, _offsets_tensor(narrow, device), _offsets_tensor(wide, device)
+    return reach, narrow, tuple(cell for cell in reach if cell not in narrow)
 
 
 def _plane_cells(grid: tuple[int, ...], height: int, row_cells: int,
@@ -578,13 +595,11 @@ def _plane_cells(grid: tuple[int, ...], height: int, row_cells: int,
     """The plane box's work list for an image of ``height`` rows, as int32 tensors: the (cell, lag)
     pairs of the cells of at most ``row_cells`` rows, flattened (lags that miss the image left out),
     and the wider cells within reach."""
-    reach, _, _ = _cells_by_width(grid, height, row_cells, device)
+    _, narrow, wide = _cells_by_width(grid, height, row_cells)
     ranges = cell_lag_ranges(grid)
-    narrow = [cell for cell in reach if ranges[cell][1] - ranges[cell][0] <= row_cells]
     pairs = tuple(value for cell in narrow for lag in range(*ranges[cell]) if abs(lag) < height
                   for value in (cell, lag))
-    return _offsets_tensor(pairs, device), _offsets_tensor(tuple(cell for cell in reach if cell not in narrow),
-                                                            device)
+    return _offsets_tensor(pairs, device), _offsets_tensor(wide, device)
 
 
 def _plane_blocks(height: int, width: int) -> tuple[int, int]:
@@ -729,7 +744,8 @@ def box_conv_triton(x: torch.Tensor, blocks: torch.Tensor, grid: Sequence[int], 
                                       zip((block_m, num_warps, num_stages), box_conv_tile(x.dtype, blocks.shape[-1])))
     prefix = column_prefix_triton(x)
     lags_lo, lags_hi, cells = _cell_lag_tensors(grid, x.device)
-    reach, narrow, wide = _cells_by_width(grid, height, 1, x.device)
+    reach, narrow, wide = _cells_by_width(grid, height, 1)
+    narrow, wide = _offsets_tensor(narrow, x.device), _offsets_tensor(wide, x.device)
     if x.dtype == torch.float64:
         block_m = 16  # the fp64 fallback holds a (BLOCK_M, Wp, Wp) product
     block_m = max(16, min(block_m, triton.next_power_of_2(batch * height)))
@@ -835,8 +851,8 @@ def plane_box_conv_triton(x: torch.Tensor, blocks: torch.Tensor | PlaneBlocks, g
     padded, w_pad = padded_width(height), padded_width(width)
     bands = _band_table(tuple(grid), padded, x.dtype, x.device)
     blocks, half, exponents = _as_plane_blocks(blocks, x.dtype, half_boxes)
-    half = blocks if half is None else half  # unused without half_boxes
-    exponents = wide if exponents is None else exponents
+    wide_blocks = half if half_boxes else blocks
+    exponents = exponents if half_boxes else wide  # any int32 tensor: the kernels read it only with half_boxes
     y = torch.empty_like(x, dtype=_output_dtype(x.dtype))
     options = dict(PRECISION=_dot_precision(x.dtype), UPCAST=_upcast(x.dtype),
                    HI_LO=x.dtype in (torch.bfloat16, torch.float16), HALF_BOXES=half_boxes,
@@ -849,13 +865,13 @@ def plane_box_conv_triton(x: torch.Tensor, blocks: torch.Tensor | PlaneBlocks, g
         _plane_box_tma_kernel[(batch, channels)](
             TensorDescriptor.from_tensor(x.view(planes, height, width), [1, padded, w_pad]),
             TensorDescriptor.from_tensor(blocks.view(-1, w_pad), [w_pad, w_pad]),
-            TensorDescriptor.from_tensor(half.view(-1, w_pad), [w_pad, w_pad]), exponents,
+            TensorDescriptor.from_tensor(wide_blocks.view(-1, w_pad), [w_pad, w_pad]), exponents,
             TensorDescriptor.from_tensor(bands.view(-1, padded), [padded, padded]),
             TensorDescriptor.from_tensor(y.view(planes, height, width), [1, padded, w_pad]),
             row_lags, wide, channels, cells, row_lags.numel() // 2, wide.numel(), box_bits, **options)
     else:
         _plane_box_kernel[(batch, channels)](
-            x, blocks, half, exponents, bands, row_lags, wide, y, channels, height, width, cells,
+            x, blocks, wide_blocks, exponents, bands, row_lags, wide, y, channels, height, width, cells,
             row_lags.numel() // 2, wide.numel(), box_bits, **options)
     return y.to(x.dtype)
 
