@@ -99,15 +99,16 @@ def kernels_at(size: int, grid: tuple[int, ...], dtype: str):
     plane_constants = {"PRECISION": precision, "UPCAST": False, "HI_LO": half, "HALF_BOXES": half_boxes,
                        "SCALE_BITS": HALF_SCALE_BITS, "H_PAD": padded_width(size), "W_PAD": padded_width(size)}
     plane_scalars = ("C", "CELLS", "ROW_LAGS", "WIDE_CELLS", "BOX_BITS")
+    wide_blocks = "fp16" if half_boxes else dtype  # R's fp16 copy, or R itself
     yield ("plane box", triton_kernels._plane_box_kernel,
-           {"x_ptr": f"*{dtype}", "blocks_ptr": f"*{dtype}", "wide_blocks_ptr": "*fp16", "exponents_ptr": "*i32",
+           {"x_ptr": f"*{dtype}", "blocks_ptr": f"*{dtype}", "wide_blocks_ptr": f"*{wide_blocks}", "exponents_ptr": "*i32",
             "bands_ptr": f"*{dtype}", "row_lags_ptr": "*i32", "wide_ptr": "*i32", "y_ptr": f"*{dtype}"},
            plane_scalars, {"H": size, "W": size, **plane_constants}, 4, 1, None)
     if triton_kernels.tma_rows_align(size, TORCH_TYPES[dtype]):
         tile = f"{padded_width(size)},{padded_width(size)}"
         yield ("plane box tma", triton_kernels._plane_box_tma_kernel,
                {"x_desc": f"tensordesc<{dtype}[1,{tile}]>", "blocks_desc": f"tensordesc<{dtype}[{tile}]>",
-                "wide_blocks_desc": f"tensordesc<fp16[{tile}]>", "exponents_ptr": "*i32",
+                "wide_blocks_desc": f"tensordesc<{wide_blocks}[{tile}]>", "exponents_ptr": "*i32",
                 "bands_desc": f"tensordesc<{dtype}[{tile}]>", "y_desc": f"tensordesc<{dtype}[1,{tile}]>",
                 "row_lags_ptr": "*i32", "wide_ptr": "*i32"},
                plane_scalars, plane_constants, 4, 2, None)
