@@ -19,7 +19,7 @@ form's configurations can be replaced, e.g. ``--rowtoeplitz 64/128/4/2,32/128/4/
 * ``plane``: the plane box, tiles loaded through registers (warps/stages/row_cells[/half boxes: 1 one fp16
   product per wide cell, 0 a hi/lo pair, -1 the launcher's default[/register cap]]);
 * ``planetma``: the plane box, tiles moved by TMA (as ``plane``; auto's where TMA applies);
-* ``box``: the box-form GEMM (rows/warps/stages[/split: 1 fp32 as three fp16 products, 0 the default]);
+* ``box``: the box-form GEMM (rows/warps/stages);
 * ``boxgrad`` and ``satgrad``: grad-weight by box products (K/warps/stages) or SAT tap sums.
 
     python3 bench/bench_forms.py --out forms.md
@@ -102,8 +102,8 @@ def candidates(x: torch.Tensor, w: torch.Tensor, dy: torch.Tensor, grid: tuple[i
                 planes, blocks, cells, warps, stages, row_cells, tma=True,
                 half_boxes=None if half_boxes < 0 else bool(half_boxes), max_registers=registers or None),
             kernels.plane_blocks_triton),
-        "box": lambda rows, warps, stages, split=0: with_blocks(lambda images, blocks, cells: kernels.box_conv_triton(
-            images, blocks, cells, rows, warps, stages, precision="fp16x3" if split else None)),
+        "box": lambda rows, warps, stages: with_blocks(lambda images, blocks, cells: kernels.box_conv_triton(
+            images, blocks, cells, rows, warps, stages)),
         "boxgrad": lambda k, warps, stages: (lambda: toeplitz.peripheral_grad_weight_boxes(
             dy, x, grid, lambda d, images, cells: kernels.box_products_triton(d, images, cells, block_k=k,
                                                                               num_warps=warps, num_stages=stages))),

@@ -160,23 +160,6 @@ def half_blocks(blocks: torch.Tensor, exponents: torch.Tensor) -> torch.Tensor:
     return (blocks.float() * scale[:, None, None, None]).to(torch.float16)
 
 
-def split_half_blocks(blocks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """R (C, k', Wp, Wp) in fp32 -> (hi, lo, e_c): R·2^e_c = hi + lo to about 2^-22 of its largest
-    entry, hi and lo in fp16 (e_c: half_block_exponents), the box form's fp32 operands as fp16
-    products."""
-    exponents = half_block_exponents(blocks)
-    scaled = blocks.float() * torch.ldexp(torch.ones((), device=blocks.device), exponents.float())[:, None, None, None]
-    hi = scaled.to(torch.float16)
-    return hi, (scaled - hi.float()).to(torch.float16), exponents
-
-
-def plane_box_exponents(x: torch.Tensor, box_bits: int) -> torch.Tensor:
-    """x (B, C, H, W) -> (B, C) int32 e with |box sum|·2^e < 2^(HALF_SCALE_BITS+1) for every box sum
-    of fewer than 2^box_bits rows of a plane (from its largest |x|, below 2^(E+1) for E its exponent)."""
-    amax = x.abs().amax((-2, -1))
-    return clamp_exponent(HALF_SCALE_BITS - box_bits - float_exponent(amax)).to(torch.int32)
-
-
 def box_conv(x: torch.Tensor, blocks: torch.Tensor, grid: tuple[int, ...]) -> torch.Tensor:
     """Y = Σ_a X_a R_a: per kernel-row cell a, the vertical box sum X_a of x over a's row lags
     (from a column prefix sum) times the horizontal Toeplitz block R_a.

@@ -46,7 +46,7 @@ import triton.language as tl
 from runtime.constants import device_constant
 from runtime.sat import accumulate_dtype
 from runtime.toeplitz import (HALF_SCALE_BITS, cell_lag_ranges, half_block_exponents, half_blocks, lag_cells,
-                              lag_reach, padded_width, plane_box_exponents, split_half_blocks)
+                              lag_reach, padded_width)
 
 _TRITON_TYPES = {torch.float32: tl.float32, torch.bfloat16: tl.bfloat16, torch.float16: tl.float16,
                  torch.float64: tl.float64}
@@ -307,22 +307,10 @@ def _box_times_block(acc, box, block, half_dtype: tl.constexpr, PRECISION: tl.co
 
 
 @triton.jit
-def _half_split_product(acc, box, block_hi, block_lo, UPCAST: tl.constexpr):
-    """acc + X @ (hi + lo) for fp32 X (|X| < 2^15) and fp16 hi, lo: X = X_hi + X_lo in fp16, and the
-    three products X_hi·hi, X_hi·lo, X_lo·hi (exact, fp32 sums) keep about 22 bits, as TF32x3 does,
-    at twice its tensor-core rate. The small terms go first."""
-    box_hi = box.to(tl.float16)
-    box_lo = (box - box_hi.to(tl.float32)).to(tl.float16)
-    acc = _dot_step(acc, box_lo, block_hi, "tf32", UPCAST)
-    acc = _dot_step(acc, box_hi, block_lo, "tf32", UPCAST)
-    return _dot_step(acc, box_hi, block_hi, "tf32", UPCAST)
-
-
-@triton.jit
-def _box_conv_kernel(x_ptr, prefix_ptr, blocks_ptr, lo_blocks_ptr, plane_exponents_ptr, weight_exponents_ptr,
-                     lo_ptr, hi_ptr, narrow_ptr, wide_ptr, y_ptr, B, C, H: tl.constexpr, W: tl.constexpr, CELLS,
-                     CELL_BEGIN, CELL_END, NARROW, WIDE, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
-                     HI_LO: tl.constexpr, HALF_SPLIT: tl.constexpr, BLOCK_M: tl.constexpr, W_PAD: tl.constexpr):
+def _box_conv_kernel(x_ptr, prefix_ptr, blocks_ptr, lo_ptr, hi_ptr, narrow_ptr, wide_ptr, y_ptr, B, C,
+                     H: tl.constexpr, W: tl.constexpr, CELLS, CELL_BEGIN, CELL_END, NARROW, WIDE,
+                     PRECISION: tl.constexpr, UPCAST: tl.constexpr, HI_LO: tl.constexpr, BLOCK_M: tl.constexpr,
+                     W_PAD: tl.constexpr):
     """y[n, c, h] = Σ_a X_a[n, c, h] @ R_a[c] (the box form, toeplitz.box_conv).
 
     Program = BLOCK_M rows (n, h) of channel c: a GEMM over the kernel-row cells within the image's
@@ -331,9 +319,6 @@ def _box_conv_kernel(x_ptr, prefix_ptr, blocks_ptr, lo_blocks_ptr, plane_exponen
     loads one row set and reuses the last as its top. HI_LO (bf16/fp16): a one-row cell (the NARROW
     at narrow_ptr) reads X_a = x[h + lo_a] straight from the input, exact; a multi-row cell (the
     WIDE at wide_ptr) rounds X_a to half precision and adds the product of its rounding residue.
-    HALF_SPLIT (fp32): three fp16 products instead of three TF32 ones (``_half_split_product``), on
-    X_a·2^e_n (e_n per plane at plane_exponents_ptr: the prefix rows are scaled, exactly) and R_a·2^e_c
-    = hi (blocks_ptr) + lo (lo_blocks_ptr), e_c at weight_exponents_ptr; y scaled back at the end.
     """
     pid_m, c = tl.program_id(0), tl.program_id(1)
     rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -342,8 +327,7 @@ def _box_conv_kernel(x_ptr, prefix_ptr, blocks_ptr, lo_blocks_ptr, plane_exponen
     w = tl.arange(0, W_PAD)
     inside = (rows < B * H)[:, None] & (w < W)[None, :]
     columns = prefix_ptr + plane[:, None] * ((H + 1) * W) + w[None, :]
-    block_entries = c.to(tl.int64) * CELLS * (W_PAD * W_PAD) + w[:, None] * W_PAD + w[None, :]
-    blocks = blocks_ptr + block_entries
+    blocks = blocks_ptr + c.to(tl.int64) * CELLS * (W_PAD * W_PAD) + w[:, None] * W_PAD + w[None, :]
     acc = tl.zeros((BLOCK_M, W_PAD), dtype=tl.float64 if PRECISION == "ieee" else tl.float32)
     if HI_LO:
         inputs = (x_ptr + plane * (H * W))[:, None]
@@ -358,17 +342,6 @@ def _box_conv_kernel(x_ptr, prefix_ptr, blocks_ptr, lo_blocks_ptr, plane_exponen
                    - _prefix_rows(columns, h, tl.load(lo_ptr + cell), H, W, inside))
             acc = _box_times_block(acc, box, tl.load(blocks + cell * (W_PAD * W_PAD)), blocks_ptr.dtype.element_ty,
                                    PRECISION, UPCAST, True)
-    elif HALF_SPLIT:
-        plane_exponent = tl.load(plane_exponents_ptr + plane, mask=rows < B * H, other=0)
-        row_scale = _power_of_two(plane_exponent)[:, None]
-        lo_blocks = lo_blocks_ptr + block_entries
-        top = _prefix_rows(columns, h, tl.load(lo_ptr + CELL_BEGIN), H, W, inside) * row_scale
-        for cell in range(CELL_BEGIN, CELL_END):
-            bottom = _prefix_rows(columns, h, tl.load(hi_ptr + cell), H, W, inside) * row_scale
-            acc = _half_split_product(acc, bottom - top, tl.load(blocks + cell * (W_PAD * W_PAD)),
-                                      tl.load(lo_blocks + cell * (W_PAD * W_PAD)), UPCAST)
-            top = bottom
-        acc = acc * _power_of_two(-plane_exponent)[:, None] * _power_of_two(-tl.load(weight_exponents_ptr + c))
     else:
         top = _prefix_rows(columns, h, tl.load(lo_ptr + CELL_BEGIN), H, W, inside)
         for cell in range(CELL_BEGIN, CELL_END):
@@ -762,9 +735,8 @@ def box_conv_triton(x: torch.Tensor, blocks: torch.Tensor, grid: Sequence[int], 
     """Triton twin of ``toeplitz.box_conv``: x (B, C, H, W), R (C, k', Wp, Wp) in x.dtype -> (B, C, H, W).
 
     A program computes ``block_m`` image rows (n, h) of one channel; cells whose lags miss the
-    image entirely are skipped. ``precision`` for fp32: "tf32x3" (three TF32 products, the default),
-    "fp16x3" (three fp16 products on scaled splits of X_a and R_a, ``_half_split_product``) or another
-    tl.dot input precision. Default tiles: ``box_conv_tile``.
+    image entirely are skipped. ``precision``: tl.dot's input precision for fp32 (default "tf32x3").
+    Default tiles: ``box_conv_tile``.
     """
     x = x.contiguous()
     batch, channels, height, width = x.shape
@@ -777,21 +749,12 @@ def box_conv_triton(x: torch.Tensor, blocks: torch.Tensor, grid: Sequence[int], 
     if x.dtype == torch.float64:
         block_m = 16  # the fp64 fallback holds a (BLOCK_M, Wp, Wp) product
     block_m = max(16, min(block_m, triton.next_power_of_2(batch * height)))
-    precision = precision or _dot_precision(x.dtype)
-    half_split = x.dtype == torch.float32 and precision == "fp16x3"
-    blocks = blocks.to(x.dtype).contiguous()
-    if half_split:
-        box_bits = max(hi - lo for lo, hi in cell_lag_ranges(tuple(grid))).bit_length()
-        blocks, lo_blocks, weight_exponents = split_half_blocks(blocks)
-        plane_exponents = plane_box_exponents(x, box_bits)
-    else:  # any tensors of the kernel's argument types: it reads them only with HALF_SPLIT
-        lo_blocks, plane_exponents, weight_exponents = blocks, lags_lo, lags_lo
     y = torch.empty_like(x, dtype=_output_dtype(x.dtype))
     _box_conv_kernel[(triton.cdiv(batch * height, block_m), channels)](
-        x, prefix, blocks, lo_blocks, plane_exponents, weight_exponents, lags_lo, lags_hi, narrow, wide, y, batch,
-        channels, height, width, cells, reach[0], reach[-1] + 1, narrow.numel(), wide.numel(),
-        PRECISION=precision, UPCAST=_upcast(x.dtype) or (half_split and INTERPRETED),
-        HI_LO=x.dtype in (torch.bfloat16, torch.float16), HALF_SPLIT=half_split, BLOCK_M=block_m,
+        x, prefix, blocks.to(x.dtype).contiguous(), lags_lo, lags_hi, narrow, wide, y, batch, channels, height,
+        width, cells, reach[0], reach[-1] + 1, narrow.numel(), wide.numel(),
+        PRECISION=precision or _dot_precision(x.dtype), UPCAST=_upcast(x.dtype),
+        HI_LO=x.dtype in (torch.bfloat16, torch.float16), BLOCK_M=block_m,
         W_PAD=blocks.shape[-1], num_warps=num_warps, num_stages=num_stages)
     return y.to(x.dtype)
 
