@@ -135,7 +135,10 @@ def main() -> None:
     for form in CONFIGS:
         parser.add_argument(f"--{form}", help=f"{form} configs, comma-separated, e.g. "
                                               f"{config_name(CONFIGS[form][0]) if CONFIGS[form] else '-'}")
+    parser.add_argument("--float32-matmul-precision", default="highest", choices=["highest", "high"],
+                        help="torch.set_float32_matmul_precision: 'high' lets the fp32 kernels take one TF32 product")
     args = parser.parse_args()
+    torch.set_float32_matmul_precision(args.float32_matmul_precision)
     configs = {form: parse_configs(getattr(args, form)) if getattr(args, form) else default
                for form, default in CONFIGS.items()}
     only = set(args.only.split(",")) if args.only else None
@@ -147,7 +150,8 @@ def main() -> None:
     torch.manual_seed(0)
     bandwidth = copy_bandwidth(device)
     lines = [f"{torch.cuda.get_device_name()}, torch {torch.__version__}, triton {triton.__version__}, batch "
-             f"{args.batch}; ms, CUDA-graph medians; copy bandwidth {bandwidth / 1e12:.2f} TB/s; target = "
+             f"{args.batch}; float32 matmul precision {args.float32_matmul_precision}; ms, CUDA-graph medians; "
+             f"copy bandwidth {bandwidth / 1e12:.2f} TB/s; target = "
              f"max(10 x floor, 0.020 ms); error against float64 on the first 4 images", "",
              "| stage | H | K | dtype | form | config | ms | / floor | target | error | auto |",
              "|" + "---|" * 11]

@@ -165,7 +165,10 @@ def main() -> None:
     parser.add_argument("--cpu-crossover", action="store_true", help="time torch vs sat on the CPU")
     parser.add_argument("--cudagraph", action="store_true",
                         help="time CUDA-graph replays (GPU time without host overhead) instead of eager calls")
+    parser.add_argument("--float32-matmul-precision", default="highest", choices=["highest", "high"],
+                        help="torch.set_float32_matmul_precision: 'high' lets the fp32 kernels take one TF32 product")
     args = parser.parse_args()
+    torch.set_float32_matmul_precision(args.float32_matmul_precision)
     if args.cpu_crossover:
         lines = [f"CPU, {torch.get_num_threads()} threads, torch {torch.__version__}", ""] + cpu_crossover()
     else:
@@ -175,7 +178,8 @@ def main() -> None:
         torch.manual_seed(0)
         timing = "do_bench_cudagraph medians, GPU time" if args.cudagraph else "do_bench medians, eager"
         lines = [f"{torch.cuda.get_device_name()}, torch {torch.__version__}, triton {triton.__version__}, "
-                 f"batch {args.batch}; times in ms ({timing})", ""]
+                 f"batch {args.batch}; times in ms ({timing}); float32 matmul precision "
+                 f"{args.float32_matmul_precision}", ""]
         lines += ["Accuracy against a float64 reference (batch 4):", ""] + check(backends, device) + [""]
         print("\n".join(lines), flush=True)
         bandwidth = copy_bandwidth(device)

@@ -711,9 +711,12 @@ def _upcast(dtype: torch.dtype) -> bool:
 
 
 def _dot_precision(dtype: torch.dtype) -> str:
-    """tl.dot input precision: fp32 as three TF32 products (about fp32-exact), fp64 exact,
-    bf16/fp16 native tensor cores (exact products, fp32 sums)."""
-    return {torch.float32: "tf32x3", torch.float64: "ieee"}.get(dtype, "tf32")
+    """tl.dot input precision: fp32 as three TF32 products (about fp32-exact), or as one where the
+    user lets fp32 matmuls use TF32 (``torch.set_float32_matmul_precision("high")`` or "medium");
+    fp64 exact; bf16/fp16 native tensor cores (exact products, fp32 sums)."""
+    if dtype == torch.float32:
+        return "tf32x3" if torch.get_float32_matmul_precision() == "highest" else "tf32"
+    return {torch.float64: "ieee"}.get(dtype, "tf32")
 
 
 def sat_taps_triton(x: torch.Tensor, row_offsets: Sequence[int], col_offsets: Sequence[int],

@@ -189,6 +189,21 @@ def test_plane_box_by_image_pairs_computes_the_one_plane_kernel(grid, batch, hei
             assert torch.equal(got, one)
 
 
+@needs_kernels
+def test_fp32_products_take_tf32_only_where_torch_allows_it_for_fp32_matmuls():
+    x, weight = random_inputs(2, 2, 6, 6, (3, 1, 3), torch.float32, 0)
+    previous = torch.get_float32_matmul_precision()
+    try:
+        torch.set_float32_matmul_precision("high")
+        assert triton_kernels._dot_precision(torch.float32) == "tf32"
+        expected = peripheral_conv2d_reference(x.double(), weight.double(), (3, 1, 3))
+        assert relative_error(triton_conv(x, weight, (3, 1, 3)), expected) <= 2e-3  # TF32's 11 bits
+    finally:
+        torch.set_float32_matmul_precision(previous)
+    assert triton_kernels._dot_precision(torch.float32) == "tf32x3"  # the default, "highest"
+    assert triton_kernels._dot_precision(torch.bfloat16) == "tf32"  # ignored for 16-bit inputs
+
+
 def test_tma_needs_16_byte_rows():
     assert not triton_kernels.tma_applies(torch.zeros(1, 1, 28, 28, dtype=torch.bfloat16))
     assert not triton_kernels.tma_applies(torch.zeros(1, 1, 4, 6, dtype=torch.float32))
