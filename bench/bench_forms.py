@@ -18,8 +18,8 @@ form's configurations can be replaced, e.g. ``--rowtoeplitz 64/128/4/2,32/128/4/
   launcher's]);
 * ``plane``: the plane box, tiles loaded through registers (warps/stages/row_cells[/half boxes: 1 one fp16
   product per wide cell, 0 a hi/lo pair, -1 the launcher's default[/register cap]]);
-* ``planetma``: the plane box, tiles moved by TMA (as ``plane``[/planes per program, 0 the one-plane kernel
-  [/bands built in registers: 1[/disjoint wide cells paired: 1]]]; auto's where TMA applies);
+* ``planetma``: the plane box, tiles moved by TMA (as ``plane``[/images per program, 0 the launcher's
+  default]; auto's where TMA applies);
 * ``box``: the box-form GEMM (rows/warps/stages);
 * ``boxgrad`` and ``satgrad``: grad-weight by box products (K/warps/stages) or SAT tap sums.
 
@@ -98,12 +98,11 @@ def candidates(x: torch.Tensor, w: torch.Tensor, dy: torch.Tensor, grid: tuple[i
                 planes, blocks, cells, warps, stages, row_cells, tma=False,
                 half_boxes=None if half_boxes < 0 else bool(half_boxes), max_registers=registers or None),
             kernels.plane_blocks_triton),
-        "planetma": lambda warps, stages, row_cells, half_boxes=-1, registers=0, per_program=0, band_registers=0,
-        pair_cells=0: with_blocks(
+        "planetma": lambda warps, stages, row_cells, half_boxes=-1, registers=0, images=0: with_blocks(
             lambda planes, blocks, cells: kernels.plane_box_conv_triton(
                 planes, blocks, cells, warps, stages, row_cells, tma=True,
                 half_boxes=None if half_boxes < 0 else bool(half_boxes), max_registers=registers or None,
-                planes=per_program, band_registers=bool(band_registers), pair_cells=bool(pair_cells)),
+                **({"images_per_program": images} if images else {})),
             kernels.plane_blocks_triton),
         "box": lambda rows, warps, stages: with_blocks(lambda images, blocks, cells: kernels.box_conv_triton(
             images, blocks, cells, rows, warps, stages)),

@@ -111,15 +111,7 @@ def kernels_at(size: int, grid: tuple[int, ...], dtype: str):
                 "wide_blocks_desc": f"tensordesc<{wide_blocks}[{tile}]>", "exponents_ptr": "*i32",
                 "bands_desc": f"tensordesc<{dtype}[{tile}]>", "y_desc": f"tensordesc<{dtype}[1,{tile}]>",
                 "row_lags_ptr": "*i32", "wide_ptr": "*i32"},
-               plane_scalars, plane_constants, 4, 2, None)
-        for planes, band_registers in ((1, True), (2, False), (2, True)):
-            yield (f"plane box tma {planes} plane{'s' if planes > 1 else ''}{', bands in registers' if band_registers else ''}",
-                   triton_kernels._plane_pair_box_tma_kernel,
-                   {"x_desc": f"tensordesc<{dtype}[1,1,{tile}]>", "blocks_desc": f"tensordesc<{dtype}[{tile}]>",
-                    "wide_blocks_desc": f"tensordesc<{wide_blocks}[{tile}]>", "exponents_ptr": "*i32",
-                    "bands_desc": f"tensordesc<{dtype}[{tile}]>", "y_desc": f"tensordesc<{dtype}[1,1,{tile}]>",
-                    "row_lags_ptr": "*i32", "wide_ptr": "*i32", "lo_ptr": "*i32", "hi_ptr": "*i32"},
-                   plane_scalars, {**plane_constants, "PLANES": planes, "BAND_REGISTERS": band_registers}, 4, 2, None)
+               plane_scalars, {**plane_constants, "PLANES": 2}, 4, 2, None)
     if size <= 32:
         tile = triton_kernels.row_toeplitz_tile(TORCH_TYPES[dtype], size)
         yield ("row toeplitz", triton_kernels._row_toeplitz_kernel,

@@ -399,76 +399,40 @@ def _plane_box_kernel(x_ptr, blocks_ptr, wide_blocks_ptr, exponents_ptr, bands_p
 def _plane_box_tma_kernel(x_desc, blocks_desc, wide_blocks_desc, exponents_ptr, bands_desc, y_desc, row_lags_ptr,
                           wide_ptr, C, CELLS, ROW_LAGS, WIDE_CELLS, BOX_BITS, PRECISION: tl.constexpr,
                           UPCAST: tl.constexpr, HI_LO: tl.constexpr, HALF_BOXES: tl.constexpr,
-                          SCALE_BITS: tl.constexpr, H_PAD: tl.constexpr, W_PAD: tl.constexpr):
-    """``_plane_box_kernel`` with every tile moved by the tensor-memory accelerator (TMA): the
-    plane, its shifted copies for the narrow cells (rows outside the image arrive as zeros), the
-    bands and the column blocks go from global to shared memory without passing through registers
-    or the L1's load/store path (which ncu showed 79% busy for the plane box), and y goes back the
-    same way.
+                          SCALE_BITS: tl.constexpr, PLANES: tl.constexpr, H_PAD: tl.constexpr, W_PAD: tl.constexpr):
+    """``_plane_box_kernel`` with every tile moved by the tensor-memory accelerator (TMA), for PLANES
+    (1 or 2) images n of one channel c: the plane, its shifted copies for the narrow cells (rows
+    outside the image arrive as zeros), the bands and the column blocks go from global to shared
+    memory without passing through registers or the L1's load/store path (which ncu showed 79% busy
+    for the plane box), and y goes back the same way. With two planes each column block and band
+    comes in once for both.
 
-    x_desc, y_desc: (B·C, H, W) with (1, H_PAD, W_PAD) tiles; blocks_desc, wide_blocks_desc: (C·k'·W_PAD, W_PAD)
-    with (W_PAD, W_PAD) tiles; bands_desc: (k'·H_PAD, H_PAD) with (H_PAD, H_PAD) tiles.
-    """
-    n, c = tl.program_id(0), tl.program_id(1)
-    plane = n * C + c
-    x = x_desc.load([plane, 0, 0]).reshape(H_PAD, W_PAD)
-    acc = tl.zeros((H_PAD, W_PAD), dtype=tl.float64 if PRECISION == "ieee" else tl.float32)
-    for index in range(ROW_LAGS):
-        cell, lag = tl.load(row_lags_ptr + 2 * index), tl.load(row_lags_ptr + 2 * index + 1)
-        acc = _dot_step(acc, x_desc.load([plane, lag, 0]).reshape(H_PAD, W_PAD),
-                        blocks_desc.load([(c * CELLS + cell) * W_PAD, 0]), PRECISION, UPCAST)
-    box_exponent, weight_exponent = _half_box_scales(x, exponents_ptr, c, BOX_BITS, SCALE_BITS, HALF_BOXES)
-    acc = _times_powers_of_two(acc, box_exponent, weight_exponent, HALF_BOXES)
-    for index in range(WIDE_CELLS):
-        cell = tl.load(wide_ptr + index)
-        box = _dot_step(tl.zeros((H_PAD, W_PAD), dtype=acc.dtype), bands_desc.load([cell * H_PAD, 0]), x, PRECISION,
-                        UPCAST)
-        acc = _wide_cell_product(acc, box, wide_blocks_desc.load([(c * CELLS + cell) * W_PAD, 0]), box_exponent,
-                                 x.dtype, PRECISION, UPCAST, HI_LO, HALF_BOXES)
-    acc = _times_powers_of_two(acc, -box_exponent, -weight_exponent, HALF_BOXES)
-    y_desc.store([plane, 0, 0], acc.to(y_desc.dtype).reshape(1, H_PAD, W_PAD))
-
-
-@triton.jit
-def _plane_pair_box_tma_kernel(x_desc, blocks_desc, wide_blocks_desc, exponents_ptr, bands_desc, y_desc,
-                               row_lags_ptr, wide_ptr, lo_ptr, hi_ptr, pairs_ptr, C, CELLS, ROW_LAGS, WIDE_CELLS,
-                               PAIRS, BOX_BITS,
-                               PRECISION: tl.constexpr, UPCAST: tl.constexpr, HI_LO: tl.constexpr,
-                               HALF_BOXES: tl.constexpr, SCALE_BITS: tl.constexpr, PLANES: tl.constexpr,
-                               BAND_REGISTERS: tl.constexpr, H_PAD: tl.constexpr, W_PAD: tl.constexpr):
-    """``_plane_box_tma_kernel`` for PLANES (1 or 2) images n of one channel c: the column blocks and
-    bands each come in once for both planes. BAND_REGISTERS: the bands are built in registers from
-    the cells' lag ranges (lo_ptr, hi_ptr) instead of read from the table.
-
-    x_desc, y_desc: (B, C, H, W) with (1, 1, H_PAD, W_PAD) tiles (image B: zeros, not stored).
+    x_desc, y_desc: (B·C, H, W) with (1, H_PAD, W_PAD) tiles (planes past B·C, an odd B's last pair:
+    zeros in, nothing out); blocks_desc, wide_blocks_desc: (C·k'·W_PAD, W_PAD) with (W_PAD, W_PAD)
+    tiles; bands_desc: (k'·H_PAD, H_PAD) with (H_PAD, H_PAD) tiles.
     """
     pair, c = tl.program_id(0), tl.program_id(1)
-    n = pair * PLANES
-    x0 = x_desc.load([n, c, 0, 0]).reshape(H_PAD, W_PAD)
+    plane0 = pair * PLANES * C + c
+    plane1 = plane0 + C  # image n + 1, used with PLANES == 2
+    x0 = x_desc.load([plane0, 0, 0]).reshape(H_PAD, W_PAD)
     acc0 = tl.zeros((H_PAD, W_PAD), dtype=tl.float64 if PRECISION == "ieee" else tl.float32)
     if PLANES == 2:
-        x1 = x_desc.load([n + 1, c, 0, 0]).reshape(H_PAD, W_PAD)
+        x1 = x_desc.load([plane1, 0, 0]).reshape(H_PAD, W_PAD)
         acc1 = tl.zeros((H_PAD, W_PAD), dtype=acc0.dtype)
     for index in range(ROW_LAGS):
         cell, lag = tl.load(row_lags_ptr + 2 * index), tl.load(row_lags_ptr + 2 * index + 1)
         block = blocks_desc.load([(c * CELLS + cell) * W_PAD, 0])
-        acc0 = _dot_step(acc0, x_desc.load([n, c, lag, 0]).reshape(H_PAD, W_PAD), block, PRECISION, UPCAST)
+        acc0 = _dot_step(acc0, x_desc.load([plane0, lag, 0]).reshape(H_PAD, W_PAD), block, PRECISION, UPCAST)
         if PLANES == 2:
-            acc1 = _dot_step(acc1, x_desc.load([n + 1, c, lag, 0]).reshape(H_PAD, W_PAD), block, PRECISION, UPCAST)
+            acc1 = _dot_step(acc1, x_desc.load([plane1, lag, 0]).reshape(H_PAD, W_PAD), block, PRECISION, UPCAST)
     box_exponent0, weight_exponent = _half_box_scales(x0, exponents_ptr, c, BOX_BITS, SCALE_BITS, HALF_BOXES)
     acc0 = _times_powers_of_two(acc0, box_exponent0, weight_exponent, HALF_BOXES)
     if PLANES == 2:
         box_exponent1, _ = _half_box_scales(x1, exponents_ptr, c, BOX_BITS, SCALE_BITS, HALF_BOXES)
         acc1 = _times_powers_of_two(acc1, box_exponent1, weight_exponent, HALF_BOXES)
-    u = tl.arange(0, H_PAD)
-    lags = u[None, :] - u[:, None]
     for index in range(WIDE_CELLS):
         cell = tl.load(wide_ptr + index)
-        if BAND_REGISTERS:
-            inside_band = (lags >= tl.load(lo_ptr + cell)) & (lags < tl.load(hi_ptr + cell))
-            band = tl.where(inside_band, 1.0, 0.0).to(x0.dtype)
-        else:
-            band = bands_desc.load([cell * H_PAD, 0])
+        band = bands_desc.load([cell * H_PAD, 0])
         block = wide_blocks_desc.load([(c * CELLS + cell) * W_PAD, 0])
         box = _dot_step(tl.zeros((H_PAD, W_PAD), dtype=acc0.dtype), band, x0, PRECISION, UPCAST)
         acc0 = _wide_cell_product(acc0, box, block, box_exponent0, x0.dtype, PRECISION, UPCAST, HI_LO, HALF_BOXES)
@@ -476,29 +440,11 @@ def _plane_pair_box_tma_kernel(x_desc, blocks_desc, wide_blocks_desc, exponents_
             box = _dot_step(tl.zeros((H_PAD, W_PAD), dtype=acc0.dtype), band, x1, PRECISION, UPCAST)
             acc1 = _wide_cell_product(acc1, box, block, box_exponent1, x1.dtype, PRECISION, UPCAST, HI_LO,
                                       HALF_BOXES)
-    for index in range(PAIRS):
-        band_index, top, bottom = tl.load(pairs_ptr + 4 * index), tl.load(pairs_ptr + 4 * index + 1), \
-            tl.load(pairs_ptr + 4 * index + 2)
-        top_rows = (u < tl.load(pairs_ptr + 4 * index + 3))[:, None]
-        band = bands_desc.load([band_index * H_PAD, 0])
-        top_block = wide_blocks_desc.load([(c * CELLS + top) * W_PAD, 0])
-        bottom_block = wide_blocks_desc.load([(c * CELLS + bottom) * W_PAD, 0])
-        box = _dot_step(tl.zeros((H_PAD, W_PAD), dtype=acc0.dtype), band, x0, PRECISION, UPCAST)
-        acc0 = _wide_cell_product(acc0, tl.where(top_rows, box, 0.0), top_block, box_exponent0, x0.dtype, PRECISION,
-                                  UPCAST, HI_LO, HALF_BOXES)
-        acc0 = _wide_cell_product(acc0, tl.where(top_rows, 0.0, box), bottom_block, box_exponent0, x0.dtype,
-                                  PRECISION, UPCAST, HI_LO, HALF_BOXES)
-        if PLANES == 2:
-            box = _dot_step(tl.zeros((H_PAD, W_PAD), dtype=acc0.dtype), band, x1, PRECISION, UPCAST)
-            acc1 = _wide_cell_product(acc1, tl.where(top_rows, box, 0.0), top_block, box_exponent1, x1.dtype,
-                                      PRECISION, UPCAST, HI_LO, HALF_BOXES)
-            acc1 = _wide_cell_product(acc1, tl.where(top_rows, 0.0, box), bottom_block, box_exponent1, x1.dtype,
-                                      PRECISION, UPCAST, HI_LO, HALF_BOXES)
     acc0 = _times_powers_of_two(acc0, -box_exponent0, -weight_exponent, HALF_BOXES)
-    y_desc.store([n, c, 0, 0], acc0.to(y_desc.dtype).reshape(1, 1, H_PAD, W_PAD))
+    y_desc.store([plane0, 0, 0], acc0.to(y_desc.dtype).reshape(1, H_PAD, W_PAD))
     if PLANES == 2:
         acc1 = _times_powers_of_two(acc1, -box_exponent1, -weight_exponent, HALF_BOXES)
-        y_desc.store([n + 1, c, 0, 0], acc1.to(y_desc.dtype).reshape(1, 1, H_PAD, W_PAD))
+        y_desc.store([plane1, 0, 0], acc1.to(y_desc.dtype).reshape(1, H_PAD, W_PAD))
 
 
 @triton.jit
@@ -674,23 +620,6 @@ def _plane_cells(grid: tuple[int, ...], height: int, row_cells: int,
     return _offsets_tensor(pairs, device), _offsets_tensor(wide, device)
 
 
-def _disjoint_wide_pairs(grid: tuple[int, ...], height: int, wide: tuple[int, ...]
-                         ) -> list[tuple[int, int, int]]:
-    """(top cell, bottom cell, split row) for pairs of wide cells whose output rows within an image of
-    ``height`` rows are disjoint, the top one's all below split and the bottom one's at or above it:
-    one band product V_top + V_bottom gives both box sums (rows outside a cell's reach sum zeros)."""
-    ranges = cell_lag_ranges(grid)
-    rows = {cell: (max(0, 1 - ranges[cell][1]), min(height, height - ranges[cell][0])) for cell in wide}
-    pairs, paired = [], set()
-    for top in wide:
-        for bottom in wide:
-            if top in paired or bottom in paired or top == bottom or rows[top][1] > rows[bottom][0]:
-                continue
-            pairs.append((top, bottom, rows[top][1]))
-            paired.update((top, bottom))
-    return pairs
-
-
 def _plane_blocks(height: int, width: int) -> tuple[int, int]:
     """(BLOCK_H, BLOCK_W): powers of two holding the (H+1, W+1) SAT."""
     return triton.next_power_of_2(height + 1), triton.next_power_of_2(width + 1)
@@ -851,16 +780,13 @@ def box_conv_triton(x: torch.Tensor, blocks: torch.Tensor, grid: Sequence[int], 
     return y.to(x.dtype)
 
 
-def _band_table(grid: tuple[int, ...], padded: int, dtype: torch.dtype, device: torch.device,
-                pairs: tuple[tuple[int, int], ...] = ()) -> torch.Tensor:
-    """(k' + len(pairs), P, P) 0/1 bands V_a[h, u] = [lo_a <= u - h < hi_a] in ``dtype``, then
-    V_a + V_b for each pair (a, b), cached per device."""
+def _band_table(grid: tuple[int, ...], padded: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """(k', P, P) 0/1 bands V_a[h, u] = [lo_a <= u - h < hi_a] in ``dtype``, cached per device."""
     def build() -> torch.Tensor:
         lags = torch.arange(padded)[None, :] - torch.arange(padded)[:, None]
-        bands = torch.stack([(lags >= lo) & (lags < hi) for lo, hi in cell_lag_ranges(grid)])
-        return torch.cat([bands, *(bands[[a]] | bands[[b]] for a, b in pairs)]).to(dtype)
+        return torch.stack([(lags >= lo) & (lags < hi) for lo, hi in cell_lag_ranges(grid)]).to(dtype)
 
-    return device_constant(("plane box bands", grid, padded, dtype, pairs), device, build)
+    return device_constant(("plane box bands", grid, padded, dtype), device, build)
 
 
 def tma_rows_align(width: int, dtype: torch.dtype) -> bool:
@@ -918,8 +844,7 @@ def _as_plane_blocks(blocks: torch.Tensor | PlaneBlocks, dtype: torch.dtype, hal
 def plane_box_conv_triton(x: torch.Tensor, blocks: torch.Tensor | PlaneBlocks, grid: Sequence[int],
                           num_warps: int = 4, num_stages: int | None = None, row_cells: int = 1,
                           tma: bool | None = None, half_boxes: bool | None = None,
-                          max_registers: int | None = None, planes: int = 0,
-                          band_registers: bool = False, pair_cells: bool = False) -> torch.Tensor:
+                          max_registers: int | None = None, images_per_program: int = 2) -> torch.Tensor:
     """Triton twin of ``toeplitz.box_conv`` with the box sums as tensor-core products:
     x (B, C, H, W), R (C, k', Wp, Wp) or ``PlaneBlocks`` -> (B, C, H, W).
 
@@ -928,7 +853,10 @@ def plane_box_conv_triton(x: torch.Tensor, blocks: torch.Tensor | PlaneBlocks, g
     ``tma``: move the tiles by TMA (``_plane_box_tma_kernel``; default where ``tma_applies``) or by
     loads through registers (``_plane_box_kernel``). ``half_boxes``: a wide cell's box sum times R_a
     as one fp16 product (default where ``half_boxes_apply``; 16-bit inputs only) rather than a hi/lo pair.
-    ``max_registers``: ptxas' register cap per thread (default none). Defaults from
+    ``max_registers``: ptxas' register cap per thread (default none). ``images_per_program`` (TMA
+    only): 1 or 2 planes of a channel per program, sharing its blocks and bands (default 2: H200
+    stage 1 bf16 0.077 / 0.096 ms at K=51 / 101 against 0.081 / 0.100 for one,
+    bench/results/2026-12-04-h200-forms-image-pairs.md). Defaults from
     sweeps at stage 1 bf16: 4 warps, one-row cells row by row; TMA with 2 stages, 0.101 / 0.129 ms at
     K=51 / 101 on the H200 against 0.113 / 0.144 for the register loads at their best, one stage
     (bench/results/2026-12-03-h200-forms-tma.md). The register-load kernel on the H100: 0.125 ms at
@@ -954,37 +882,18 @@ def plane_box_conv_triton(x: torch.Tensor, blocks: torch.Tensor | PlaneBlocks, g
                    HI_LO=x.dtype in (torch.bfloat16, torch.float16), HALF_BOXES=half_boxes,
                    SCALE_BITS=HALF_SCALE_BITS, H_PAD=padded, W_PAD=w_pad, num_warps=num_warps,
                    num_stages=num_stages, **({"maxnreg": max_registers} if max_registers else {}))
-    if tma and planes:
-        from triton.tools.tensor_descriptor import TensorDescriptor
-
-        lags_lo, lags_hi, _ = _cell_lag_tensors(grid, x.device)
-        wide_cells = _cells_by_width(tuple(grid), height, row_cells)[2]
-        pairs = _disjoint_wide_pairs(tuple(grid), height, wide_cells) if pair_cells else []
-        if pairs:
-            wide = _offsets_tensor(tuple(cell for cell in wide_cells if all(cell not in pair[:2] for pair in pairs)),
-                                   x.device)
-            bands = _band_table(tuple(grid), padded, x.dtype, x.device, tuple(pair[:2] for pair in pairs))
-        pair_table = _offsets_tensor(tuple(value for index, (top, bottom, split) in enumerate(pairs)
-                                           for value in (cells + index, top, bottom, split)), x.device)
-        _plane_pair_box_tma_kernel[(triton.cdiv(batch, planes), channels)](
-            TensorDescriptor.from_tensor(x, [1, 1, padded, w_pad]),
-            TensorDescriptor.from_tensor(blocks.view(-1, w_pad), [w_pad, w_pad]),
-            TensorDescriptor.from_tensor(wide_blocks.view(-1, w_pad), [w_pad, w_pad]), exponents,
-            TensorDescriptor.from_tensor(bands.view(-1, padded), [padded, padded]),
-            TensorDescriptor.from_tensor(y, [1, 1, padded, w_pad]),
-            row_lags, wide, lags_lo, lags_hi, pair_table, channels, cells, row_lags.numel() // 2, wide.numel(),
-            len(pairs), box_bits, PLANES=planes, BAND_REGISTERS=band_registers, **options)
-    elif tma:
+    if tma:
         from triton.tools.tensor_descriptor import TensorDescriptor
 
         planes = batch * channels
-        _plane_box_tma_kernel[(batch, channels)](
+        _plane_box_tma_kernel[(triton.cdiv(batch, images_per_program), channels)](
             TensorDescriptor.from_tensor(x.view(planes, height, width), [1, padded, w_pad]),
             TensorDescriptor.from_tensor(blocks.view(-1, w_pad), [w_pad, w_pad]),
             TensorDescriptor.from_tensor(wide_blocks.view(-1, w_pad), [w_pad, w_pad]), exponents,
             TensorDescriptor.from_tensor(bands.view(-1, padded), [padded, padded]),
             TensorDescriptor.from_tensor(y.view(planes, height, width), [1, padded, w_pad]),
-            row_lags, wide, channels, cells, row_lags.numel() // 2, wide.numel(), box_bits, **options)
+            row_lags, wide, channels, cells, row_lags.numel() // 2, wide.numel(), box_bits,
+            PLANES=images_per_program, **options)
     else:
         _plane_box_kernel[(batch, channels)](
             x, blocks, wide_blocks, exponents, bands, row_lags, wide, y, channels, height, width, cells,

@@ -172,21 +172,16 @@ def test_plane_box_moves_its_tiles_by_tma_with_the_same_result(grid, height, wid
 
 @needs_kernels
 @settings(max_examples=6, deadline=None)
-@given(grid=st.sampled_from([(6, 1, 1, 1, 6), (3, 1, 1, 1, 3), (5, 2, 1, 2, 5)]), batch=st.integers(1, 3),
-       height=st.integers(1, 12), dtype=st.sampled_from([torch.float32, torch.bfloat16]),
-       seed=st.integers(0, 2**16))
-@example(grid=(6, 1, 1, 1, 6), batch=3, height=4, dtype=torch.bfloat16, seed=0)  # outer cells paired
-def test_plane_box_by_image_pairs_computes_the_one_plane_kernel(grid, batch, height, dtype, seed):
+@given(grid=grids(max_cells=5, max_cell=4), batch=st.integers(1, 3), height=st.integers(1, 12),
+       dtype=st.sampled_from([torch.float32, torch.bfloat16]), seed=st.integers(0, 2**16))
+@example(grid=(3, 1, 3), batch=3, height=5, dtype=torch.bfloat16, seed=0)  # an odd batch: a pair with no image 3
+def test_plane_box_by_image_pairs_computes_one_image_at_a_time(grid, batch, height, dtype, seed):
     from runtime import toeplitz
     x, weight = random_inputs(batch, 2, height, 16, grid, dtype, seed)
     x, blocks = x.to(DEVICE), toeplitz.column_blocks(weight, grid, 16, dtype).to(DEVICE)
-    one = triton_kernels.plane_box_conv_triton(x, blocks, grid, tma=True).cpu()
-    for planes, band_registers, pair_cells in itertools.product((1, 2), (False, True), (False, True)):
-        got = triton_kernels.plane_box_conv_triton(x, blocks, grid, tma=True, planes=planes,
-                                                   band_registers=band_registers, pair_cells=pair_cells).cpu()
-        assert relative_error(got, one.double()) <= KERNEL_TOLERANCE[dtype] / 4
-        if not pair_cells:
-            assert torch.equal(got, one)
+    pairs, singles = (triton_kernels.plane_box_conv_triton(x, blocks, grid, tma=True, images_per_program=images)
+                      for images in (2, 1))
+    assert torch.equal(pairs, singles)  # the same products in the same order
 
 
 @needs_kernels
