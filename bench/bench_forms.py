@@ -36,7 +36,8 @@ from typing import Callable, NamedTuple
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from bench.bench_layers import DTYPES, SHAPES, copy_bandwidth, dense, relative_error  # noqa: E402
+from bench.bench_layers import (DTYPES, SHAPES, add_float32_precision_argument, copy_bandwidth, dense,  # noqa: E402
+                                relative_error)
 from runtime import sat, toeplitz, triton_kernels  # noqa: E402
 from runtime.op import triton_forms  # noqa: E402
 
@@ -134,8 +135,7 @@ def main() -> None:
     for form in CONFIGS:
         parser.add_argument(f"--{form}", help=f"{form} configs, comma-separated, e.g. "
                                               f"{config_name(CONFIGS[form][0]) if CONFIGS[form] else '-'}")
-    parser.add_argument("--float32-matmul-precision", default="highest", choices=["highest", "high"],
-                        help="torch.set_float32_matmul_precision: 'high' lets the fp32 kernels take one TF32 product")
+    add_float32_precision_argument(parser)
     args = parser.parse_args()
     torch.set_float32_matmul_precision(args.float32_matmul_precision)
     configs = {form: parse_configs(getattr(args, form)) if getattr(args, form) else default

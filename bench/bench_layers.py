@@ -157,6 +157,13 @@ def cpu_crossover(batch=2, repeats=5) -> list[str]:
     return lines
 
 
+def add_float32_precision_argument(parser: argparse.ArgumentParser) -> None:
+    """--float32-matmul-precision, for torch.set_float32_matmul_precision: 'high' lets the fp32 kernels take one
+    TF32 product instead of three."""
+    parser.add_argument("--float32-matmul-precision", default="highest", choices=["highest", "high"],
+                        help="torch.set_float32_matmul_precision: 'high' lets the fp32 kernels take one TF32 product")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", help="write the markdown here")
@@ -165,8 +172,7 @@ def main() -> None:
     parser.add_argument("--cpu-crossover", action="store_true", help="time torch vs sat on the CPU")
     parser.add_argument("--cudagraph", action="store_true",
                         help="time CUDA-graph replays (GPU time without host overhead) instead of eager calls")
-    parser.add_argument("--float32-matmul-precision", default="highest", choices=["highest", "high"],
-                        help="torch.set_float32_matmul_precision: 'high' lets the fp32 kernels take one TF32 product")
+    add_float32_precision_argument(parser)
     args = parser.parse_args()
     torch.set_float32_matmul_precision(args.float32_matmul_precision)
     if args.cpu_crossover:
