@@ -20,8 +20,7 @@ form's configurations can be replaced, e.g. ``--rowtoeplitz 64/128/4/2,32/128/4/
   product per wide cell, 0 a hi/lo pair, -1 the launcher's default[/register cap]]);
 * ``planetma``: the plane box, tiles moved by TMA (as ``plane``[/images per program, 0 the launcher's
   default]; auto's where TMA applies);
-* ``box``: the box-form GEMM (rows/warps/stages), through registers;
-* ``boxtma``: the fp32 box-form GEMM with its tiles moved by TMA (images/warps/stages; auto's where TMA applies);
+* ``box``: the box-form GEMM (rows/warps/stages);
 * ``boxgrad`` and ``satgrad``: grad-weight by box products (K/warps/stages) or SAT tap sums.
 
     python3 bench/bench_forms.py --out forms.md
@@ -50,8 +49,7 @@ CONFIGS: dict[str, list[tuple[int, ...]]] = {
     "rowtoeplitz": [(64, 128, 4, 2), (64, 128, 4, 3), (64, 256, 8, 2), (32, 128, 4, 2)],
     "plane": [(4, 1, 1)],
     "planetma": [(4, 2, 1, 0), (4, 2, 1, 1), (4, 3, 1, 1)],
-    "box": [(32, 2, 3), (128, 8, 1)],
-    "boxtma": [(1, 4, 2), (1, 4, 3), (2, 8, 2), (2, 4, 2), (4, 4, 2), (4, 8, 2)],
+    "box": [(32, 2, 3), (64, 4, 2), (128, 8, 1), (128, 4, 1)],
     "boxgrad": [(32, 4, 1)],
     "satgrad": [],
 }
@@ -108,11 +106,7 @@ def candidates(x: torch.Tensor, w: torch.Tensor, dy: torch.Tensor, grid: tuple[i
                 **({"images_per_program": images} if images else {})),
             kernels.plane_blocks_triton),
         "box": lambda rows, warps, stages: with_blocks(lambda images, blocks, cells: kernels.box_conv_triton(
-            images, blocks, cells, rows, warps, stages, tma=False)),
-        "boxtma": lambda images_per_program, warps, stages: with_blocks(
-            lambda images, blocks, cells: kernels.box_conv_triton(images, blocks, cells, num_warps=warps,
-                                                                  num_stages=stages, tma=True,
-                                                                  images_per_program=images_per_program)),
+            images, blocks, cells, rows, warps, stages)),
         "boxgrad": lambda k, warps, stages: (lambda: toeplitz.peripheral_grad_weight_boxes(
             dy, x, grid, lambda d, images, cells: kernels.box_products_triton(d, images, cells, block_k=k,
                                                                               num_warps=warps, num_stages=stages))),
@@ -123,7 +117,7 @@ def candidates(x: torch.Tensor, w: torch.Tensor, dy: torch.Tensor, grid: tuple[i
     # their box sums need a hi/lo pair of products and they lost to Toeplitz everywhere).
     plane = size > 32 or (not half and size > 16)
     fits = {"plane": plane, "planetma": plane and kernels.tma_rows_align(size, x.dtype), "rowtoeplitz": size <= 32,
-            "box": not half, "boxtma": not half and kernels.tma_rows_align(size, x.dtype), "sat": not half and size > 32, "satgrad": not half}
+            "box": not half, "sat": not half and size > 32, "satgrad": not half}
     for form, form_configs in configs.items():
         if not fits.get(form, True):
             continue

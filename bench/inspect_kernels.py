@@ -76,9 +76,8 @@ def layout_row(label: str, compiled, ttgir: str) -> str:
             f"{ttgir.count('tt.dot ')} | {ttgir.count('warp_group_dot ')} | {','.join(pendings) or '-'} |")
 
 
-def kernels_at(size: int, grid: tuple[int, ...], dtype: str, box_tma_tiles: list[tuple[int, int, int]] | None = None):
-    """(label, kernel, pointers, scalars, constants, warps, stages, register cap) at the launchers' defaults
-    (the fp32 TMA box kernel also at each (images, warps, stages) of ``box_tma_tiles``)."""
+def kernels_at(size: int, grid: tuple[int, ...], dtype: str):
+    """(label, kernel, pointers, scalars, constants, warps, stages, register cap) at the launchers' defaults."""
     half = dtype != "fp32"
     precision = "tf32" if half else "tf32x3"
     block_m, block_n, block_k, stages = triton_kernels.toeplitz_tile(TORCH_TYPES[dtype], size, size)
@@ -96,16 +95,6 @@ def kernels_at(size: int, grid: tuple[int, ...], dtype: str, box_tma_tiles: list
            {"H": size, "W": size, "PRECISION": precision, "UPCAST": False, "HI_LO": half,
             "BLOCK_M": block_m, "W_PAD": padded_width(size)},
            warps, stages, None)
-    if not half and triton_kernels.tma_rows_align(size, torch.float32):
-        h_pad = padded_width(size)
-        for images, warps, stages in box_tma_tiles or [triton_kernels.box_conv_tma_tile(size)]:
-            yield (f"box conv tma {images}/{warps}/{stages}", triton_kernels._box_conv_tma_kernel,
-                   {"prefix_desc": f"tensordesc<fp32[{images},{h_pad},{h_pad}]>", "prefix_ptr": "*fp32",
-                    "blocks_desc": f"tensordesc<fp32[{h_pad},{h_pad}]>", "lo_ptr": "*i32", "hi_ptr": "*i32",
-                    "y_ptr": "*fp32"},
-                   ("B", "C", "CELLS", "CELL_BEGIN", "CELL_END"),
-                   {"H": size, "W": size, "PRECISION": precision, "IMAGES": images, "H_PAD": h_pad, "W_PAD": h_pad},
-                   warps, stages, None)
     half_boxes = triton_kernels.half_boxes_apply(TORCH_TYPES[dtype])
     plane_constants = {"PRECISION": precision, "UPCAST": False, "HI_LO": half, "HALF_BOXES": half_boxes,
                        "SCALE_BITS": HALF_SCALE_BITS, "H_PAD": padded_width(size), "W_PAD": padded_width(size)}
@@ -144,11 +133,7 @@ def main() -> None:
     parser.add_argument("--stages", default="1,2,3,4", help="comma-separated stages of bench_layers.SHAPES")
     parser.add_argument("--dtypes", default="fp32,bf16")
     parser.add_argument("--ptx", help="write each kernel's PTX into this directory")
-    parser.add_argument("--box-tma-tiles", help="the fp32 TMA box kernel's tiles, images/warps/stages comma-separated "
-                                                "(default: the launcher's)")
     args = parser.parse_args()
-    box_tma_tiles = ([tuple(int(v) for v in tile.split("/")) for tile in args.box_tma_tiles.split(",")]
-                     if args.box_tma_tiles else None)
     stages = {int(v) for v in args.stages.split(",")}
     shapes = {(stage, size): tuple(grid) for stage, _, size, grid in SHAPES if stage in stages}
     print(f"triton {triton.__version__}, target sm_90, the launchers' default tiles\n")
@@ -157,8 +142,7 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|---|")
     for (stage, size), grid in shapes.items():
         for dtype in args.dtypes.split(","):
-            for label, kernel, pointers, scalars, constants, warps, num_stages, cap in kernels_at(
-                    size, grid, dtype, box_tma_tiles):
+            for label, kernel, pointers, scalars, constants, warps, num_stages, cap in kernels_at(size, grid, dtype):
                 compiled, ttgir = compile_kernel(kernel, pointers, scalars, constants, warps, num_stages, cap)
                 print(layout_row(f"{stage}, {size}, {dtype}, {label}", compiled, ttgir), flush=True)
                 if args.ptx:

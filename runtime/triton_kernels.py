@@ -353,50 +353,6 @@ def _box_conv_kernel(x_ptr, prefix_ptr, blocks_ptr, lo_ptr, hi_ptr, narrow_ptr, 
 
 
 @triton.jit
-def _clamped_prefix_rows(prefix_desc, totals, first, lag, H: tl.constexpr, IMAGES: tl.constexpr,
-                         H_PAD: tl.constexpr, W_PAD: tl.constexpr):
-    """Rows clamp(h + lag, 0, H), h < H_PAD, of IMAGES consecutive channel-major prefix planes from
-    ``first``, as (IMAGES·H_PAD, W_PAD): TMA reads rows past H as zeros, where the prefix holds its last
-    row, the column totals (``totals``, (IMAGES, 1, W_PAD)); rows above 0 are zeros, as they should be."""
-    rows = prefix_desc.load([first, lag, 0])
-    below = (tl.arange(0, H_PAD)[None, :, None] + lag) > H
-    return (rows + tl.where(below, totals, 0.0)).reshape(IMAGES * H_PAD, W_PAD)
-
-
-@triton.jit
-def _box_conv_tma_kernel(prefix_desc, prefix_ptr, blocks_desc, lo_ptr, hi_ptr, y_ptr, B, C, H: tl.constexpr,
-                         W: tl.constexpr, CELLS, CELL_BEGIN, CELL_END, PRECISION: tl.constexpr,
-                         IMAGES: tl.constexpr, H_PAD: tl.constexpr, W_PAD: tl.constexpr):
-    """``_box_conv_kernel`` for fp32 with its tiles moved by TMA: y[n, c] = Σ_a X_a[n, c] @ R_a[c],
-    X_a = prefix[h + hi_a] - prefix[h + lo_a], for IMAGES images n of one channel c.
-
-    The column prefix is channel-major, (C·B, H+1, W) with (IMAGES, H_PAD, W_PAD) tiles, so that one
-    copy brings a cell's shifted rows of all IMAGES images; the product is one (IMAGES·H_PAD, W_PAD)
-    x (W_PAD, W_PAD) GEMM per cell, on wgmma where the tile allows. Cells tile the lags, so each loads
-    one row set and reuses the last as its top. Images past B (the batch's last tile) read other
-    planes' rows and store nothing: a row of y depends on its own row of X_a alone.
-    blocks_desc: (C·k'·W_PAD, W_PAD) with (W_PAD, W_PAD) tiles.
-    """
-    tile, c = tl.program_id(0), tl.program_id(1)
-    n = tile * IMAGES + tl.arange(0, IMAGES)
-    first = c * B + tile * IMAGES
-    w = tl.arange(0, W_PAD)
-    totals = tl.load(prefix_ptr + ((c * B + n).to(tl.int64) * ((H + 1) * W) + H * W)[:, None, None]
-                     + w[None, None, :], mask=(n < B)[:, None, None] & (w < W)[None, None, :], other=0.0)
-    top = _clamped_prefix_rows(prefix_desc, totals, first, tl.load(lo_ptr + CELL_BEGIN), H, IMAGES, H_PAD, W_PAD)
-    acc = tl.zeros((IMAGES * H_PAD, W_PAD), dtype=tl.float32)
-    for cell in range(CELL_BEGIN, CELL_END):
-        bottom = _clamped_prefix_rows(prefix_desc, totals, first, tl.load(hi_ptr + cell), H, IMAGES, H_PAD, W_PAD)
-        acc = tl.dot(bottom - top, blocks_desc.load([(c * CELLS + cell) * W_PAD, 0]), acc, input_precision=PRECISION)
-        top = bottom
-    u = tl.arange(0, H_PAD)
-    out = (y_ptr + ((n.to(tl.int64) * C + c) * (H * W))[:, None, None] + (u * W)[None, :, None]
-           + w[None, None, :])
-    inside = (n < B)[:, None, None] & (u < H)[None, :, None] & (w < W)[None, None, :]
-    tl.store(out, acc.reshape(IMAGES, H_PAD, W_PAD), mask=inside)
-
-
-@triton.jit
 def _plane_box_kernel(x_ptr, blocks_ptr, wide_blocks_ptr, exponents_ptr, bands_ptr, row_lags_ptr, wide_ptr,
                       y_ptr, C, H: tl.constexpr, W: tl.constexpr, CELLS, ROW_LAGS, WIDE_CELLS, BOX_BITS,
                       PRECISION: tl.constexpr, UPCAST: tl.constexpr, HI_LO: tl.constexpr,
@@ -572,10 +528,9 @@ def _box_products_kernel(dy_ptr, prefix_ptr, lo_ptr, hi_ptr, out_ptr, B, C, H: t
 
 
 @triton.jit
-def _column_prefix_kernel(x_ptr, out_ptr, B, C, H: tl.constexpr, W: tl.constexpr, BLOCK_H: tl.constexpr,
-                          BLOCK_W: tl.constexpr, CHANNEL_MAJOR: tl.constexpr):
-    """out[n, c, u, w] = Σ_{h<u} x[n, c, h, w] in fp32 (fp64 for fp64) for u = 0..H; with
-    CHANNEL_MAJOR out is (C, B, H+1, W) instead.
+def _column_prefix_kernel(x_ptr, out_ptr, H: tl.constexpr, W: tl.constexpr, BLOCK_H: tl.constexpr,
+                          BLOCK_W: tl.constexpr):
+    """out[n, c, u, w] = Σ_{h<u} x[n, c, h, w] in fp32 (fp64 for fp64) for u = 0..H.
 
     Program = one (n, c) plane, one BLOCK_W strip of columns; rows go BLOCK_H at a time
     with the running column sums carried between chunks.
@@ -585,7 +540,7 @@ def _column_prefix_kernel(x_ptr, out_ptr, B, C, H: tl.constexpr, W: tl.constexpr
     w = strip * BLOCK_W + tl.arange(0, BLOCK_W)
     rows = tl.arange(0, BLOCK_H)
     source = x_ptr + plane * (H * W)
-    target = out_ptr + ((plane % C) * B + plane // C if CHANNEL_MAJOR else plane) * ((H + 1) * W)
+    target = out_ptr + plane * ((H + 1) * W)
     tl.store(target + w, tl.zeros((BLOCK_W,), dtype=acc_dtype), mask=w < W)
     carry = tl.zeros((BLOCK_W,), dtype=acc_dtype)
     for h0 in range(0, H, BLOCK_H):
@@ -795,34 +750,22 @@ def box_conv_tile(dtype: torch.dtype, padded: int) -> tuple[int, int, int]:
     return (128, 8, 1) if padded <= 32 else (32, 2, 3)
 
 
-def box_conv_tma_tile(height: int) -> tuple[int, int, int]:
-    """``box_conv_triton``'s default (images per program, num_warps, num_stages) for its TMA kernel
-    on planes of ``height`` rows."""
-    return (1, 4, 2) if padded_width(height) > 32 else (4, 4, 2)
-
-
 def box_conv_triton(x: torch.Tensor, blocks: torch.Tensor, grid: Sequence[int], block_m: int | None = None,
                     num_warps: int | None = None, num_stages: int | None = None,
-                    precision: str | None = None, tma: bool | None = None,
-                    images_per_program: int | None = None) -> torch.Tensor:
+                    precision: str | None = None) -> torch.Tensor:
     """Triton twin of ``toeplitz.box_conv``: x (B, C, H, W), R (C, k', Wp, Wp) in x.dtype -> (B, C, H, W).
 
     A program computes ``block_m`` image rows (n, h) of one channel; cells whose lags miss the
     image entirely are skipped. ``precision``: tl.dot's input precision for fp32 (default "tf32x3").
-    Default tiles: ``box_conv_tile``. ``tma`` (fp32 only; default where ``tma_applies``): the kernel
-    that moves its tiles by TMA, ``images_per_program`` whole images of a channel per program
-    (``box_conv_tma_tile`` for its defaults; ``block_m`` does not apply).
+    Default tiles: ``box_conv_tile``.
     """
     x = x.contiguous()
     batch, channels, height, width = x.shape
-    lags_lo, lags_hi, cells = _cell_lag_tensors(grid, x.device)
-    reach, narrow, wide = _cells_by_width(grid, height, 1)
-    if x.dtype == torch.float32 and (tma_applies(x) if tma is None else tma):
-        return _box_conv_tma(x, blocks, reach, lags_lo, lags_hi, cells, num_warps, num_stages,
-                             precision, images_per_program)
     block_m, num_warps, num_stages = (given or default for given, default in
                                       zip((block_m, num_warps, num_stages), box_conv_tile(x.dtype, blocks.shape[-1])))
     prefix = column_prefix_triton(x)
+    lags_lo, lags_hi, cells = _cell_lag_tensors(grid, x.device)
+    reach, narrow, wide = _cells_by_width(grid, height, 1)
     narrow, wide = _offsets_tensor(narrow, x.device), _offsets_tensor(wide, x.device)
     if x.dtype == torch.float64:
         block_m = 16  # the fp64 fallback holds a (BLOCK_M, Wp, Wp) product
@@ -835,28 +778,6 @@ def box_conv_triton(x: torch.Tensor, blocks: torch.Tensor, grid: Sequence[int], 
         HI_LO=x.dtype in (torch.bfloat16, torch.float16), BLOCK_M=block_m,
         W_PAD=blocks.shape[-1], num_warps=num_warps, num_stages=num_stages)
     return y.to(x.dtype)
-
-
-def _box_conv_tma(x: torch.Tensor, blocks: torch.Tensor, reach: tuple[int, ...], lags_lo: torch.Tensor,
-                  lags_hi: torch.Tensor, cells: int, num_warps: int | None, num_stages: int | None,
-                  precision: str | None, images_per_program: int | None) -> torch.Tensor:
-    """``box_conv_triton`` by ``_box_conv_tma_kernel`` (fp32 x, 16-byte rows)."""
-    from triton.tools.tensor_descriptor import TensorDescriptor
-
-    batch, channels, height, width = x.shape
-    images, num_warps, num_stages = (given or default for given, default in
-                                     zip((images_per_program, num_warps, num_stages), box_conv_tma_tile(height)))
-    h_pad, w_pad = padded_width(height), blocks.shape[-1]
-    prefix = column_prefix_triton(x, channel_major=True)
-    blocks = blocks.to(x.dtype).contiguous()
-    y = torch.empty_like(x)
-    _box_conv_tma_kernel[(triton.cdiv(batch, images), channels)](
-        TensorDescriptor.from_tensor(prefix.view(channels * batch, height + 1, width), [images, h_pad, w_pad]),
-        prefix, TensorDescriptor.from_tensor(blocks.view(-1, w_pad), [w_pad, w_pad]), lags_lo, lags_hi, y,
-        batch, channels, height, width, cells, reach[0], reach[-1] + 1,
-        PRECISION=precision or _dot_precision(x.dtype), IMAGES=images, H_PAD=h_pad, W_PAD=w_pad,
-        num_warps=num_warps, num_stages=num_stages)
-    return y
 
 
 def _band_table(grid: tuple[int, ...], padded: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
@@ -1058,17 +979,16 @@ def _column_blocks(weight: torch.Tensor, grid: Sequence[int], width: int, dtype:
     return blocks.to(dtype), (half if half_copy else None), (exponents if half_copy else None)
 
 
-def column_prefix_triton(x: torch.Tensor, channel_major: bool = False) -> torch.Tensor:
+def column_prefix_triton(x: torch.Tensor) -> torch.Tensor:
     """Triton twin of ``toeplitz.column_prefix``: (B, C, H, W) -> (B, C, H+1, W), exclusive prefix
-    sums along H in fp32 (fp64 for fp64), in one pass over x; ``channel_major``: (C, B, H+1, W)."""
+    sums along H in fp32 (fp64 for fp64), in one pass over x."""
     x = x.contiguous()
     batch, channels, height, width = x.shape
-    shape = (channels, batch) if channel_major else (batch, channels)
-    prefix = torch.empty(*shape, height + 1, width, device=x.device, dtype=accumulate_dtype(x.dtype))
+    prefix = torch.empty(batch, channels, height + 1, width, device=x.device, dtype=accumulate_dtype(x.dtype))
     block_w = min(64, triton.next_power_of_2(width))
     block_h = max(1, min(triton.next_power_of_2(height), 4096 // block_w))
     _column_prefix_kernel[(batch * channels, triton.cdiv(width, block_w))](
-        x, prefix, batch, channels, height, width, BLOCK_H=block_h, BLOCK_W=block_w, CHANNEL_MAJOR=channel_major)
+        x, prefix, height, width, BLOCK_H=block_h, BLOCK_W=block_w)
     return prefix
 
 

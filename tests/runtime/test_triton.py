@@ -137,7 +137,7 @@ def test_toeplitz_kernels_match_their_torch_twins(grid, batch, height, width, dt
     assert relative_error(got, toeplitz.toeplitz_conv(x, kernel).double()) <= KERNEL_TOLERANCE[dtype]
     blocks = toeplitz.column_blocks(weight, grid, width, dtype)
     box_twin = toeplitz.box_conv(x, blocks, grid).double()
-    got = triton_kernels.box_conv_triton(x.to(DEVICE), blocks.to(DEVICE), grid, block_m=16, tma=False).cpu()
+    got = triton_kernels.box_conv_triton(x.to(DEVICE), blocks.to(DEVICE), grid, block_m=16).cpu()
     assert relative_error(got, box_twin) <= KERNEL_TOLERANCE[dtype]
     tma_options = (False, True) if triton_kernels.tma_applies(x.to(DEVICE)) else (False,)
     half_options = (False, True) if dtype in (torch.bfloat16, torch.float16) else (False,)
@@ -150,22 +150,6 @@ def test_toeplitz_kernels_match_their_torch_twins(grid, batch, height, width, dt
     assert relative_error(got, box_twin) <= KERNEL_TOLERANCE[dtype]
     products = triton_kernels.box_products_triton(dy.to(DEVICE), x.to(DEVICE), grid, block_k=16).cpu()
     assert relative_error(products, toeplitz.box_products(dy, x, grid).double()) <= 1e-5
-
-
-@needs_kernels
-@settings(max_examples=6, deadline=None)
-@given(grid=grids(max_cells=5, max_cell=4), batch=st.integers(1, 5), height=st.integers(1, 20),
-       width=st.sampled_from([4, 8, 12, 16]), images=st.sampled_from([1, 2, 4]), seed=st.integers(0, 2**16))
-@example(grid=(9, 3, 1, 3, 9), batch=3, height=5, width=4, images=2, seed=0)  # boxes past both plane edges
-def test_fp32_box_form_by_tma_matches_its_torch_twin(grid, batch, height, width, images, seed):
-    """The TMA kernel reads prefix rows past the plane as zeros and adds the column totals where the
-    prefix holds them; a program takes whole images of a channel, the batch's last tile partly empty."""
-    from runtime import toeplitz
-    x, weight = random_inputs(batch, 2, height, width, grid, torch.float32, seed)
-    blocks = toeplitz.column_blocks(weight, grid, width, torch.float32)
-    got = triton_kernels.box_conv_triton(x.to(DEVICE), blocks.to(DEVICE), grid, tma=True,
-                                         images_per_program=images).cpu()
-    assert relative_error(got, toeplitz.box_conv(x, blocks, grid).double()) <= KERNEL_TOLERANCE[torch.float32]
 
 
 @needs_kernels
@@ -288,8 +272,6 @@ def test_column_prefix_kernel_matches_its_torch_twin(height, width, dtype, seed)
     expected = toeplitz.column_prefix(x)
     assert got.dtype == expected.dtype and got.shape == (2, 3, height + 1, width)
     assert relative_error(got, expected.double()) <= {torch.float64: 1e-12}.get(dtype, 1e-6)
-    by_channel = triton_kernels.column_prefix_triton(x.to(DEVICE), channel_major=True).cpu()
-    assert torch.equal(by_channel, got.transpose(0, 1))
 
 
 @needs_kernels
