@@ -21,8 +21,6 @@ form's configurations can be replaced, e.g. ``--rowtoeplitz 64/128/4/2,32/128/4/
 * ``planetma``: the plane box, tiles moved by TMA (as ``plane``[/images per program, 0 the launcher's
   default]; auto's where TMA applies);
 * ``box``: the box-form GEMM (rows/warps/stages);
-* ``boxsplit``: the box form for fp32 as TF32 products of split operands (rows/warps/stages/K chunk/R gathered
-  from the lag kernel 1 or read from column blocks 0);
 * ``boxgrad`` and ``satgrad``: grad-weight by box products (K/warps/stages) or SAT tap sums.
 
     python3 bench/bench_forms.py --out forms.md
@@ -52,7 +50,6 @@ CONFIGS: dict[str, list[tuple[int, ...]]] = {
     "plane": [(4, 1, 1)],
     "planetma": [(4, 2, 1, 0), (4, 2, 1, 1), (4, 3, 1, 1)],
     "box": [(32, 2, 3), (64, 4, 2), (128, 8, 1), (128, 4, 1)],
-    "boxsplit": [(64, 4, 1, 32, 1), (64, 4, 1, 16, 1), (128, 8, 1, 32, 1), (64, 4, 1, 32, 0), (256, 8, 1, 32, 0)],
     "boxgrad": [(32, 4, 1)],
     "satgrad": [],
 }
@@ -110,12 +107,6 @@ def candidates(x: torch.Tensor, w: torch.Tensor, dy: torch.Tensor, grid: tuple[i
             kernels.plane_blocks_triton),
         "box": lambda rows, warps, stages: with_blocks(lambda images, blocks, cells: kernels.box_conv_triton(
             images, blocks, cells, rows, warps, stages)),
-        "boxsplit": lambda rows, warps, stages, chunk, gather: (
-            with_lags(lambda images, kernel: kernels.box_split_triton(images, kernel, grid, True, rows, warps, stages,
-                                                                      chunk))
-            if gather else
-            with_blocks(lambda images, blocks, cells: kernels.box_split_triton(images, blocks, cells, False, rows,
-                                                                               warps, stages, chunk))),
         "boxgrad": lambda k, warps, stages: (lambda: toeplitz.peripheral_grad_weight_boxes(
             dy, x, grid, lambda d, images, cells: kernels.box_products_triton(d, images, cells, block_k=k,
                                                                               num_warps=warps, num_stages=stages))),
@@ -126,7 +117,7 @@ def candidates(x: torch.Tensor, w: torch.Tensor, dy: torch.Tensor, grid: tuple[i
     # their box sums need a hi/lo pair of products and they lost to Toeplitz everywhere).
     plane = size > 32 or (not half and size > 16)
     fits = {"plane": plane, "planetma": plane and kernels.tma_rows_align(size, x.dtype), "rowtoeplitz": size <= 32,
-            "box": not half, "boxsplit": not half, "sat": not half and size > 32, "satgrad": not half}
+            "box": not half, "sat": not half and size > 32, "satgrad": not half}
     for form, form_configs in configs.items():
         if not fits.get(form, True):
             continue

@@ -353,72 +353,6 @@ def _box_conv_kernel(x_ptr, prefix_ptr, blocks_ptr, lo_ptr, hi_ptr, narrow_ptr, 
 
 
 @triton.jit
-def _tf32_round(t):
-    """fp32 ``t`` rounded to nearest TF32 (10 mantissa bits, ties away from zero; the tensor cores
-    would truncate)."""
-    return ((t.to(tl.int32, bitcast=True) + 4096) & -8192).to(tl.float32, bitcast=True)
-
-
-@triton.jit
-def _tf32_parts(t):
-    """(big, small): TF32 values with t ≈ big + small to about 22 bits (``tf32_parts``)."""
-    big = _tf32_round(t)
-    return big, _tf32_round(t - big)
-
-
-@triton.jit
-def _box_split_kernel(prefix_ptr, big_ptr, small_ptr, lo_ptr, hi_ptr, y_ptr, B, C, H: tl.constexpr, W: tl.constexpr,
-                      CELLS, CELL_BEGIN, CELL_END, BLOCK_M: tl.constexpr, W_PAD: tl.constexpr,
-                      K_CHUNK: tl.constexpr, GATHER: tl.constexpr):
-    """y[n, c, h] = Σ_a X_a[n, c, h] @ R_a[c] (the box form) for fp32 inputs, as TF32 products of split
-    operands: R_a ≈ big + small (split once per call, ``tf32_parts``), X_a = prefix[h + hi_a] -
-    prefix[h + lo_a] split in the kernel, and X_a @ R_a ≈ X_big R_big + X_big R_small + X_small R_big.
-
-    Program = BLOCK_M rows (n, h) of channel c; each cell's W_PAD-deep product goes K_CHUNK columns at
-    a time, so only a (BLOCK_M, K_CHUNK) slice of X_a and its parts is live at once. Each chunk's three
-    products sum as tl.dot's tf32x3 sums them: the two small ones in a fresh accumulator, the big one on
-    top of them, and only then into the running total, in fp32 on the CUDA cores (the tensor cores' own
-    sums drop low bits of addends far below their total). The parts of R_a come from split column blocks
-    (C, k', W_PAD, W_PAD), or with GATHER from the split lag kernel (C, 2H-1, 2W-1), a quarter of the
-    bytes at PeLK's stage 1: R_a[v, w] = Kc[c, r_a, W-1 + v - w] for a lag row r_a of cell a.
-    """
-    pid_m, c = tl.program_id(0), tl.program_id(1)
-    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    h = rows % H
-    plane = (rows // H).to(tl.int64) * C + c
-    w = tl.arange(0, W_PAD)
-    real = rows < B * H
-    acc = tl.zeros((BLOCK_M, W_PAD), dtype=tl.float32)
-    for cell in range(CELL_BEGIN, CELL_END):
-        lo, hi = tl.load(lo_ptr + cell), tl.load(hi_ptr + cell)
-        if GATHER:  # R_a[v, w] = Kc[c, lag row of the cell, W-1 + v - w]
-            row = tl.minimum(tl.maximum(lo, 1 - H), H - 1) + H - 1
-            block = c.to(tl.int64) * ((2 * H - 1) * (2 * W - 1)) + row * (2 * W - 1) + (W - 1)
-        else:
-            block = c.to(tl.int64) * CELLS * (W_PAD * W_PAD) + cell * (W_PAD * W_PAD)
-        for k0 in tl.static_range(0, W_PAD, K_CHUNK):
-            v = k0 + tl.arange(0, K_CHUNK)
-            columns = prefix_ptr + plane[:, None] * ((H + 1) * W) + v[None, :]
-            inside = real[:, None] & (v < W)[None, :]
-            box = _prefix_rows(columns, h, hi, H, W, inside) - _prefix_rows(columns, h, lo, H, W, inside)
-            box_big, box_small = _tf32_parts(box)
-            if GATHER:
-                offsets = block + v[:, None] - w[None, :]
-                mask = (v < W)[:, None] & (w < W)[None, :]
-                r_big = tl.load(big_ptr + offsets, mask=mask, other=0.0)
-                r_small = tl.load(small_ptr + offsets, mask=mask, other=0.0)
-            else:
-                offsets = block + (v * W_PAD)[:, None] + w[None, :]
-                r_big, r_small = tl.load(big_ptr + offsets), tl.load(small_ptr + offsets)
-            part = tl.dot(box_small, r_big, tl.zeros((BLOCK_M, W_PAD), dtype=tl.float32), input_precision="tf32")
-            part = tl.dot(box_big, r_small, part, input_precision="tf32")
-            part = tl.dot(box_big, r_big, tl.where(part == part, part, 0.0), input_precision="tf32")  # NaNs of inf - inf
-            acc += part
-    tl.store(y_ptr + plane[:, None] * (H * W) + (h * W)[:, None] + w[None, :], acc,
-             mask=real[:, None] & (w < W)[None, :])
-
-
-@triton.jit
 def _plane_box_kernel(x_ptr, blocks_ptr, wide_blocks_ptr, exponents_ptr, bands_ptr, row_lags_ptr, wide_ptr,
                       y_ptr, C, H: tl.constexpr, W: tl.constexpr, CELLS, ROW_LAGS, WIDE_CELLS, BOX_BITS,
                       PRECISION: tl.constexpr, UPCAST: tl.constexpr, HI_LO: tl.constexpr,
@@ -844,50 +778,6 @@ def box_conv_triton(x: torch.Tensor, blocks: torch.Tensor, grid: Sequence[int], 
         HI_LO=x.dtype in (torch.bfloat16, torch.float16), BLOCK_M=block_m,
         W_PAD=blocks.shape[-1], num_warps=num_warps, num_stages=num_stages)
     return y.to(x.dtype)
-
-
-def round_to_tf32(t: torch.Tensor) -> torch.Tensor:
-    """fp32 ``t`` rounded to nearest TF32 (ties away from zero), as the kernels' ``_tf32_round``."""
-    return ((t.contiguous().view(torch.int32) + 4096) & -8192).view(torch.float32)
-
-
-def tf32_parts(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """fp32 ``t`` -> (big, small), both TF32 values (low 13 mantissa bits zero), big the nearest TF32
-    to t and small the nearest to t - big: t ≈ big + small to about 22 bits."""
-    big = round_to_tf32(t)
-    return big, round_to_tf32(t - big)
-
-
-def box_split_tile(padded: int) -> tuple[int, int, int, int]:
-    """The split-TF32 box kernel's default (block_m, num_warps, num_stages, k_chunk) for planes padded
-    to ``padded`` columns."""
-    return (64, 4, 1, 32) if padded >= 64 else (128, 8, 1, 32)
-
-
-def box_split_triton(x: torch.Tensor, operand: torch.Tensor, grid: Sequence[int], gather: bool = True,
-                     block_m: int | None = None, num_warps: int | None = None, num_stages: int | None = None,
-                     k_chunk: int | None = None) -> torch.Tensor:
-    """``box_conv_triton`` for fp32 x as TF32 products of split operands (``_box_split_kernel``):
-    x (B, C, H, W) fp32 and, with ``gather``, the lag kernel Kc (C, 2H-1, 2W-1), else column blocks
-    R (C, k', Wp, Wp) -> (B, C, H, W) fp32. Defaults: ``box_split_tile``."""
-    if x.dtype != torch.float32:
-        raise ValueError(f"box_split_triton takes fp32 inputs, got {x.dtype}")
-    block_m, num_warps, num_stages, k_chunk = (given or default for given, default in zip(
-        (block_m, num_warps, num_stages, k_chunk), box_split_tile(padded_width(x.shape[-1]))))
-    x = x.contiguous()
-    batch, channels, height, width = x.shape
-    prefix = column_prefix_triton(x)
-    lags_lo, lags_hi, cells = _cell_lag_tensors(grid, x.device)
-    reach, _, _ = _cells_by_width(grid, height, 1)
-    big, small = tf32_parts(operand.float())
-    padded = padded_width(width)
-    block_m = max(16, min(block_m, triton.next_power_of_2(batch * height)))
-    y = torch.empty_like(x)
-    _box_split_kernel[(triton.cdiv(batch * height, block_m), channels)](
-        prefix, big, small, lags_lo, lags_hi, y, batch, channels, height, width, cells, reach[0], reach[-1] + 1,
-        BLOCK_M=block_m, W_PAD=padded, K_CHUNK=min(k_chunk, padded), GATHER=gather, num_warps=num_warps,
-        num_stages=num_stages)
-    return y
 
 
 def _band_table(grid: tuple[int, ...], padded: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:

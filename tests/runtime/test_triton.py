@@ -146,31 +146,10 @@ def test_toeplitz_kernels_match_their_torch_twins(grid, batch, height, width, dt
             x.to(DEVICE), blocks.to(DEVICE), grid, row_cells=row_cells,  # wider ones by band products
             tma=tma, half_boxes=half_boxes).cpu()
         assert relative_error(got, box_twin) <= KERNEL_TOLERANCE[dtype]
-    if dtype == torch.float32:
-        for operand, gather in ((blocks, False), (kernel, True)):
-            got = triton_kernels.box_split_triton(x.to(DEVICE), operand.to(DEVICE), grid, gather, block_m=16,
-                                                  k_chunk=16).cpu()
-            assert relative_error(got, box_twin) <= KERNEL_TOLERANCE[dtype]
     got = triton_kernels.row_toeplitz_triton(x.to(DEVICE), blocks.to(DEVICE), grid, block_m=16, rows=2).cpu()
     assert relative_error(got, box_twin) <= KERNEL_TOLERANCE[dtype]
     products = triton_kernels.box_products_triton(dy.to(DEVICE), x.to(DEVICE), grid, block_k=16).cpu()
     assert relative_error(products, toeplitz.box_products(dy, x, grid).double()) <= 1e-5
-
-
-@needs_kernels
-def test_fp32_split_box_is_as_accurate_as_tf32x3():
-    """The split-TF32 products sum as tl.dot's tf32x3 does, each product in a fresh accumulator and then
-    into the running total in fp32: summed into the total on the tensor cores they lost bits (1.4e-6
-    against the tf32x3 kernel's 2.1e-7 on the H200). A 40x40 plane pads to 64, as PeLK's stage 1."""
-    from runtime import toeplitz
-    grid = (9, 8, 4, 2, 1, 1, 1, 2, 4, 8, 9)
-    x, weight = random_inputs(2, 3, 40, 40, grid, torch.float32, 0)
-    reference = peripheral_conv2d_reference(x.double(), weight.double(), grid)
-    blocks = toeplitz.column_blocks(weight, grid, 40, torch.float32)
-    kernel = toeplitz.lag_kernel(weight, grid, 40, 40, torch.float32)
-    box = triton_kernels.box_conv_triton(x.to(DEVICE), blocks.to(DEVICE), grid).cpu()
-    split = triton_kernels.box_split_triton(x.to(DEVICE), kernel.to(DEVICE), grid).cpu()
-    assert relative_error(split, reference) <= 2 * relative_error(box, reference)
 
 
 @needs_kernels
