@@ -19,7 +19,8 @@ form's configurations can be replaced, e.g. ``--rowtoeplitz 64/128/4/2,32/128/4/
 * ``plane``: the plane box, tiles loaded through registers (warps/stages/row_cells[/half boxes: 1 one fp16
   product per wide cell, 0 a hi/lo pair, -1 the launcher's default[/register cap]]);
 * ``planetma``: the plane box, tiles moved by TMA (as ``plane``[/images per program, 0 the launcher's
-  default]; auto's where TMA applies);
+  default[/reuse tiles: 1 the centre from the plane and one band per mirror pair, as auto, 0 not[/blocks: 0
+  only those the kernel reads, as auto, 1 R and its fp16 copy for every cell]]]; auto's where TMA applies);
 * ``box``: the box-form GEMM (rows/warps/stages);
 * ``boxgrad`` and ``satgrad``: grad-weight by box products (K/warps/stages) or SAT tap sums.
 
@@ -48,7 +49,7 @@ CONFIGS: dict[str, list[tuple[int, ...]]] = {
     "toeplitz": [(0, 0, 0, 4, 0)],
     "rowtoeplitz": [(64, 128, 4, 2), (64, 128, 4, 3), (64, 256, 8, 2), (32, 128, 4, 2)],
     "plane": [(4, 1, 1)],
-    "planetma": [(4, 2, 1, 0), (4, 2, 1, 1), (4, 3, 1, 1)],
+    "planetma": [(4, 2, 1, -1, 0, 0, 0, 1), (4, 2, 1, -1, 0, 0, 0, 0), (4, 2, 1)],
     "box": [(32, 2, 3), (64, 4, 2), (128, 8, 1), (128, 4, 1)],
     "boxgrad": [(32, 4, 1)],
     "satgrad": [],
@@ -81,6 +82,12 @@ def candidates(x: torch.Tensor, w: torch.Tensor, dy: torch.Tensor, grid: tuple[i
     def with_blocks(conv, blocks=kernels.column_blocks_triton):
         return lambda: toeplitz.peripheral_conv2d_box(x, w, grid, conv, blocks)
 
+    def plane_blocks(row_cells, half_boxes):
+        """The plane box's blocks for its row_cells; R alone (every cell) where its half boxes are off."""
+        if half_boxes == 0:
+            return kernels.column_blocks_triton
+        return lambda weight, cells, width, dtype: kernels.plane_blocks_triton(weight, cells, width, dtype, row_cells)
+
     def with_lags(conv):
         return lambda: toeplitz.peripheral_conv2d_lags(x, w, grid, conv)
 
@@ -98,13 +105,13 @@ def candidates(x: torch.Tensor, w: torch.Tensor, dy: torch.Tensor, grid: tuple[i
             lambda planes, blocks, cells: kernels.plane_box_conv_triton(
                 planes, blocks, cells, warps, stages, row_cells, tma=False,
                 half_boxes=None if half_boxes < 0 else bool(half_boxes), max_registers=registers or None),
-            kernels.plane_blocks_triton),
-        "planetma": lambda warps, stages, row_cells, half_boxes=-1, registers=0, images=0: with_blocks(
-            lambda planes, blocks, cells: kernels.plane_box_conv_triton(
+            plane_blocks(row_cells, half_boxes)),
+        "planetma": lambda warps, stages, row_cells, half_boxes=-1, registers=0, images=0, reuse=1, all_blocks=0: (
+            with_blocks(lambda planes, blocks, cells: kernels.plane_box_conv_triton(
                 planes, blocks, cells, warps, stages, row_cells, tma=True,
                 half_boxes=None if half_boxes < 0 else bool(half_boxes), max_registers=registers or None,
-                **({"images_per_program": images} if images else {})),
-            kernels.plane_blocks_triton),
+                reuse_tiles=bool(reuse), **({"images_per_program": images} if images else {})),
+                plane_blocks(None if all_blocks else row_cells, half_boxes))),
         "box": lambda rows, warps, stages: with_blocks(lambda images, blocks, cells: kernels.box_conv_triton(
             images, blocks, cells, rows, warps, stages)),
         "boxgrad": lambda k, warps, stages: (lambda: toeplitz.peripheral_grad_weight_boxes(

@@ -98,7 +98,7 @@ def kernels_at(size: int, grid: tuple[int, ...], dtype: str):
     half_boxes = triton_kernels.half_boxes_apply(TORCH_TYPES[dtype])
     plane_constants = {"PRECISION": precision, "UPCAST": False, "HI_LO": half, "HALF_BOXES": half_boxes,
                        "SCALE_BITS": HALF_SCALE_BITS, "H_PAD": padded_width(size), "W_PAD": padded_width(size)}
-    plane_scalars = ("C", "CELLS", "ROW_LAGS", "WIDE_CELLS", "BOX_BITS")
+    plane_scalars = ("C", "CELLS", "ROW_LAGS", "WIDE_CELLS", "BOX_BITS", "WIDE_PAIRS")  # CENTRE: 1, specialised
     wide_blocks = "fp16" if half_boxes else dtype  # R's fp16 copy, or R itself
     yield ("plane box", triton_kernels._plane_box_kernel,
            {"x_ptr": f"*{dtype}", "blocks_ptr": f"*{dtype}", "wide_blocks_ptr": f"*{wide_blocks}", "exponents_ptr": "*i32",
@@ -111,7 +111,7 @@ def kernels_at(size: int, grid: tuple[int, ...], dtype: str):
                 "wide_blocks_desc": f"tensordesc<{wide_blocks}[{tile}]>", "exponents_ptr": "*i32",
                 "bands_desc": f"tensordesc<{dtype}[{tile}]>", "y_desc": f"tensordesc<{dtype}[1,{tile}]>",
                 "row_lags_ptr": "*i32", "wide_ptr": "*i32"},
-               plane_scalars, {**plane_constants, "PLANES": 2}, 4, 2, None)
+               plane_scalars, {**plane_constants, "PLANES": 2, "CENTRE": 1}, 4, 2, None)
     if size <= 32:
         tile = triton_kernels.row_toeplitz_tile(TORCH_TYPES[dtype], size)
         yield ("row toeplitz", triton_kernels._row_toeplitz_kernel,

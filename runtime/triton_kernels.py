@@ -237,6 +237,15 @@ def _wide_cell_product(acc, box, block, box_exponent, x_dtype: tl.constexpr, PRE
 
 
 @triton.jit
+def _wide_cell(acc, band, x, block, box_exponent, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+               HI_LO: tl.constexpr, HALF_BOXES: tl.constexpr):
+    """acc + (V_a @ x) @ R_a for a wide cell: its box sum as a band product (exact in fp32), then
+    ``_wide_cell_product`` with block = R_a (or its fp16 copy)."""
+    box = _dot_step(tl.zeros(acc.shape, dtype=acc.dtype), band, x, PRECISION, UPCAST)
+    return _wide_cell_product(acc, box, block, box_exponent, x.dtype, PRECISION, UPCAST, HI_LO, HALF_BOXES)
+
+
+@triton.jit
 def _toeplitz_kernel(x_ptr, kc_ptr, y_ptr, B, C, H: tl.constexpr, W: tl.constexpr, LAG_LO, LAG_HI,
                      PRECISION: tl.constexpr, UPCAST: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                      BLOCK_K: tl.constexpr):
@@ -397,7 +406,7 @@ def _plane_box_kernel(x_ptr, blocks_ptr, wide_blocks_ptr, exponents_ptr, bands_p
 
 @triton.jit
 def _plane_box_tma_kernel(x_desc, blocks_desc, wide_blocks_desc, exponents_ptr, bands_desc, y_desc, row_lags_ptr,
-                          wide_ptr, C, CELLS, ROW_LAGS, WIDE_CELLS, BOX_BITS, PRECISION: tl.constexpr,
+                          wide_ptr, C, CELLS, CENTRE, ROW_LAGS, WIDE_PAIRS, WIDE_CELLS, BOX_BITS, PRECISION: tl.constexpr,
                           UPCAST: tl.constexpr, HI_LO: tl.constexpr, HALF_BOXES: tl.constexpr,
                           SCALE_BITS: tl.constexpr, PLANES: tl.constexpr, H_PAD: tl.constexpr, W_PAD: tl.constexpr):
     """``_plane_box_kernel`` with every tile moved by the tensor-memory accelerator (TMA), for PLANES
@@ -410,6 +419,10 @@ def _plane_box_tma_kernel(x_desc, blocks_desc, wide_blocks_desc, exponents_ptr, 
     x_desc, y_desc: (B·C, H, W) with (1, H_PAD, W_PAD) tiles (planes past B·C, an odd B's last pair:
     zeros in, nothing out); blocks_desc, wide_blocks_desc: (C·k'·W_PAD, W_PAD) with (W_PAD, W_PAD)
     tiles; bands_desc: (k'·H_PAD, H_PAD) with (H_PAD, H_PAD) tiles.
+
+    The work lists come from ``_plane_cells``: a centre cell of one row (CENTRE 1) takes the plane
+    already on chip instead of a shifted copy; the first WIDE_PAIRS pairs of wide cells are mirror
+    images (V_mirror = V_aᵀ), so one band tile serves both.
     """
     pair, c = tl.program_id(0), tl.program_id(1)
     plane0 = pair * PLANES * C + c
@@ -419,7 +432,12 @@ def _plane_box_tma_kernel(x_desc, blocks_desc, wide_blocks_desc, exponents_ptr, 
     if PLANES == 2:
         x1 = x_desc.load([plane1, 0, 0]).reshape(H_PAD, W_PAD)
         acc1 = tl.zeros((H_PAD, W_PAD), dtype=acc0.dtype)
-    for index in range(ROW_LAGS):
+    if CENTRE:  # row_lags starts with (centre cell, lag 0): its shifted plane is the plane itself
+        centre_block = blocks_desc.load([(c * CELLS + tl.load(row_lags_ptr)) * W_PAD, 0])
+        acc0 = _dot_step(acc0, x0, centre_block, PRECISION, UPCAST)
+        if PLANES == 2:
+            acc1 = _dot_step(acc1, x1, centre_block, PRECISION, UPCAST)
+    for index in range(CENTRE, ROW_LAGS):
         cell, lag = tl.load(row_lags_ptr + 2 * index), tl.load(row_lags_ptr + 2 * index + 1)
         block = blocks_desc.load([(c * CELLS + cell) * W_PAD, 0])
         acc0 = _dot_step(acc0, x_desc.load([plane0, lag, 0]).reshape(H_PAD, W_PAD), block, PRECISION, UPCAST)
@@ -430,16 +448,25 @@ def _plane_box_tma_kernel(x_desc, blocks_desc, wide_blocks_desc, exponents_ptr, 
     if PLANES == 2:
         box_exponent1, _ = _half_box_scales(x1, exponents_ptr, c, BOX_BITS, SCALE_BITS, HALF_BOXES)
         acc1 = _times_powers_of_two(acc1, box_exponent1, weight_exponent, HALF_BOXES)
-    for index in range(WIDE_CELLS):
+    for index in range(WIDE_PAIRS):
+        cell, mirror = tl.load(wide_ptr + 2 * index), tl.load(wide_ptr + 2 * index + 1)
+        band = bands_desc.load([cell * H_PAD, 0])
+        block = wide_blocks_desc.load([(c * CELLS + cell) * W_PAD, 0])
+        mirror_block = wide_blocks_desc.load([(c * CELLS + mirror) * W_PAD, 0])
+        acc0 = _wide_cell(acc0, band, x0, block, box_exponent0, PRECISION, UPCAST, HI_LO, HALF_BOXES)
+        acc0 = _wide_cell(acc0, tl.trans(band), x0, mirror_block, box_exponent0, PRECISION, UPCAST, HI_LO,
+                          HALF_BOXES)
+        if PLANES == 2:
+            acc1 = _wide_cell(acc1, band, x1, block, box_exponent1, PRECISION, UPCAST, HI_LO, HALF_BOXES)
+            acc1 = _wide_cell(acc1, tl.trans(band), x1, mirror_block, box_exponent1, PRECISION, UPCAST, HI_LO,
+                              HALF_BOXES)
+    for index in range(2 * WIDE_PAIRS, WIDE_CELLS):
         cell = tl.load(wide_ptr + index)
         band = bands_desc.load([cell * H_PAD, 0])
         block = wide_blocks_desc.load([(c * CELLS + cell) * W_PAD, 0])
-        box = _dot_step(tl.zeros((H_PAD, W_PAD), dtype=acc0.dtype), band, x0, PRECISION, UPCAST)
-        acc0 = _wide_cell_product(acc0, box, block, box_exponent0, x0.dtype, PRECISION, UPCAST, HI_LO, HALF_BOXES)
+        acc0 = _wide_cell(acc0, band, x0, block, box_exponent0, PRECISION, UPCAST, HI_LO, HALF_BOXES)
         if PLANES == 2:
-            box = _dot_step(tl.zeros((H_PAD, W_PAD), dtype=acc0.dtype), band, x1, PRECISION, UPCAST)
-            acc1 = _wide_cell_product(acc1, box, block, box_exponent1, x1.dtype, PRECISION, UPCAST, HI_LO,
-                                      HALF_BOXES)
+            acc1 = _wide_cell(acc1, band, x1, block, box_exponent1, PRECISION, UPCAST, HI_LO, HALF_BOXES)
     acc0 = _times_powers_of_two(acc0, -box_exponent0, -weight_exponent, HALF_BOXES)
     y_desc.store([plane0, 0, 0], acc0.to(y_desc.dtype).reshape(1, H_PAD, W_PAD))
     if PLANES == 2:
@@ -552,16 +579,17 @@ def _column_prefix_kernel(x_ptr, out_ptr, H: tl.constexpr, W: tl.constexpr, BLOC
 
 
 @triton.jit
-def _column_blocks_kernel(w_ptr, column_cells_ptr, out_ptr, half_ptr, exponents_ptr, CELLS, W: tl.constexpr,
-                          W_PAD: tl.constexpr, HALF_COPY: tl.constexpr, ROUNDED: tl.constexpr,
+def _column_blocks_kernel(w_ptr, column_cells_ptr, copies_ptr, out_ptr, half_ptr, exponents_ptr, CELLS,
+                          W: tl.constexpr, W_PAD: tl.constexpr, HALF_COPY: tl.constexpr, ROUNDED: tl.constexpr,
                           CELLS_PAD: tl.constexpr, SCALE_BITS: tl.constexpr):
     """out[c, a, q, p] = w[c, a, column_cells[q - p + W - 1]] for q, p < W, else 0 (toeplitz.column_blocks).
 
     Program = one (c, a): the (W_PAD, W_PAD) horizontal Toeplitz block of w_θ's row a, cast to
     out's dtype. column_cells maps a column lag -(W-1)..W-1 to its cell, CELLS beyond the kernel.
-    HALF_COPY: also the block rounded to ROUNDED (out's dtype) and scaled by 2^e_c into fp16 at
-    half_ptr, with e_c from channel c's largest rounded weight, written to exponents_ptr[c]
-    (toeplitz.half_block_exponents and toeplitz.half_blocks).
+    HALF_COPY: the block rounded to ROUNDED (out's dtype) and scaled by 2^e_c into fp16 at half_ptr,
+    with e_c from channel c's largest rounded weight, written to exponents_ptr[c]
+    (toeplitz.half_block_exponents and toeplitz.half_blocks); copies_ptr[a] says which cell a gets:
+    1 the out block, 2 the fp16 one, 3 both.
     """
     c, a = tl.program_id(0).to(tl.int64), tl.program_id(1)
     q = tl.arange(0, W_PAD)[:, None]
@@ -571,14 +599,17 @@ def _column_blocks_kernel(w_ptr, column_cells_ptr, out_ptr, half_ptr, exponents_
     row = w_ptr + (c * CELLS + a) * CELLS
     value = tl.load(row + cell, mask=inside & (cell < CELLS), other=0.0)
     block = (c * CELLS + a) * (W_PAD * W_PAD) + q * W_PAD + p
-    tl.store(out_ptr + block, value.to(out_ptr.dtype.element_ty))
+    copies = tl.load(copies_ptr + a) if HALF_COPY else 1
+    if copies & 1:
+        tl.store(out_ptr + block, value.to(out_ptr.dtype.element_ty))
     if HALF_COPY:
         k = tl.arange(0, CELLS_PAD)
         weights = tl.load(w_ptr + c * CELLS * CELLS + k[:, None] * CELLS + k[None, :],
                           mask=(k < CELLS)[:, None] & (k < CELLS)[None, :], other=0.0)
         amax = tl.max(tl.max(tl.abs(weights.to(ROUNDED).to(tl.float32)), axis=1), axis=0)
         exponent = _clamp_exponent(SCALE_BITS - _float_exponent(amax))
-        tl.store(half_ptr + block, (value.to(ROUNDED).to(tl.float32) * _power_of_two(exponent)).to(tl.float16))
+        if copies & 2:
+            tl.store(half_ptr + block, (value.to(ROUNDED).to(tl.float32) * _power_of_two(exponent)).to(tl.float16))
         if a == 0:
             tl.store(exponents_ptr + c, exponent)
 
@@ -608,16 +639,36 @@ def _cells_by_width(grid: Sequence[int], height: int, narrow_rows: int
     return reach, narrow, tuple(cell for cell in reach if cell not in narrow)
 
 
-def _plane_cells(grid: tuple[int, ...], height: int, row_cells: int,
-                 device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """The plane box's work list for an image of ``height`` rows, as int32 tensors: the (cell, lag)
-    pairs of the cells of at most ``row_cells`` rows, flattened (lags that miss the image left out),
-    and the wider cells within reach."""
+class PlaneCells(NamedTuple):
+    """The plane box's work list (``_plane_cells``). row_lags: the (cell, lag) pairs of the cells taken
+    row by row, flattened, int32, the centre's (cell, 0) first where ``centre`` (1, else 0); wide: the
+    wider cells, int32, the first ``mirror_pairs`` pairs of them mirror images (lags [lo, hi) and
+    [1 - hi, 1 - lo): V_mirror = V_aᵀ)."""
+
+    row_lags: torch.Tensor
+    wide: torch.Tensor
+    centre: int
+    mirror_pairs: int
+
+
+def _plane_cells(grid: tuple[int, ...], height: int, row_cells: int, device: torch.device,
+                 reuse_tiles: bool = True) -> PlaneCells:
+    """The plane box's work list for an image of ``height`` rows: the cells of at most ``row_cells``
+    rows lag by lag (lags that miss the image left out), the wider cells within reach. With
+    ``reuse_tiles`` ordered so the TMA kernel can reuse what it holds: the one-row centre first (its
+    shifted plane is the plane), mirror images in pairs (one band tile for both)."""
     _, narrow, wide = _cells_by_width(grid, height, row_cells)
     ranges = cell_lag_ranges(grid)
-    pairs = tuple(value for cell in narrow for lag in range(*ranges[cell]) if abs(lag) < height
-                  for value in (cell, lag))
-    return _offsets_tensor(pairs, device), _offsets_tensor(wide, device)
+    lags = [(cell, lag) for cell in narrow for lag in range(*ranges[cell]) if abs(lag) < height]
+    centre = int(reuse_tiles and any(lag == 0 and ranges[cell] == (0, 1) for cell, lag in lags))
+    if centre:
+        lags.sort(key=lambda pair: pair[1] != 0)
+    pairs = [(cell, mirror) for cell in wide for mirror in wide
+             if reuse_tiles and cell < mirror and ranges[mirror] == (1 - ranges[cell][1], 1 - ranges[cell][0])]
+    paired = {cell for pair in pairs for cell in pair}
+    order = [cell for pair in pairs for cell in pair] + [cell for cell in wide if cell not in paired]
+    return PlaneCells(_offsets_tensor(tuple(value for pair in lags for value in pair), device),
+                      _offsets_tensor(tuple(order), device), centre, len(pairs))
 
 
 def _plane_blocks(height: int, width: int) -> tuple[int, int]:
@@ -805,11 +856,15 @@ def tma_applies(x: torch.Tensor) -> bool:
 
 class PlaneBlocks(NamedTuple):
     """The plane box's weights: R (C, k', Wp, Wp) in x's dtype for the row-by-row cells and, for
-    ``half_boxes_apply`` dtypes, R·2^e_c in fp16 with the exponents e_c (C,) int32 for the wide cells."""
+    ``half_boxes_apply`` dtypes, R·2^e_c in fp16 with the exponents e_c (C,) int32 for the wide cells.
+    ``row_cells``: where set, R holds only the cells of at most that many rows and the fp16 copy only
+    the wider ones (``plane_blocks_triton`` writes no block the plane box will not read); None: both
+    hold every cell."""
 
     blocks: torch.Tensor
     half: torch.Tensor | None = None
     exponents: torch.Tensor | None = None
+    row_cells: int | None = None
 
 
 def half_boxes_apply(dtype: torch.dtype) -> bool:
@@ -819,12 +874,15 @@ def half_boxes_apply(dtype: torch.dtype) -> bool:
     return dtype == torch.bfloat16
 
 
-def plane_blocks_triton(weight: torch.Tensor, grid: Sequence[int], width: int, dtype: torch.dtype) -> PlaneBlocks:
+def plane_blocks_triton(weight: torch.Tensor, grid: Sequence[int], width: int, dtype: torch.dtype,
+                        row_cells: int | None = 1) -> PlaneBlocks:
     """w_θ (C, 1, k', k') -> ``PlaneBlocks`` in one kernel: ``column_blocks_triton`` and, where
-    ``half_boxes_apply``, its fp16 copy scaled per channel (toeplitz.half_blocks)."""
+    ``half_boxes_apply``, its fp16 copy scaled per channel (toeplitz.half_blocks). With the copy,
+    ``row_cells`` is the plane box's (cells of at most that many rows go row by row): R is written
+    only for those cells and the copy only for the others, half the bytes (None: both for every cell)."""
     if not half_boxes_apply(dtype):
         return PlaneBlocks(column_blocks_triton(weight, grid, width, dtype))
-    return PlaneBlocks(*_column_blocks(weight, grid, width, dtype, half_copy=True))
+    return PlaneBlocks(*_column_blocks(weight, grid, width, dtype, half_copy=True, row_cells=row_cells), row_cells)
 
 
 def _as_plane_blocks(blocks: torch.Tensor | PlaneBlocks, dtype: torch.dtype, half_boxes: bool) -> PlaneBlocks:
@@ -834,9 +892,12 @@ def _as_plane_blocks(blocks: torch.Tensor | PlaneBlocks, dtype: torch.dtype, hal
         blocks = PlaneBlocks(blocks)
     rounded = blocks.blocks.to(dtype).contiguous()
     if not half_boxes:
+        if blocks.row_cells is not None:
+            raise ValueError("these PlaneBlocks hold R only for cells of at most "
+                             f"{blocks.row_cells} rows; without half boxes the wide cells need it too")
         return PlaneBlocks(rounded)
     if blocks.half is not None:
-        return PlaneBlocks(rounded, blocks.half, blocks.exponents)
+        return PlaneBlocks(rounded, blocks.half, blocks.exponents, blocks.row_cells)
     exponents = half_block_exponents(rounded)
     return PlaneBlocks(rounded, half_blocks(rounded, exponents).contiguous(), exponents)
 
@@ -844,7 +905,8 @@ def _as_plane_blocks(blocks: torch.Tensor | PlaneBlocks, dtype: torch.dtype, hal
 def plane_box_conv_triton(x: torch.Tensor, blocks: torch.Tensor | PlaneBlocks, grid: Sequence[int],
                           num_warps: int = 4, num_stages: int | None = None, row_cells: int = 1,
                           tma: bool | None = None, half_boxes: bool | None = None,
-                          max_registers: int | None = None, images_per_program: int = 2) -> torch.Tensor:
+                          max_registers: int | None = None, images_per_program: int = 2,
+                          reuse_tiles: bool = True) -> torch.Tensor:
     """Triton twin of ``toeplitz.box_conv`` with the box sums as tensor-core products:
     x (B, C, H, W), R (C, k', Wp, Wp) or ``PlaneBlocks`` -> (B, C, H, W).
 
@@ -856,7 +918,9 @@ def plane_box_conv_triton(x: torch.Tensor, blocks: torch.Tensor | PlaneBlocks, g
     ``max_registers``: ptxas' register cap per thread (default none). ``images_per_program`` (TMA
     only): 1 or 2 planes of a channel per program, sharing its blocks and bands (default 2: H200
     stage 1 bf16 0.077 / 0.096 ms at K=51 / 101 against 0.081 / 0.100 for one,
-    bench/results/2026-12-04-h200-forms-image-pairs.md). Defaults from
+    bench/results/2026-12-04-h200-forms-image-pairs.md). ``reuse_tiles`` (TMA only): the one-row centre
+    cell's product takes the plane on chip, mirror-image wide cells share one band tile (``_plane_cells``).
+    Defaults from
     sweeps at stage 1 bf16: 4 warps, one-row cells row by row; TMA with 2 stages, 0.101 / 0.129 ms at
     K=51 / 101 on the H200 against 0.113 / 0.144 for the register loads at their best, one stage
     (bench/results/2026-12-03-h200-forms-tma.md). The register-load kernel on the H100: 0.125 ms at
@@ -870,13 +934,15 @@ def plane_box_conv_triton(x: torch.Tensor, blocks: torch.Tensor | PlaneBlocks, g
                                                                                                   torch.float16)
     num_stages = num_stages or (2 if tma else 1)
     cells = len(grid)
-    row_lags, wide = _plane_cells(tuple(grid), height, row_cells, x.device)
+    work = _plane_cells(tuple(grid), height, row_cells, x.device, reuse_tiles)
     box_bits = max(hi - lo for lo, hi in cell_lag_ranges(tuple(grid))).bit_length()  # 2^bits > rows of any cell
     padded, w_pad = padded_width(height), padded_width(width)
     bands = _band_table(tuple(grid), padded, x.dtype, x.device)
-    blocks, half, exponents = _as_plane_blocks(blocks, x.dtype, half_boxes)
+    blocks, half, exponents, blocks_row_cells = _as_plane_blocks(blocks, x.dtype, half_boxes)
+    if blocks_row_cells not in (None, row_cells):
+        raise ValueError(f"the PlaneBlocks were written for row_cells={blocks_row_cells}, got {row_cells}")
     wide_blocks = half if half_boxes else blocks
-    exponents = exponents if half_boxes else wide  # any int32 tensor: the kernels read it only with half_boxes
+    exponents = exponents if half_boxes else work.wide  # any int32 tensor: the kernels read it only with half_boxes
     y = torch.empty_like(x, dtype=_output_dtype(x.dtype))
     options = dict(PRECISION=_dot_precision(x.dtype), UPCAST=_upcast(x.dtype),
                    HI_LO=x.dtype in (torch.bfloat16, torch.float16), HALF_BOXES=half_boxes,
@@ -892,12 +958,12 @@ def plane_box_conv_triton(x: torch.Tensor, blocks: torch.Tensor | PlaneBlocks, g
             TensorDescriptor.from_tensor(wide_blocks.view(-1, w_pad), [w_pad, w_pad]), exponents,
             TensorDescriptor.from_tensor(bands.view(-1, padded), [padded, padded]),
             TensorDescriptor.from_tensor(y.view(planes, height, width), [1, padded, w_pad]),
-            row_lags, wide, channels, cells, row_lags.numel() // 2, wide.numel(), box_bits,
-            PLANES=images_per_program, **options)
+            work.row_lags, work.wide, channels, cells, work.centre, work.row_lags.numel() // 2, work.mirror_pairs,
+            work.wide.numel(), box_bits, PLANES=images_per_program, **options)
     else:
         _plane_box_kernel[(batch, channels)](
-            x, blocks, wide_blocks, exponents, bands, row_lags, wide, y, channels, height, width, cells,
-            row_lags.numel() // 2, wide.numel(), box_bits, **options)
+            x, blocks, wide_blocks, exponents, bands, work.row_lags, work.wide, y, channels, height, width, cells,
+            work.row_lags.numel() // 2, work.wide.numel(), box_bits, **options)
     return y.to(x.dtype)
 
 
@@ -960,11 +1026,15 @@ def column_blocks_triton(weight: torch.Tensor, grid: Sequence[int], width: int, 
 
 
 def _column_blocks(weight: torch.Tensor, grid: Sequence[int], width: int, dtype: torch.dtype,
-                   half_copy: bool) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-    """(R in ``dtype``, with ``half_copy`` R·2^e_c in fp16 and e_c (C,) int32, else None, None)."""
+                   half_copy: bool, row_cells: int | None = None
+                   ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """(R in ``dtype``, with ``half_copy`` R·2^e_c in fp16 and e_c (C,) int32, else None, None); with
+    ``row_cells``, R only for cells of at most that many rows and the copy only for the others."""
     channels, cells = weight.shape[0], len(grid)
     padded = padded_width(width)
     column_cells = _offsets_tensor(tuple(lag_cells(tuple(grid), width)), weight.device)
+    copies = _offsets_tensor(tuple(3 if row_cells is None else 1 if rows <= row_cells else 2 for rows in grid),
+                             weight.device)
     if weight.dtype != dtype and (weight.dtype == torch.float64 or INTERPRETED):
         # one rounding, as torch's: from fp64 the kernel would round twice (to fp32, then dtype), and
         # the interpreter's fp32 -> bf16 truncates
@@ -973,8 +1043,8 @@ def _column_blocks(weight: torch.Tensor, grid: Sequence[int], width: int, dtype:
     half = torch.empty(blocks.shape, device=weight.device, dtype=torch.float16) if half_copy else blocks
     exponents = torch.empty(channels, device=weight.device, dtype=torch.int32) if half_copy else column_cells
     _column_blocks_kernel[(channels, cells)](
-        weight.contiguous(), column_cells, blocks, half, exponents, cells, width, padded, HALF_COPY=half_copy,
-        ROUNDED=_TRITON_TYPES.get(dtype, tl.float32), CELLS_PAD=triton.next_power_of_2(cells),
+        weight.contiguous(), column_cells, copies, blocks, half, exponents, cells, width, padded,
+        HALF_COPY=half_copy, ROUNDED=_TRITON_TYPES.get(dtype, tl.float32), CELLS_PAD=triton.next_power_of_2(cells),
         SCALE_BITS=HALF_SCALE_BITS, num_warps=4)
     return blocks.to(dtype), (half if half_copy else None), (exponents if half_copy else None)
 

@@ -156,8 +156,10 @@ def test_toeplitz_kernels_match_their_torch_twins(grid, batch, height, width, dt
 @settings(max_examples=6, deadline=None)
 @given(grid=grids(max_cells=5, max_cell=4), height=st.integers(1, 12), width=st.sampled_from([8, 16]),
        dtype=st.sampled_from([torch.float32, torch.bfloat16, torch.float16]), seed=st.integers(0, 2**16))
+@example(grid=(3, 2, 1, 2, 3), height=12, width=16, dtype=torch.bfloat16, seed=0)  # centre and mirror pairs
 def test_plane_box_moves_its_tiles_by_tma_with_the_same_result(grid, height, width, dtype, seed):
-    """The TMA kernel reads shifted planes with rows outside the image as zeros, as the masked loads do."""
+    """The TMA kernel reads shifted planes with rows outside the image as zeros, as the masked loads do,
+    and reuses the plane on chip for the centre and one band for each mirror pair of wide cells."""
     from runtime import toeplitz
     x, weight = random_inputs(2, 3, height, width, grid, dtype, seed)
     x = x.to(DEVICE)
@@ -168,6 +170,21 @@ def test_plane_box_moves_its_tiles_by_tma_with_the_same_result(grid, height, wid
         by_tma, by_loads = (triton_kernels.plane_box_conv_triton(x, blocks, grid, row_cells=row_cells, tma=tma,
                                                                  half_boxes=half_boxes).cpu() for tma in (True, False))
         assert torch.equal(by_tma, by_loads)  # the same products in the same order
+
+
+def test_plane_box_work_list_puts_the_centre_first_and_mirror_images_in_pairs():
+    """PeLK's K=101 grid at stage 1: cells of lags [lo, hi) and [1 - hi, 1 - lo) pair up (V_mirror = V_aᵀ)."""
+    from runtime.toeplitz import cell_lag_ranges
+    grid = (17, 16, 8, 4, 2, 1, 1, 1, 1, 1, 1, 1, 2, 4, 8, 16, 17)
+    work = triton_kernels._plane_cells(grid, 56, 1, torch.device("cpu"))
+    row_lags, wide = work.row_lags.view(-1, 2).tolist(), work.wide.tolist()
+    assert work.centre == 1 and row_lags[0] == [8, 0] and sorted(lag for _, lag in row_lags) == list(range(-3, 4))
+    assert work.mirror_pairs == 5 and sorted(wide) == [0, 1, 2, 3, 4, 12, 13, 14, 15, 16]
+    ranges = cell_lag_ranges(grid)
+    for cell, mirror in zip(wide[0::2], wide[1::2]):
+        assert ranges[mirror] == (1 - ranges[cell][1], 1 - ranges[cell][0])
+    plain = triton_kernels._plane_cells(grid, 56, 1, torch.device("cpu"), reuse_tiles=False)
+    assert (plain.centre, plain.mirror_pairs) == (0, 0) and sorted(plain.wide.tolist()) == sorted(wide)
 
 
 @needs_kernels
@@ -230,12 +247,18 @@ def test_plane_blocks_kernel_scales_its_fp16_copy_as_its_torch_twin(grid, width,
     _, weight = random_inputs(1, 3, 1, width, grid, torch.float64, seed)
     weight = (weight * 2.0 ** weight_scale).to(weight_dtype)
     weight[1] = 0  # an all-zero channel scales by 2^126 and stays zero
-    got = triton_kernels.plane_blocks_triton(weight.to(DEVICE), grid, width, torch.bfloat16)
+    got = triton_kernels.plane_blocks_triton(weight.to(DEVICE), grid, width, torch.bfloat16, row_cells=None)
     blocks = toeplitz.column_blocks(weight, grid, width, torch.bfloat16)
     exponents = toeplitz.half_block_exponents(weight.to(torch.bfloat16))
     assert torch.equal(got.blocks.cpu(), blocks)
     assert torch.equal(got.exponents.cpu(), exponents) and exponents[1] == 126
     assert torch.equal(got.half.cpu(), toeplitz.half_blocks(blocks, exponents))
+    for row_cells in (1, 2):  # as the plane box reads them: R for the cells it takes row by row, fp16 for the rest
+        narrow = torch.tensor(grid) <= row_cells
+        partial = triton_kernels.plane_blocks_triton(weight.to(DEVICE), grid, width, torch.bfloat16, row_cells)
+        assert partial.row_cells == row_cells and torch.equal(partial.exponents.cpu(), exponents)
+        assert torch.equal(partial.blocks.cpu()[:, narrow], blocks[:, narrow])
+        assert torch.equal(partial.half.cpu()[:, ~narrow], got.half.cpu()[:, ~narrow])
     largest = weight.to(torch.bfloat16).float().abs().flatten(1).amax(1) * 2.0 ** exponents
     assert ((largest < 2**15) & ((largest >= 2**14) | (largest == 0) | (exponents.abs() == 126))).all()
 
@@ -258,6 +281,17 @@ def test_plane_box_in_fp16_keeps_bf16_accuracy_at_any_scale(grid, height, width,
         assert torch.isfinite(y).all()
         assert_matches_reference(y, x, weight, grid)
     assert toeplitz.HALF_SCALE_BITS + 1 < 16  # scaled boxes stay below 2^15 < 65504
+
+
+@needs_kernels
+def test_plane_box_refuses_blocks_written_for_another_split_of_its_cells():
+    """Blocks written for row_cells=1 hold no R for two-row cells: a plane box taking them row by row,
+    or every wide cell through R (no half boxes), would read blocks never written."""
+    x, weight = random_inputs(1, 2, 8, 8, (2, 1, 2), torch.bfloat16, 0)
+    blocks = triton_kernels.plane_blocks_triton(weight.to(DEVICE), (2, 1, 2), 8, torch.bfloat16, row_cells=1)
+    for options in ({"row_cells": 2}, {"half_boxes": False}):
+        with pytest.raises(ValueError, match="row_cells|half boxes"):
+            triton_kernels.plane_box_conv_triton(x.to(DEVICE), blocks, (2, 1, 2), **options)
 
 
 @needs_kernels
