@@ -10,6 +10,7 @@ batch. Prints markdown and writes it to ``--out``.
 
     python3 bench/bench_layers.py --out layers.md              # GPU
     python3 bench/bench_layers.py --cpu-crossover               # CPU: sat vs torch
+    python3 bench/bench_layers.py --bounds                      # no GPU: arithmetic lower bounds
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ import torch.nn.functional as F
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from runtime import expand_kernel, peripheral_conv2d  # noqa: E402
 from runtime.op import sat_tap_count  # noqa: E402
+from runtime.toeplitz import cell_lag_ranges, padded_width  # noqa: E402
 
 
 def mirror(outer: list[int]) -> list[int]:
@@ -156,6 +158,47 @@ def cpu_crossover(batch=2, repeats=5) -> list[str]:
         print(lines[-1], flush=True)
     return lines
 
+# Dense tensor-core and FP32 peaks of the H100 SXM / H200 (the same GH100 compute; NVIDIA's datasheets),
+# multiply-adds per second, and the H200's copy bandwidth as bench_layers measured it on 2026-12-04.
+PEAK_MACS = {"bf16": 989.4e12 / 2, "tf32": 494.7e12 / 2, "fp32 fma": 66.9e12 / 2}
+H200_COPY_BANDWIDTH = 4.25e12
+
+
+def forward_forms(grid: list[int], size: int, dtype_name: str) -> list[tuple[str, float, str]]:
+    """(form, multiply-adds per output, peak they run at) of the forward forms that can reach the
+    target at this shape: fp32 as the box form (k'·Wp per output for the cells within reach, times
+    three TF32 products, or one with TF32 opted in) and the SAT taps on FP32 FMAs; bf16 on planes
+    padded to 64 as the plane box (one 64x64x64 product per one-row lag, two per wider cell)."""
+    ranges = [(lo, hi) for lo, hi in cell_lag_ranges(tuple(grid)) if lo < size and hi > 1 - size]
+    box = len(ranges) * padded_width(size)
+    if dtype_name == "fp32":
+        return [("box, 3 TF32 products", 3 * box, "tf32"), ("box, 1 TF32 product (opt-in)", box, "tf32"),
+                ("SAT taps", sat_tap_count(grid, size, size), "fp32 fma")]
+    padded = padded_width(size)
+    if padded != 64:
+        return []
+    products = sum(hi - lo == 1 for lo, hi in ranges) + 2 * sum(hi - lo > 1 for lo, hi in ranges)
+    return [("plane box", products * padded ** 3 / size ** 2, "bf16")]
+
+
+def arithmetic_bounds(batch: int = 64, bandwidth: float = H200_COPY_BANDWIDTH) -> list[str]:
+    """Per layer, dtype and form: issue 4's target, the form's multiply-adds at the GPU's peak rate, and
+    the share of that peak a kernel must sustain to meet the target. No GPU needed."""
+    lines = [f"Batch {batch}, copy bandwidth {bandwidth / 1e12:.2f} TB/s; peaks (multiply-adds/s): "
+             + ", ".join(f"{name} {rate / 1e12:.0f}T" for name, rate in PEAK_MACS.items()), "",
+             "| stage | K | dtype | target µs | form | multiply-adds / output | µs at peak | share of peak needed |",
+             "|" + "---|" * 8]
+    for stage, channels, size, grid in SHAPES:
+        outputs = batch * channels * size * size
+        for dtype_name, dtype in DTYPES.items():
+            floor = 2 * outputs * dtype.itemsize / bandwidth
+            target = max(10 * floor, 20e-6)
+            for form, macs, peak in forward_forms(grid, size, dtype_name):
+                at_peak = outputs * macs / PEAK_MACS[peak]
+                lines.append(f"| {stage} | {sum(grid)} | {dtype_name} | {target * 1e6:.0f} | {form} | {macs:.0f} | "
+                             f"{at_peak * 1e6:.0f} | {at_peak / target:.0%} |")
+    return lines
+
 
 def add_float32_precision_argument(parser: argparse.ArgumentParser) -> None:
     """--float32-matmul-precision, for torch.set_float32_matmul_precision: 'high' lets the fp32 kernels take one
@@ -170,12 +213,16 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--backends", default="triton,sat", help="comma-separated runtime backends")
     parser.add_argument("--cpu-crossover", action="store_true", help="time torch vs sat on the CPU")
+    parser.add_argument("--bounds", action="store_true",
+                        help="no GPU: each forward form's multiply-adds at peak against the target")
     parser.add_argument("--cudagraph", action="store_true",
                         help="time CUDA-graph replays (GPU time without host overhead) instead of eager calls")
     add_float32_precision_argument(parser)
     args = parser.parse_args()
     torch.set_float32_matmul_precision(args.float32_matmul_precision)
-    if args.cpu_crossover:
+    if args.bounds:
+        lines = arithmetic_bounds(args.batch)
+    elif args.cpu_crossover:
         lines = [f"CPU, {torch.get_num_threads()} threads, torch {torch.__version__}", ""] + cpu_crossover()
     else:
         import triton
