@@ -88,13 +88,14 @@ def kernels_at(size: int, grid: tuple[int, ...], dtype: str):
             "BLOCK_K": block_k},
            4, stages, None)
     block_m, warps, stages = triton_kernels.box_conv_tile(TORCH_TYPES[dtype], padded_width(size))
-    yield ("box conv", triton_kernels._box_conv_kernel,
-           {"x_ptr": f"*{dtype}", "prefix_ptr": "*fp32", "blocks_ptr": f"*{dtype}", "lo_ptr": "*i32",
-            "hi_ptr": "*i32", "narrow_ptr": "*i32", "wide_ptr": "*i32", "y_ptr": f"*{dtype}"},
-           ("B", "C", "CELLS", "CELL_BEGIN", "CELL_END", "NARROW", "WIDE"),
-           {"H": size, "W": size, "PRECISION": precision, "UPCAST": False, "HI_LO": half,
-            "BLOCK_M": block_m, "W_PAD": padded_width(size)},
-           warps, stages, None)
+    for split in (False, True) if dtype == "fp32" else (False,):
+        yield ("box conv, TF32-split blocks" if split else "box conv", triton_kernels._box_conv_kernel,
+               {"x_ptr": f"*{dtype}", "prefix_ptr": "*fp32", "blocks_ptr": f"*{dtype}", "low_blocks_ptr": f"*{dtype}",
+                "lo_ptr": "*i32", "hi_ptr": "*i32", "narrow_ptr": "*i32", "wide_ptr": "*i32", "y_ptr": f"*{dtype}"},
+               ("B", "C", "CELLS", "CELL_BEGIN", "CELL_END", "NARROW", "WIDE"),
+               {"H": size, "W": size, "PRECISION": precision, "UPCAST": False, "HI_LO": half, "SPLIT_BLOCKS": split,
+                "BLOCK_M": block_m, "W_PAD": padded_width(size)},
+               warps, stages, None)
     half_boxes = triton_kernels.half_boxes_apply(TORCH_TYPES[dtype])
     plane_constants = {"PRECISION": precision, "UPCAST": False, "HI_LO": half, "HALF_BOXES": half_boxes,
                        "SCALE_BITS": HALF_SCALE_BITS, "H_PAD": padded_width(size), "W_PAD": padded_width(size)}
