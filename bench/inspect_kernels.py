@@ -16,6 +16,7 @@ Run it with the triton the GPU machine has (3.6 there): codegen differs between 
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import re
 import subprocess
@@ -76,8 +77,9 @@ def layout_row(label: str, compiled, ttgir: str) -> str:
             f"{ttgir.count('tt.dot ')} | {ttgir.count('warp_group_dot ')} | {','.join(pendings) or '-'} |")
 
 
-def kernels_at(size: int, grid: tuple[int, ...], dtype: str):
-    """(label, kernel, pointers, scalars, constants, warps, stages, register cap) at the launchers' defaults."""
+def kernels_at(size: int, grid: tuple[int, ...], dtype: str, box_tiles: list[tuple[int, int, int]] | None = None):
+    """(label, kernel, pointers, scalars, constants, warps, stages, register cap) at the launchers' defaults;
+    the box conv also at each (rows, warps, stages) of ``box_tiles``."""
     half = dtype != "fp32"
     precision = "tf32" if half else "tf32x3"
     block_m, block_n, block_k, stages = triton_kernels.toeplitz_tile(TORCH_TYPES[dtype], size, size)
@@ -87,9 +89,11 @@ def kernels_at(size: int, grid: tuple[int, ...], dtype: str):
            {"H": size, "W": size, "PRECISION": precision, "UPCAST": False, "BLOCK_M": block_m, "BLOCK_N": block_n,
             "BLOCK_K": block_k},
            4, stages, None)
-    block_m, warps, stages = triton_kernels.box_conv_tile(TORCH_TYPES[dtype], padded_width(size))
-    for split in (False, True) if dtype == "fp32" else (False,):
-        yield ("box conv, TF32-split blocks" if split else "box conv", triton_kernels._box_conv_kernel,
+    default_tile = triton_kernels.box_conv_tile(TORCH_TYPES[dtype], padded_width(size))
+    for (block_m, warps, stages), split in itertools.product([default_tile] + (box_tiles or []),
+                                                             (False, True) if dtype == "fp32" else (False,)):
+        tile = "" if (block_m, warps, stages) == default_tile else f" {block_m}/{warps}/{stages}"
+        yield (("box conv, TF32-split blocks" if split else "box conv") + tile, triton_kernels._box_conv_kernel,
                {"x_ptr": f"*{dtype}", "prefix_ptr": "*fp32", "blocks_ptr": f"*{dtype}", "low_blocks_ptr": f"*{dtype}",
                 "lo_ptr": "*i32", "hi_ptr": "*i32", "narrow_ptr": "*i32", "wide_ptr": "*i32", "y_ptr": f"*{dtype}"},
                ("B", "C", "CELLS", "CELL_BEGIN", "CELL_END", "NARROW", "WIDE"),
@@ -134,7 +138,9 @@ def main() -> None:
     parser.add_argument("--stages", default="1,2,3,4", help="comma-separated stages of bench_layers.SHAPES")
     parser.add_argument("--dtypes", default="fp32,bf16")
     parser.add_argument("--ptx", help="write each kernel's PTX into this directory")
+    parser.add_argument("--box-tiles", help="also compile the box conv at these rows/warps/stages, e.g. 64/4/2,128/8/2")
     args = parser.parse_args()
+    box_tiles = [tuple(int(v) for v in tile.split("/")) for tile in args.box_tiles.split(",")] if args.box_tiles else []
     stages = {int(v) for v in args.stages.split(",")}
     shapes = {(stage, size): tuple(grid) for stage, _, size, grid in SHAPES if stage in stages}
     print(f"triton {triton.__version__}, target sm_90, the launchers' default tiles\n")
@@ -143,12 +149,12 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|---|")
     for (stage, size), grid in shapes.items():
         for dtype in args.dtypes.split(","):
-            for label, kernel, pointers, scalars, constants, warps, num_stages, cap in kernels_at(size, grid, dtype):
+            for label, kernel, pointers, scalars, constants, warps, num_stages, cap in kernels_at(size, grid, dtype, box_tiles):
                 compiled, ttgir = compile_kernel(kernel, pointers, scalars, constants, warps, num_stages, cap)
                 print(layout_row(f"{stage}, {size}, {dtype}, {label}", compiled, ttgir), flush=True)
                 if args.ptx:
                     os.makedirs(args.ptx, exist_ok=True)
-                    name = f"stage{stage}-{dtype}-{label.replace(' ', '-')}.ptx"
+                    name = f"stage{stage}-{dtype}-{re.sub('[^A-Za-z0-9]+', '-', label)}.ptx"
                     with open(os.path.join(args.ptx, name), "w") as handle:
                         handle.write(compiled.asm["ptx"])
 
