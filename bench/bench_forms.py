@@ -21,8 +21,7 @@ form's configurations can be replaced, e.g. ``--rowtoeplitz 64/128/4/2,32/128/4/
 * ``planetma``: the plane box, tiles moved by TMA (as ``plane``[/images per program, 0 the launcher's
   default[/reuse tiles: 1 the centre from the plane and one band per mirror pair, as auto, 0 not[/blocks: 0
   only those the kernel reads, as auto, 1 R and its fp16 copy for every cell]]]; auto's where TMA applies);
-* ``box``: the box-form GEMM (rows/warps/stages[/split: 1 fp32's column blocks as their TF32 split, read
-  as they are by the three TF32 products, 0 split in registers per cell as auto]);
+* ``box``: the box-form GEMM (rows/warps/stages);
 * ``boxgrad`` and ``satgrad``: grad-weight by box products (K/warps/stages) or SAT tap sums.
 
     python3 bench/bench_forms.py --out forms.md
@@ -51,8 +50,7 @@ CONFIGS: dict[str, list[tuple[int, ...]]] = {
     "rowtoeplitz": [(64, 128, 4, 2), (64, 128, 4, 3), (64, 256, 8, 2), (32, 128, 4, 2)],
     "plane": [(4, 1, 1)],
     "planetma": [(4, 2, 1, -1, 0, 0, 0, 1), (4, 2, 1, -1, 0, 0, 0, 0), (4, 2, 1)],
-    "box": [(32, 2, 3), (64, 4, 2), (128, 8, 1), (128, 4, 1), (32, 2, 3, 1), (64, 4, 2, 1), (64, 4, 3, 1),
-            (128, 8, 1, 1), (128, 8, 2, 1)],
+    "box": [(32, 2, 3), (64, 4, 2), (128, 8, 1), (128, 4, 1)],
     "boxgrad": [(32, 4, 1)],
     "satgrad": [],
 }
@@ -114,9 +112,8 @@ def candidates(x: torch.Tensor, w: torch.Tensor, dy: torch.Tensor, grid: tuple[i
                 half_boxes=None if half_boxes < 0 else bool(half_boxes), max_registers=registers or None,
                 reuse_tiles=bool(reuse), **({"images_per_program": images} if images else {})),
                 plane_blocks(None if all_blocks else row_cells, half_boxes))),
-        "box": lambda rows, warps, stages, split=0: with_blocks(
-            lambda images, blocks, cells: kernels.box_conv_triton(images, blocks, cells, rows, warps, stages),
-            lambda weight, cells, width, dtype: kernels.box_blocks_triton(weight, cells, width, dtype, bool(split))),
+        "box": lambda rows, warps, stages: with_blocks(lambda images, blocks, cells: kernels.box_conv_triton(
+            images, blocks, cells, rows, warps, stages)),
         "boxgrad": lambda k, warps, stages: (lambda: toeplitz.peripheral_grad_weight_boxes(
             dy, x, grid, lambda d, images, cells: kernels.box_products_triton(d, images, cells, block_k=k,
                                                                               num_warps=warps, num_stages=stages))),

@@ -16,7 +16,6 @@ Run it with the triton the GPU machine has (3.6 there): codegen differs between 
 from __future__ import annotations
 
 import argparse
-import itertools
 import os
 import re
 import subprocess
@@ -90,14 +89,13 @@ def kernels_at(size: int, grid: tuple[int, ...], dtype: str, box_tiles: list[tup
             "BLOCK_K": block_k},
            4, stages, None)
     default_tile = triton_kernels.box_conv_tile(TORCH_TYPES[dtype], padded_width(size))
-    for (block_m, warps, stages), split in itertools.product([default_tile] + (box_tiles or []),
-                                                             (False, True) if dtype == "fp32" else (False,)):
+    for block_m, warps, stages in [default_tile] + (box_tiles or []):
         tile = "" if (block_m, warps, stages) == default_tile else f" {block_m}/{warps}/{stages}"
-        yield (("box conv, TF32-split blocks" if split else "box conv") + tile, triton_kernels._box_conv_kernel,
-               {"x_ptr": f"*{dtype}", "prefix_ptr": "*fp32", "blocks_ptr": f"*{dtype}", "low_blocks_ptr": f"*{dtype}",
-                "lo_ptr": "*i32", "hi_ptr": "*i32", "narrow_ptr": "*i32", "wide_ptr": "*i32", "y_ptr": f"*{dtype}"},
+        yield ("box conv" + tile, triton_kernels._box_conv_kernel,
+               {"x_ptr": f"*{dtype}", "prefix_ptr": "*fp32", "blocks_ptr": f"*{dtype}", "lo_ptr": "*i32",
+                "hi_ptr": "*i32", "narrow_ptr": "*i32", "wide_ptr": "*i32", "y_ptr": f"*{dtype}"},
                ("B", "C", "CELLS", "CELL_BEGIN", "CELL_END", "NARROW", "WIDE"),
-               {"H": size, "W": size, "PRECISION": precision, "UPCAST": False, "HI_LO": half, "SPLIT_BLOCKS": split,
+               {"H": size, "W": size, "PRECISION": precision, "UPCAST": False, "HI_LO": half,
                 "BLOCK_M": block_m, "W_PAD": padded_width(size)},
                warps, stages, None)
     half_boxes = triton_kernels.half_boxes_apply(TORCH_TYPES[dtype])

@@ -160,15 +160,6 @@ def half_blocks(blocks: torch.Tensor, exponents: torch.Tensor) -> torch.Tensor:
     return (blocks.float() * scale[:, None, None, None]).to(torch.float16)
 
 
-def tf32_split(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """fp32 values -> (hi, lo), hi rounded to TF32's 10 fraction bits (to nearest, ties away from
-    zero: the low 13 bits of the fp32 pattern rounded off) and lo = values - hi, exact: the operands of
-    three TF32 products, hi·hi + hi·lo + lo·hi, that the box kernel can read as they are."""
-    bits = values.float().contiguous().view(torch.int32)
-    hi = ((bits + 0x1000) & -0x2000).view(torch.float32)
-    return hi, values.float() - hi
-
-
 def box_conv(x: torch.Tensor, blocks: torch.Tensor, grid: tuple[int, ...]) -> torch.Tensor:
     """Y = Σ_a X_a R_a: per kernel-row cell a, the vertical box sum X_a of x over a's row lags
     (from a column prefix sum) times the horizontal Toeplitz block R_a.

@@ -177,22 +177,6 @@ def _dot_step(acc, a, b, PRECISION: tl.constexpr, UPCAST: tl.constexpr):
 
 
 @triton.jit
-def _tf32_hi(value):
-    """fp32 value rounded to TF32 (toeplitz.tf32_split's hi): the low 13 bits of its pattern rounded off."""
-    return ((value.to(tl.int32, bitcast=True) + 0x1000) & -0x2000).to(tl.float32, bitcast=True)
-
-
-@triton.jit
-def _split_tf32_step(acc, a, b_hi, b_lo):
-    """acc + a @ b as three TF32 products, with b given as its split (toeplitz.tf32_split) so that it
-    can go from memory to the tensor cores as it is: a_lo·b_hi + a_hi·b_lo + a_hi·b_hi, small first."""
-    a_hi = _tf32_hi(a)
-    acc = tl.dot(a - a_hi, b_hi, acc, input_precision="tf32")
-    acc = tl.dot(a_hi, b_lo, acc, input_precision="tf32")
-    return tl.dot(a_hi, b_hi, acc, input_precision="tf32")
-
-
-@triton.jit
 def _float_exponent(value):
     """floor(log2 |value|) of fp32 values from their exponent bits (toeplitz.float_exponent)."""
     return ((tl.abs(value).to(tl.int32, bitcast=True) >> 23) & 0xFF) - 127
@@ -332,10 +316,10 @@ def _box_times_block(acc, box, block, half_dtype: tl.constexpr, PRECISION: tl.co
 
 
 @triton.jit
-def _box_conv_kernel(x_ptr, prefix_ptr, blocks_ptr, low_blocks_ptr, lo_ptr, hi_ptr, narrow_ptr, wide_ptr, y_ptr, B,
-                     C, H: tl.constexpr, W: tl.constexpr, CELLS, CELL_BEGIN, CELL_END, NARROW, WIDE,
-                     PRECISION: tl.constexpr, UPCAST: tl.constexpr, HI_LO: tl.constexpr, SPLIT_BLOCKS: tl.constexpr,
-                     BLOCK_M: tl.constexpr, W_PAD: tl.constexpr):
+def _box_conv_kernel(x_ptr, prefix_ptr, blocks_ptr, lo_ptr, hi_ptr, narrow_ptr, wide_ptr, y_ptr, B, C,
+                     H: tl.constexpr, W: tl.constexpr, CELLS, CELL_BEGIN, CELL_END, NARROW, WIDE,
+                     PRECISION: tl.constexpr, UPCAST: tl.constexpr, HI_LO: tl.constexpr, BLOCK_M: tl.constexpr,
+                     W_PAD: tl.constexpr):
     """y[n, c, h] = Σ_a X_a[n, c, h] @ R_a[c] (the box form, toeplitz.box_conv).
 
     Program = BLOCK_M rows (n, h) of channel c: a GEMM over the kernel-row cells within the image's
@@ -344,8 +328,6 @@ def _box_conv_kernel(x_ptr, prefix_ptr, blocks_ptr, low_blocks_ptr, lo_ptr, hi_p
     loads one row set and reuses the last as its top. HI_LO (bf16/fp16): a one-row cell (the NARROW
     at narrow_ptr) reads X_a = x[h + lo_a] straight from the input, exact; a multi-row cell (the
     WIDE at wide_ptr) rounds X_a to half precision and adds the product of its rounding residue.
-    SPLIT_BLOCKS (fp32): blocks_ptr and low_blocks_ptr hold R_a's TF32 split (toeplitz.tf32_split),
-    and each product is ``_split_tf32_step``; otherwise low_blocks_ptr is not read.
     """
     pid_m, c = tl.program_id(0), tl.program_id(1)
     rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -354,8 +336,7 @@ def _box_conv_kernel(x_ptr, prefix_ptr, blocks_ptr, low_blocks_ptr, lo_ptr, hi_p
     w = tl.arange(0, W_PAD)
     inside = (rows < B * H)[:, None] & (w < W)[None, :]
     columns = prefix_ptr + plane[:, None] * ((H + 1) * W) + w[None, :]
-    block_entries = c.to(tl.int64) * CELLS * (W_PAD * W_PAD) + w[:, None] * W_PAD + w[None, :]
-    blocks = blocks_ptr + block_entries
+    blocks = blocks_ptr + c.to(tl.int64) * CELLS * (W_PAD * W_PAD) + w[:, None] * W_PAD + w[None, :]
     acc = tl.zeros((BLOCK_M, W_PAD), dtype=tl.float64 if PRECISION == "ieee" else tl.float32)
     if HI_LO:
         inputs = (x_ptr + plane * (H * W))[:, None]
@@ -374,11 +355,7 @@ def _box_conv_kernel(x_ptr, prefix_ptr, blocks_ptr, low_blocks_ptr, lo_ptr, hi_p
         top = _prefix_rows(columns, h, tl.load(lo_ptr + CELL_BEGIN), H, W, inside)
         for cell in range(CELL_BEGIN, CELL_END):
             bottom = _prefix_rows(columns, h, tl.load(hi_ptr + cell), H, W, inside)
-            if SPLIT_BLOCKS:
-                acc = _split_tf32_step(acc, bottom - top, tl.load(blocks + cell * (W_PAD * W_PAD)),
-                                       tl.load(low_blocks_ptr + block_entries + cell * (W_PAD * W_PAD)))
-            else:
-                acc = _dot_step(acc, bottom - top, tl.load(blocks + cell * (W_PAD * W_PAD)), PRECISION, UPCAST)
+            acc = _dot_step(acc, bottom - top, tl.load(blocks + cell * (W_PAD * W_PAD)), PRECISION, UPCAST)
             top = bottom
     tl.store(y_ptr + plane[:, None] * (H * W) + (h * W)[:, None] + w[None, :], acc.to(y_ptr.dtype.element_ty),
              mask=inside)
@@ -603,8 +580,8 @@ def _column_prefix_kernel(x_ptr, out_ptr, H: tl.constexpr, W: tl.constexpr, BLOC
 
 @triton.jit
 def _column_blocks_kernel(w_ptr, column_cells_ptr, copies_ptr, out_ptr, half_ptr, exponents_ptr, CELLS,
-                          W: tl.constexpr, W_PAD: tl.constexpr, HALF_COPY: tl.constexpr, TF32_SPLIT: tl.constexpr,
-                          ROUNDED: tl.constexpr, CELLS_PAD: tl.constexpr, SCALE_BITS: tl.constexpr):
+                          W: tl.constexpr, W_PAD: tl.constexpr, HALF_COPY: tl.constexpr, ROUNDED: tl.constexpr,
+                          CELLS_PAD: tl.constexpr, SCALE_BITS: tl.constexpr):
     """out[c, a, q, p] = w[c, a, column_cells[q - p + W - 1]] for q, p < W, else 0 (toeplitz.column_blocks).
 
     Program = one (c, a): the (W_PAD, W_PAD) horizontal Toeplitz block of w_θ's row a, cast to
@@ -612,8 +589,7 @@ def _column_blocks_kernel(w_ptr, column_cells_ptr, copies_ptr, out_ptr, half_ptr
     HALF_COPY: the block rounded to ROUNDED (out's dtype) and scaled by 2^e_c into fp16 at half_ptr,
     with e_c from channel c's largest rounded weight, written to exponents_ptr[c]
     (toeplitz.half_block_exponents and toeplitz.half_blocks); copies_ptr[a] says which cell a gets:
-    1 the out block, 2 the fp16 one, 3 both. TF32_SPLIT (fp32 out): out gets the block's TF32 hi and
-    half_ptr (fp32) its lo (toeplitz.tf32_split).
+    1 the out block, 2 the fp16 one, 3 both.
     """
     c, a = tl.program_id(0).to(tl.int64), tl.program_id(1)
     q = tl.arange(0, W_PAD)[:, None]
@@ -624,11 +600,7 @@ def _column_blocks_kernel(w_ptr, column_cells_ptr, copies_ptr, out_ptr, half_ptr
     value = tl.load(row + cell, mask=inside & (cell < CELLS), other=0.0)
     block = (c * CELLS + a) * (W_PAD * W_PAD) + q * W_PAD + p
     copies = tl.load(copies_ptr + a) if HALF_COPY else 1
-    if TF32_SPLIT:
-        hi = _tf32_hi(value.to(tl.float32))
-        tl.store(out_ptr + block, hi)
-        tl.store(half_ptr + block, value.to(tl.float32) - hi)
-    elif copies & 1:
+    if copies & 1:
         tl.store(out_ptr + block, value.to(out_ptr.dtype.element_ty))
     if HALF_COPY:
         k = tl.arange(0, CELLS_PAD)
@@ -829,41 +801,17 @@ def box_conv_tile(dtype: torch.dtype, padded: int) -> tuple[int, int, int]:
     return (128, 8, 1) if padded <= 32 else (32, 2, 3)
 
 
-class Tf32Blocks(NamedTuple):
-    """The box form's fp32 column blocks R (C, k', Wp, Wp) as their TF32 split (toeplitz.tf32_split):
-    hi + lo = R exactly."""
-
-    hi: torch.Tensor
-    lo: torch.Tensor
-
-
-def box_blocks_triton(weight: torch.Tensor, grid: Sequence[int], width: int, dtype: torch.dtype,
-                      split: bool = False) -> torch.Tensor | Tf32Blocks:
-    """``column_blocks_triton``, or with ``split`` (fp32 only) its ``Tf32Blocks``, written by the same kernel."""
-    if not split:
-        return column_blocks_triton(weight, grid, width, dtype)
-    if dtype != torch.float32:
-        raise ValueError(f"TF32-split blocks are for fp32 inputs, got {dtype}")
-    return Tf32Blocks(*_column_blocks(weight, grid, width, dtype, half_copy=False, tf32_split=True)[:2])
-
-
-def box_conv_triton(x: torch.Tensor, blocks: torch.Tensor | Tf32Blocks, grid: Sequence[int],
-                    block_m: int | None = None, num_warps: int | None = None, num_stages: int | None = None,
+def box_conv_triton(x: torch.Tensor, blocks: torch.Tensor, grid: Sequence[int], block_m: int | None = None,
+                    num_warps: int | None = None, num_stages: int | None = None,
                     precision: str | None = None) -> torch.Tensor:
     """Triton twin of ``toeplitz.box_conv``: x (B, C, H, W), R (C, k', Wp, Wp) in x.dtype -> (B, C, H, W).
 
     A program computes ``block_m`` image rows (n, h) of one channel; cells whose lags miss the
     image entirely are skipped. ``precision``: tl.dot's input precision for fp32 (default "tf32x3").
-    R as ``Tf32Blocks`` (fp32 at "tf32x3" only): the three TF32 products read R's split from memory
-    instead of splitting R in registers every cell. Default tiles: ``box_conv_tile``.
+    Default tiles: ``box_conv_tile``.
     """
     x = x.contiguous()
     batch, channels, height, width = x.shape
-    precision = precision or _dot_precision(x.dtype)
-    split = isinstance(blocks, Tf32Blocks)
-    if split and (x.dtype != torch.float32 or precision != "tf32x3"):
-        raise ValueError(f"Tf32Blocks are for fp32 at tf32x3 precision, got {x.dtype} at {precision}")
-    blocks, low_blocks = (blocks.hi, blocks.lo) if split else (blocks.to(x.dtype).contiguous(),) * 2
     block_m, num_warps, num_stages = (given or default for given, default in
                                       zip((block_m, num_warps, num_stages), box_conv_tile(x.dtype, blocks.shape[-1])))
     prefix = column_prefix_triton(x)
@@ -875,10 +823,10 @@ def box_conv_triton(x: torch.Tensor, blocks: torch.Tensor | Tf32Blocks, grid: Se
     block_m = max(16, min(block_m, triton.next_power_of_2(batch * height)))
     y = torch.empty_like(x, dtype=_output_dtype(x.dtype))
     _box_conv_kernel[(triton.cdiv(batch * height, block_m), channels)](
-        x, prefix, blocks, low_blocks, lags_lo, lags_hi, narrow, wide, y, batch, channels, height,
+        x, prefix, blocks.to(x.dtype).contiguous(), lags_lo, lags_hi, narrow, wide, y, batch, channels, height,
         width, cells, reach[0], reach[-1] + 1, narrow.numel(), wide.numel(),
-        PRECISION=precision, UPCAST=_upcast(x.dtype),
-        HI_LO=x.dtype in (torch.bfloat16, torch.float16), SPLIT_BLOCKS=split, BLOCK_M=block_m,
+        PRECISION=precision or _dot_precision(x.dtype), UPCAST=_upcast(x.dtype),
+        HI_LO=x.dtype in (torch.bfloat16, torch.float16), BLOCK_M=block_m,
         W_PAD=blocks.shape[-1], num_warps=num_warps, num_stages=num_stages)
     return y.to(x.dtype)
 
@@ -1078,11 +1026,10 @@ def column_blocks_triton(weight: torch.Tensor, grid: Sequence[int], width: int, 
 
 
 def _column_blocks(weight: torch.Tensor, grid: Sequence[int], width: int, dtype: torch.dtype,
-                   half_copy: bool, row_cells: int | None = None, tf32_split: bool = False
+                   half_copy: bool, row_cells: int | None = None
                    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """(R in ``dtype``, with ``half_copy`` R·2^e_c in fp16 and e_c (C,) int32, else None, None); with
-    ``row_cells``, R only for cells of at most that many rows and the copy only for the others. With
-    ``tf32_split`` (fp32): (R's TF32 hi, its lo, None)."""
+    ``row_cells``, R only for cells of at most that many rows and the copy only for the others."""
     channels, cells = weight.shape[0], len(grid)
     padded = padded_width(width)
     column_cells = _offsets_tensor(tuple(lag_cells(tuple(grid), width)), weight.device)
@@ -1093,14 +1040,13 @@ def _column_blocks(weight: torch.Tensor, grid: Sequence[int], width: int, dtype:
         # the interpreter's fp32 -> bf16 truncates
         weight = weight.to(dtype)
     blocks = torch.empty(channels, cells, padded, padded, device=weight.device, dtype=_output_dtype(dtype))
-    half = (torch.empty(blocks.shape, device=weight.device, dtype=torch.float16) if half_copy
-            else torch.empty_like(blocks) if tf32_split else blocks)
+    half = torch.empty(blocks.shape, device=weight.device, dtype=torch.float16) if half_copy else blocks
     exponents = torch.empty(channels, device=weight.device, dtype=torch.int32) if half_copy else column_cells
     _column_blocks_kernel[(channels, cells)](
         weight.contiguous(), column_cells, copies, blocks, half, exponents, cells, width, padded,
-        HALF_COPY=half_copy, TF32_SPLIT=tf32_split, ROUNDED=_TRITON_TYPES.get(dtype, tl.float32),
-        CELLS_PAD=triton.next_power_of_2(cells), SCALE_BITS=HALF_SCALE_BITS, num_warps=4)
-    return blocks.to(dtype), (half if half_copy or tf32_split else None), (exponents if half_copy else None)
+        HALF_COPY=half_copy, ROUNDED=_TRITON_TYPES.get(dtype, tl.float32), CELLS_PAD=triton.next_power_of_2(cells),
+        SCALE_BITS=HALF_SCALE_BITS, num_warps=4)
+    return blocks.to(dtype), (half if half_copy else None), (exponents if half_copy else None)
 
 
 def column_prefix_triton(x: torch.Tensor) -> torch.Tensor:

@@ -39,12 +39,3 @@ def test_toeplitz_form_and_box_products_match_the_reference_in_fp64(grid, batch,
     dy = torch.randn_like(y)
     y.backward(dy)
     torch.testing.assert_close(toeplitz.peripheral_grad_weight_boxes(dy, x, grid), weight.grad)
-
-
-@given(values=st.lists(st.floats(-2.0 ** 100, 2.0 ** 100, width=32, allow_subnormal=False), min_size=1, max_size=64))
-def test_tf32_split_is_exact_with_a_tf32_high_part_and_a_small_low_part(values):
-    values = torch.tensor(values, dtype=torch.float32)
-    hi, lo = toeplitz.tf32_split(values)
-    assert torch.equal(hi + lo, values)  # the low part is the exact remainder
-    assert torch.all(hi.view(torch.int32) & 0x1FFF == 0)  # hi keeps TF32's 10 fraction bits
-    assert torch.all(lo.abs() <= values.abs() * 2.0 ** -11)  # rounded to nearest: half an ulp of hi

@@ -236,36 +236,6 @@ def test_column_blocks_kernel_equals_its_torch_twin_bit_for_bit(grid, width, dty
 
 
 @needs_kernels
-@settings(max_examples=6, deadline=None)
-@given(grid=grids(max_cells=4, max_cell=3), batch=st.integers(1, 3), height=st.integers(1, 8),
-       width=st.integers(1, 8), seed=st.integers(0, 2**16))
-def test_box_form_on_tf32_split_blocks_matches_its_torch_twin(grid, batch, height, width, seed):
-    from runtime import toeplitz
-    x, weight = random_inputs(batch, 2, height, width, grid, torch.float32, seed)
-    split = triton_kernels.box_blocks_triton(weight.to(DEVICE), grid, width, torch.float32, split=True)
-    expected_hi, expected_lo = toeplitz.tf32_split(toeplitz.column_blocks(weight, grid, width, torch.float32))
-    assert torch.equal(split.hi.cpu(), expected_hi) and torch.equal(split.lo.cpu(), expected_lo)
-    got = triton_kernels.box_conv_triton(x.to(DEVICE), split, grid, block_m=16).cpu()
-    twin = toeplitz.box_conv(x, toeplitz.column_blocks(weight, grid, width, torch.float32), grid).double()
-    assert relative_error(got, twin) <= KERNEL_TOLERANCE[torch.float32]
-
-
-def test_tf32_split_blocks_are_refused_where_three_tf32_products_do_not_run():
-    grid = (1, 1, 1)
-    x, weight = random_inputs(1, 1, 3, 3, grid, torch.float32, seed=0)
-    split = triton_kernels.Tf32Blocks(*toeplitz_split_blocks(weight, grid))
-    with pytest.raises(ValueError, match="tf32x3"):
-        triton_kernels.box_conv_triton(x.to(DEVICE), split, grid, precision="tf32")
-    with pytest.raises(ValueError, match="fp32"):
-        triton_kernels.box_blocks_triton(weight.to(DEVICE), grid, 3, torch.bfloat16, split=True)
-
-
-def toeplitz_split_blocks(weight, grid):
-    from runtime import toeplitz
-    return (part.to(DEVICE) for part in toeplitz.tf32_split(toeplitz.column_blocks(weight, grid, 3, torch.float32)))
-
-
-@needs_kernels
 @settings(max_examples=8, deadline=None)
 @given(grid=grids(max_cells=5, max_cell=4), width=st.integers(1, 20), weight_dtype=st.sampled_from(
        [torch.float32, torch.bfloat16, torch.float64]), weight_scale=st.integers(-100, 100),
