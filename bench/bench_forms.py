@@ -38,7 +38,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from bench.bench_layers import (DTYPES, SHAPES, add_float32_precision_argument, copy_bandwidth, dense,  # noqa: E402
-                                relative_error)
+                                forward_target, hbm_floor, relative_error)
 from runtime import sat, toeplitz, triton_kernels  # noqa: E402
 from runtime.op import triton_forms  # noqa: E402
 
@@ -169,8 +169,8 @@ def main() -> None:
             x = torch.randn(args.batch, channels, size, size, device=device, dtype=dtype)
             w = (torch.randn(channels, 1, len(grid), len(grid), device=device) / sum(grid)).to(dtype)
             dy = torch.randn_like(x)
-            floor = 2 * x.numel() * x.element_size() / bandwidth * 1e3
-            target = max(10 * floor, 0.020)
+            floor = hbm_floor(x.numel(), x.element_size(), bandwidth) * 1e3
+            target = forward_target(floor / 1e3) * 1e3
             exact = dense(x[:4].double(), w.double(), grid)
             auto = "/".join(triton_forms(size, size, grid, dtype))
             for candidate in candidates(x, w, dy, grid, configs):

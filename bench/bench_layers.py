@@ -25,7 +25,7 @@ import torch.nn.functional as F
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from runtime import expand_kernel, peripheral_conv2d  # noqa: E402
 from runtime.op import sat_tap_count  # noqa: E402
-from runtime.toeplitz import cell_lag_ranges, padded_width  # noqa: E402
+from runtime.toeplitz import cell_lag_ranges, cells_within_reach, padded_width  # noqa: E402
 
 
 def mirror(outer: list[int]) -> list[int]:
@@ -82,6 +82,16 @@ def check(backends, device, batch=4) -> list[str]:
     return lines
 
 
+def hbm_floor(elements: int, itemsize: int, bandwidth: float) -> float:
+    """Seconds to read x of ``elements`` entries once and write y once at ``bandwidth`` bytes/s."""
+    return 2 * elements * itemsize / bandwidth
+
+
+def forward_target(floor: float) -> float:
+    """Issue 4's forward target in seconds: 10x the HBM floor or 20 µs, whichever is larger."""
+    return max(10 * floor, 20e-6)
+
+
 def copy_bandwidth(device) -> float:
     """Device-to-device copy bandwidth in bytes/s, counting bytes read plus bytes written."""
     import triton.testing
@@ -125,7 +135,7 @@ def bench(backends, device, batch, bandwidth, cudagraph=False) -> list[str]:
                 with torch.no_grad():
                     times.append(timed(lambda: peripheral_conv2d(x, w, grid, backend=backend)))
                 times.append(timed(fwd_bwd(lambda: peripheral_conv2d(x, w, grid, backend=backend))))
-            floor = 2 * x.numel() * x.element_size() / bandwidth * 1e3
+            floor = hbm_floor(x.numel(), x.element_size(), bandwidth) * 1e3
             best_fwd, best_fb = min(times[0::2]), min(times[1::2])
             row = [stage, channels, size, sum(grid), cells, sat_tap_count(grid, size, size), dtype_name,
                    f"{dense_fwd:.3f}", f"{dense_fb:.2f}"] + [f"{t:.3f}" for t in times]
@@ -169,12 +179,12 @@ def forward_forms(grid: list[int], size: int, dtype_name: str) -> list[tuple[str
     target at this shape: fp32 as the box form (k'·Wp per output for the cells within reach, times
     three TF32 products, or one with TF32 opted in) and the SAT taps on FP32 FMAs; bf16 on planes
     padded to 64 as the plane box (one 64x64x64 product per one-row lag, two per wider cell)."""
-    ranges = [(lo, hi) for lo, hi in cell_lag_ranges(tuple(grid)) if lo < size and hi > 1 - size]
-    box = len(ranges) * padded_width(size)
+    ranges = [cell_lag_ranges(tuple(grid))[cell] for cell in cells_within_reach(tuple(grid), size)]
+    padded = padded_width(size)
+    box = len(ranges) * padded
     if dtype_name == "fp32":
         return [("box, 3 TF32 products", 3 * box, "tf32"), ("box, 1 TF32 product (opt-in)", box, "tf32"),
                 ("SAT taps", sat_tap_count(grid, size, size), "fp32 fma")]
-    padded = padded_width(size)
     if padded != 64:
         return []
     products = sum(hi - lo == 1 for lo, hi in ranges) + 2 * sum(hi - lo > 1 for lo, hi in ranges)
@@ -191,8 +201,7 @@ def arithmetic_bounds(batch: int = 64, bandwidth: float = H200_COPY_BANDWIDTH) -
     for stage, channels, size, grid in SHAPES:
         outputs = batch * channels * size * size
         for dtype_name, dtype in DTYPES.items():
-            floor = 2 * outputs * dtype.itemsize / bandwidth
-            target = max(10 * floor, 20e-6)
+            target = forward_target(hbm_floor(outputs, dtype.itemsize, bandwidth))
             for form, macs, peak in forward_forms(grid, size, dtype_name):
                 at_peak = outputs * macs / PEAK_MACS[peak]
                 lines.append(f"| {stage} | {sum(grid)} | {dtype_name} | {target * 1e6:.0f} | {form} | {macs:.0f} | "

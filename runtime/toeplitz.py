@@ -189,6 +189,11 @@ def cell_lag_ranges(grid: tuple[int, ...]) -> list[tuple[int, int]]:
     return ranges
 
 
+def cells_within_reach(grid: tuple[int, ...], size: int) -> tuple[int, ...]:
+    """The cells whose lags reach into an image of ``size`` rows (some lag in [-(size-1), size-1])."""
+    return tuple(cell for cell, (lo, hi) in enumerate(cell_lag_ranges(grid)) if lo < size and hi > 1 - size)
+
+
 def column_prefix(x: torch.Tensor) -> torch.Tensor:
     """Exclusive prefix sum along H in fp32 (fp64 for fp64): (B, C, H, W) -> (B, C, H+1, W)."""
     return F.pad(x.to(torch.promote_types(x.dtype, torch.float32)), (0, 0, 1, 0)).cumsum(-2)

@@ -45,8 +45,8 @@ import triton.language as tl
 
 from runtime.constants import device_constant
 from runtime.sat import accumulate_dtype
-from runtime.toeplitz import (HALF_SCALE_BITS, cell_lag_ranges, half_block_exponents, half_blocks, lag_cells,
-                              lag_reach, padded_width)
+from runtime.toeplitz import (HALF_SCALE_BITS, cell_lag_ranges, cells_within_reach, half_block_exponents,
+                              half_blocks, lag_cells, lag_reach, padded_width)
 
 _TRITON_TYPES = {torch.float32: tl.float32, torch.bfloat16: tl.bfloat16, torch.float16: tl.float16,
                  torch.float64: tl.float64}
@@ -634,7 +634,7 @@ def _cells_by_width(grid: Sequence[int], height: int, narrow_rows: int
     """(cells within an image of ``height`` rows, those of at most ``narrow_rows`` rows, the wider
     ones): the box kernels skip cells whose lags miss the image and take narrow ones row by row."""
     ranges = cell_lag_ranges(tuple(grid))
-    reach = tuple(cell for cell, (lo, hi) in enumerate(ranges) if lo < height and hi > 1 - height)
+    reach = cells_within_reach(tuple(grid), height)
     narrow = tuple(cell for cell in reach if ranges[cell][1] - ranges[cell][0] <= narrow_rows)
     return reach, narrow, tuple(cell for cell in reach if cell not in narrow)
 
