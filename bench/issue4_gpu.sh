@@ -1,17 +1,39 @@
 #!/usr/bin/env bash
-# One GPU call's worth of issue-4 measurements, every table written under $OUT (default ./gpu-out):
-# the runtime's GPU tests, the stage-1 bf16 plane box at batches around 64 (whether the last wave of
-# programs costs time) and the per-layer table of the README.
+# Issue 4's GPU measurements in two calls of under 10 minutes each, every table and log under $OUT
+# (default ./gpu-out):
 #
-#     OUT=/tmp/out bash bench/issue4_gpu.sh
+#     OUT=/tmp/out bash bench/issue4_gpu.sh layers   # layer table (fp32 at "highest" and "high"),
+#                                                    # plane box at batches 50-66, the runtime's GPU tests
+#     OUT=/tmp/out bash bench/issue4_gpu.sh model    # whole models vs convnext_tiny, bf16 then fp32
+#
+# `model` builds specs, so it needs pydantic importable (on the device: carried wheels, see
+# docs/runtime.md "GPU results").
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out="${OUT:-gpu-out}"
+part="${1:-layers}"
 mkdir -p "$out"
-nvidia-smi --query-gpu=name,clocks.max.sm --format=csv > "$out/gpu.txt"
-timeout 420 python3 -m pytest -q -p no:cacheprovider tests/runtime 2>&1 | tail -20 > "$out/tests.txt"
-for batch in 50 56 64 66; do
-  python3 bench/bench_forms.py --batch "$batch" --stages 1 --dtypes bf16 --only planetma --planetma 4/2/1 \
-    | tail -2 >> "$out/plane-box-batches.md"
-done
-python3 bench/bench_layers.py --backends triton --cudagraph --out "$out/layers.md" > /dev/null
+export PYTHONUNBUFFERED=1
+nvidia-smi --query-gpu=name,clocks.max.sm,memory.total --format=csv > "$out/gpu.txt"
+git log -1 --format=%h >> "$out/gpu.txt" 2>/dev/null
+case "$part" in
+  layers)
+    timeout 200 python3 bench/bench_layers.py --backends triton --cudagraph --out "$out/layers.md" \
+      > "$out/layers.log" 2>&1
+    timeout 120 python3 bench/bench_layers.py --backends triton --cudagraph --float32-matmul-precision high \
+      --out "$out/layers-tf32.md" > "$out/layers-tf32.log" 2>&1
+    for batch in 50 56 64 66; do
+      timeout 40 python3 bench/bench_forms.py --batch "$batch" --stages 1 --dtypes bf16 --only planetma \
+        --planetma 4/2/1 2>&1 | tail -2 >> "$out/plane-box-batches.md"
+    done
+    timeout 200 python3 -m pytest -q -p no:cacheprovider tests/runtime > "$out/tests.txt" 2>&1
+    ;;
+  model)
+    for dtype in bf16 fp32; do
+      timeout 280 python3 bench/bench_model.py --compile --compile-mode reduce-overhead --deploy \
+        --dtypes "$dtype" --warmup 3 --iters 10 --models convnext_tiny,pelk_t,pelk101_t \
+        --out "$out/model-$dtype.md" > "$out/model-$dtype.log" 2>&1
+    done
+    ;;
+  *) echo "usage: bench/issue4_gpu.sh layers|model" >&2; exit 2 ;;
+esac
