@@ -113,7 +113,7 @@ def bench(backends, device, batch, bandwidth, cudagraph=False) -> list[str]:
     header = ["stage", "C", "H=W", "K", "k'", "taps", "dtype", "dense fwd", "dense fwd+bwd"]
     for backend in backends:
         header += [f"{backend} fwd", f"{backend} fwd+bwd"]
-    header += ["HBM floor fwd", "best fwd / floor", "fwd speedup", "fwd+bwd speedup"]
+    header += ["HBM floor fwd", "best fwd / floor", "fwd target", "met", "fwd speedup", "fwd+bwd speedup"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for stage, channels, size, grid in SHAPES:
         cells = len(grid)
@@ -136,10 +136,12 @@ def bench(backends, device, batch, bandwidth, cudagraph=False) -> list[str]:
                     times.append(timed(lambda: peripheral_conv2d(x, w, grid, backend=backend)))
                 times.append(timed(fwd_bwd(lambda: peripheral_conv2d(x, w, grid, backend=backend))))
             floor = hbm_floor(x.numel(), x.element_size(), bandwidth) * 1e3
+            target = forward_target(floor / 1e3) * 1e3
             best_fwd, best_fb = min(times[0::2]), min(times[1::2])
             row = [stage, channels, size, sum(grid), cells, sat_tap_count(grid, size, size), dtype_name,
                    f"{dense_fwd:.3f}", f"{dense_fb:.2f}"] + [f"{t:.3f}" for t in times]
-            row += [f"{floor:.4f}", f"{best_fwd / floor:.1f}x", f"{dense_fwd / best_fwd:.1f}x",
+            row += [f"{floor:.4f}", f"{best_fwd / floor:.1f}x", f"{target:.3f}", "yes" if best_fwd <= target else "no",
+                    f"{dense_fwd / best_fwd:.1f}x",
                     f"{dense_fb / best_fb:.1f}x"]
             lines.append("| " + " | ".join(str(v) for v in row) + " |")
             print(lines[-1], flush=True)

@@ -18,15 +18,15 @@ nvidia-smi --query-gpu=name,clocks.max.sm,memory.total --format=csv > "$out/gpu.
 git log -1 --format=%h >> "$out/gpu.txt" 2>/dev/null
 case "$part" in
   layers)
-    timeout 200 python3 bench/bench_layers.py --backends triton --cudagraph --out "$out/layers.md" \
+    timeout 180 python3 bench/bench_layers.py --backends triton --cudagraph --out "$out/layers.md" \
       > "$out/layers.log" 2>&1
-    timeout 120 python3 bench/bench_layers.py --backends triton --cudagraph --float32-matmul-precision high \
+    timeout 100 python3 bench/bench_layers.py --backends triton --cudagraph --float32-matmul-precision high \
       --out "$out/layers-tf32.md" > "$out/layers-tf32.log" 2>&1
     for batch in 50 56 64 66; do
-      timeout 40 python3 bench/bench_forms.py --batch "$batch" --stages 1 --dtypes bf16 --only planetma \
+      timeout 30 python3 bench/bench_forms.py --batch "$batch" --stages 1 --dtypes bf16 --only planetma \
         --planetma 4/2/1 2>&1 | tail -2 >> "$out/plane-box-batches.md"
     done
-    timeout 200 python3 -m pytest -q -p no:cacheprovider tests/runtime > "$out/tests.txt" 2>&1
+    timeout 150 python3 -m pytest -q -p no:cacheprovider tests/runtime > "$out/tests.txt" 2>&1
     ;;
   model)
     for dtype in bf16 fp32; do
