@@ -13,7 +13,8 @@ device), ``triton`` (CUDA, or CPU under TRITON_INTERPRET=1), and ``auto`` =
 (``triton_forms``): for the forward and grad-input the Toeplitz form on tensor cores
 (toeplitz.py; small images, reduced precision; by image rows on narrow planes), the plane box (the
 box form with a whole plane on chip; 16-bit planes of 50-64 a side), the box form on tensor cores
-(toeplitz.py; fp32 at the larger planes) or the SAT form (sat.py); for grad-weight the box products
+(toeplitz.py; fp32 at the larger planes; on planes of 33-64 a side in its spectral version,
+spectral.py) or the SAT form (sat.py); for grad-weight the box products
 or the SAT tap sums.
 An explicit backend that cannot run raises; it never falls back to another one.
 
@@ -29,7 +30,7 @@ from typing import NamedTuple, Sequence
 import torch
 from torch.utils.flop_counter import register_flop_formula
 
-from runtime import reference, sat, toeplitz
+from runtime import reference, sat, spectral, toeplitz
 
 BACKENDS = ("auto", "torch", "sat", "triton")
 
@@ -73,6 +74,13 @@ BOX_CONV_TOEPLITZ_SHARE = 0.75
 # the box form at stage 1.
 PLANE_BOX_PADDED_SIZES = (64,)
 PLANE_BOX_MIN_FILL = 0.6
+# Where the box forward would run in fp32, the spectral box form (spectral.py: a DFT along W turns each
+# cell boundary's horizontal Toeplitz product into a product per frequency, a third of the box form's
+# tensor-core work at stage 1) replaces it on planes that pad to one of SPECTRAL_BOX_PADDED_SIZES on both
+# sides. On an H100 at stage 1 (56x56) it ran 0.341 vs 0.420 ms (K=51) and 0.375 vs 0.532 ms (K=101);
+# at stage 2 (28x28, padded to 32) 0.160 vs 0.157 and 0.166 vs 0.177 ms, a tie
+# (bench/results/2026-12-05-h100-forms-spectral.md), where the box form stays.
+SPECTRAL_BOX_PADDED_SIZES = (64,)
 # Where the Toeplitz form runs, the Toeplitz GEMM by image rows (column blocks as its operand, plain
 # tile loads instead of a gather per element) replaces it on planes up to ROW_TOEPLITZ_MAX_WIDTH wide
 # whose width pads by at most ROW_TOEPLITZ_MAX_PADDING (it does padded-W multiply-adds per input row).
@@ -119,7 +127,8 @@ def box_macs(grid: Sequence[int], width: int) -> int:
 
 class TritonForms(NamedTuple):
     """Kernel family the triton backend runs: ``conv`` (forward and grad-input) is 'toeplitz',
-    'rowtoeplitz' (the Toeplitz GEMM by image rows), 'plane' (the plane box), 'box' or 'sat',
+    'rowtoeplitz' (the Toeplitz GEMM by image rows), 'plane' (the plane box), 'box', 'spectral' (the
+    spectral box form) or 'sat',
     ``grad_weight`` is 'box' (the box products) or 'sat'."""
 
     conv: str
@@ -130,7 +139,8 @@ def triton_forms(height: int, width: int, grid: Sequence[int], dtype: torch.dtyp
     """Which Triton kernels run for an (H, W) image in ``dtype``: the plane box for 16-bit planes that
     fill its padded square (PLANE_BOX_PADDED_SIZES, PLANE_BOX_MIN_FILL), else the cheaper by the
     tap-ratio rules (BOX_CONV_TAP_RATIO and BOX_CONV_TOEPLITZ_SHARE, TOEPLITZ_TAP_RATIO,
-    BOX_TAP_RATIO); always Toeplitz and box products beyond the SAT kernels' TRITON_MAX_PLANE. The
+    BOX_TAP_RATIO), the box form in its spectral version for fp32 planes that pad to
+    SPECTRAL_BOX_PADDED_SIZES; always Toeplitz and box products beyond the SAT kernels' TRITON_MAX_PLANE. The
     Toeplitz form runs by image rows on narrow planes (ROW_TOEPLITZ_MAX_WIDTH, ..._PADDING)."""
     taps = sat_tap_count(grid, height, width)
     precision = "16" if dtype in (torch.bfloat16, torch.float16) else "32"
@@ -146,6 +156,9 @@ def triton_forms(height: int, width: int, grid: Sequence[int], dtype: torch.dtyp
         conv = "box"
     else:
         conv = "toeplitz" if height * width <= TOEPLITZ_TAP_RATIO[precision] * taps else "sat"
+    if (conv == "box" and dtype == torch.float32 and padded == toeplitz.padded_width(width)
+            and padded in SPECTRAL_BOX_PADDED_SIZES):
+        conv = "spectral"
     if (conv == "toeplitz" and width <= ROW_TOEPLITZ_MAX_WIDTH
             and toeplitz.padded_width(width) <= ROW_TOEPLITZ_MAX_PADDING * width):
         conv = "rowtoeplitz"
@@ -183,6 +196,11 @@ def choose_backend(device: torch.device | str, height: int, width: int, grid: Se
                                            f"cores, the {height}x{width} plane held on chip and its box sums "
                                            f"formed there, instead of K²={dense} taps (SAT: {taps}, Toeplitz: "
                                            f"{height * width}); {weight_part}")
+        if forms.conv == "spectral":
+            return BackendChoice("triton", f"CUDA, triton {kernels.triton.__version__}: spectral box form, the "
+                                           f"{height}x{width} plane on chip, a DFT along W making each cell "
+                                           f"boundary's product one per frequency, instead of K²={dense} taps "
+                                           f"(SAT: {taps}, box: {box_macs(grid, width)}); {weight_part}")
         if forms.conv == "box":
             return BackendChoice("triton", f"CUDA, triton {kernels.triton.__version__}: box-form GEMM on tensor "
                                            f"cores, {box_macs(grid, width)} MACs per output instead of "
@@ -238,6 +256,8 @@ def _conv_impl(x: torch.Tensor, weight: torch.Tensor, grid: tuple[int, ...], bac
                  "plane": (kernels.plane_box_conv_triton, kernels.plane_blocks_triton)}
     if form in box_convs:
         return toeplitz.peripheral_conv2d_box(x, weight, grid, *box_convs[form])
+    if form == "spectral":
+        return spectral.peripheral_conv2d_spectral(x, weight, grid, kernels.spectral_conv_triton)
     reach = toeplitz.lag_reach(grid, height)
     return toeplitz.peripheral_conv2d_lags(
         x, weight, grid, lambda images, kernel: kernels.toeplitz_conv_triton(images, kernel, reach))

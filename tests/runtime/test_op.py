@@ -59,7 +59,9 @@ def test_auto_on_cuda_follows_the_measured_layer_table():
     stage4 = choose_backend("cuda", 7, 7, PAPER_GRIDS[13])
     assert stage4.name == "triton" and "Toeplitz GEMM" in stage4.reason and "box-product GEMMs" in stage4.reason
     stage1_fp32 = choose_backend("cuda", 56, 56, PAPER_GRIDS[101])
-    assert stage1_fp32.name == "triton" and "box-form GEMM" in stage1_fp32.reason
+    assert stage1_fp32.name == "triton" and "spectral box form" in stage1_fp32.reason
+    stage2_fp32 = choose_backend("cuda", 28, 28, PAPER_GRIDS[69])
+    assert stage2_fp32.name == "triton" and "box-form GEMM" in stage2_fp32.reason
     stage1_bf16 = choose_backend("cuda", 56, 56, PAPER_GRIDS[101], torch.bfloat16)
     assert "plane-box GEMMs" in stage1_bf16.reason
     stage2_bf16 = choose_backend("cuda", 28, 28, PAPER_GRIDS[51], torch.bfloat16)
@@ -90,9 +92,11 @@ def test_triton_forms_follow_the_tap_ratios():
     assert triton_forms(7, 7, PAPER_GRIDS[13], torch.float32) == ("toeplitz", "box")
     assert triton_forms(14, 14, PAPER_GRIDS[51], torch.float32) == ("rowtoeplitz", "box")
     assert triton_forms(7, 7, PAPER_GRIDS[13], torch.bfloat16) == ("toeplitz", "box")
-    # fp32 at stages 1-2: k'·Wp box multiply-adds beat H·W Toeplitz ones and the SAT taps.
+    # fp32 at stages 1-2: k'·Wp box multiply-adds beat H·W Toeplitz ones and the SAT taps; on planes
+    # that pad to 64 the box form runs in its spectral version.
     assert triton_forms(28, 28, PAPER_GRIDS[51], torch.float32) == ("box", "box")
-    assert triton_forms(56, 56, PAPER_GRIDS[101], torch.float32) == ("box", "box")
+    assert triton_forms(56, 56, PAPER_GRIDS[101], torch.float32) == ("spectral", "box")
+    assert triton_forms(56, 56, PAPER_GRIDS[101], torch.float64) == ("box", "box")
     assert triton_forms(28, 28, PAPER_GRIDS[51], torch.bfloat16) == ("rowtoeplitz", "box")
     assert triton_forms(20, 20, PAPER_GRIDS[51], torch.bfloat16) == ("toeplitz", "box")  # 20 -> 32
     # 16-bit planes that fill a 64x64 tile: the plane box; smaller ones keep the Toeplitz form.

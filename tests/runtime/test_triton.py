@@ -65,17 +65,20 @@ def test_triton_is_exact_in_fp64_on_a_paper_grid_larger_than_the_image():
     torch.testing.assert_close(triton_conv(x, weight, grid), peripheral_conv2d_reference(x, weight, grid))
 
 
-@pytest.fixture(params=["toeplitz", "rowtoeplitz", "plane", "box", "sat"])
+@pytest.fixture(params=["toeplitz", "rowtoeplitz", "plane", "box", "spectral", "sat"])
 def form(request, monkeypatch):
     """Force the triton backend's forward form (the ratio of the chosen one unbounded, the others 0;
-    the plane box, 16-bit only, on every padded plane size; the Toeplitz form by rows on any width);
+    the plane box, 16-bit only, and the spectral box form, fp32 only, on every padded plane size; the
+    Toeplitz form by rows on any width);
     grad-weight runs the box products, or the SAT tap sums with the SAT form."""
     from runtime import op
     toeplitz_forms = ("toeplitz", "rowtoeplitz")
     unbounded = {name: float("inf") if request.param == name else 0.0 for name in ("box", "sat")}
+    unbounded["box"] = float("inf") if request.param in ("box", "spectral") else 0.0
     unbounded["toeplitz"] = float("inf") if request.param in toeplitz_forms else 0.0
     monkeypatch.setattr(op, "PLANE_BOX_PADDED_SIZES", (16, 32, 64) if request.param == "plane" else ())
     monkeypatch.setattr(op, "PLANE_BOX_MIN_FILL", 0.0)
+    monkeypatch.setattr(op, "SPECTRAL_BOX_PADDED_SIZES", (16, 32, 64) if request.param == "spectral" else ())
     monkeypatch.setattr(op, "ROW_TOEPLITZ_MAX_WIDTH", 64 if request.param == "rowtoeplitz" else 0)
     monkeypatch.setattr(op, "ROW_TOEPLITZ_MAX_PADDING", float("inf"))
     monkeypatch.setattr(op, "TOEPLITZ_TAP_RATIO", {"16": unbounded["toeplitz"], "32": unbounded["toeplitz"]})
@@ -95,6 +98,8 @@ def form(request, monkeypatch):
 def test_triton_gradients_match_the_reference(grid, height, width, dtype, form):
     if form == "plane" and dtype not in (torch.bfloat16, torch.float16):
         pytest.skip("auto runs the plane box for 16-bit inputs only")
+    if form == "spectral" and dtype != torch.float32:
+        pytest.skip("auto runs the spectral box form for fp32 inputs only")
     x, weight = random_inputs(2, 3, height, width, grid, dtype, seed=5)
     dy = torch.randn(x.shape, generator=torch.Generator().manual_seed(6)).to(dtype)
     grads = {}
@@ -127,7 +132,7 @@ KERNEL_TOLERANCE = {torch.float64: 1e-12, torch.float32: 1e-5, torch.bfloat16: 1
        width=st.integers(1, 8), dtype=st.sampled_from([torch.float32, torch.bfloat16, torch.float64]),
        seed=st.integers(0, 2**16))
 def test_toeplitz_kernels_match_their_torch_twins(grid, batch, height, width, dtype, seed):
-    from runtime import toeplitz
+    from runtime import spectral, toeplitz
     x, weight = random_inputs(batch, 2, height, width, grid, dtype, seed)
     dy = torch.randn(x.shape, generator=torch.Generator().manual_seed(seed + 1)).to(dtype)
     kernel = toeplitz.lag_kernel(weight, grid, height, width, dtype)
@@ -150,6 +155,12 @@ def test_toeplitz_kernels_match_their_torch_twins(grid, batch, height, width, dt
     assert relative_error(got, box_twin) <= KERNEL_TOLERANCE[dtype]
     products = triton_kernels.box_products_triton(dy.to(DEVICE), x.to(DEVICE), grid, block_k=16).cpu()
     assert relative_error(products, toeplitz.box_products(dy, x, grid).double()) <= 1e-5
+    if dtype in (torch.float32, torch.float64):
+        spectra = spectral.boundary_spectra(weight, grid, height, width)
+        got = triton_kernels.spectral_conv_triton(x.to(DEVICE), spectra._replace(spectra=spectra.spectra.to(DEVICE)),
+                                                  grid).cpu()
+        assert got.dtype == dtype
+        assert relative_error(got, spectral.spectral_conv(x, spectra, grid).double()) <= KERNEL_TOLERANCE[dtype]
 
 
 @needs_kernels

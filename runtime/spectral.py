@@ -1,0 +1,138 @@
+"""Spectral box form of peripheral convolution, in plain PyTorch: the reference of its Triton kernel.
+
+The box form (toeplitz.py) writes the conv as Y = Σ_a X_a R_a: per kernel-row cell a, the vertical
+box sum X_a of the input (two rows of the column prefix P) times the horizontal Toeplitz matrix R_a
+of w_θ's row a. Grouped by cell boundary instead of by cell, with r_a[l] = w_θ[a, cell of lag l]
+the 1-D kernel of row a:
+
+    Y[h] = Σ_j (r_{j-1} - r_j) ⋆ P[clamp(h + p_j, 0, H)]        (p_j the k'+1 cell boundaries,
+                                                                r_{-1} = r_{k'} = 0, ⋆ correlation
+                                                                along W)
+
+Every term is a horizontal correlation of a prefix row, and a discrete Fourier transform along W of
+length N >= W + reach (no wrap-around) turns all of them into products per frequency at once:
+
+    P̂ = P @ F,    Ŷ[h] = Σ_j Ŝ_j ⊙ P̂[clamp(h + p_j, 0, H)],    Y = Ŷ @ G
+
+with F (W, N//2+1) the real DFT, G its inverse and Ŝ_j the spectrum of boundary j's kernel
+difference (``boundary_spectra``). That is 2·W·Nf real multiply-adds per output for the two
+transforms (four real products each) plus 4 per boundary and frequency, whatever K is; the box form
+does k'·W. In fp32 it is a third of the box form's tensor-core work at PeLK stage 1 (56², k'=17).
+Boundaries that clamp to the same prefix row for every output merge (sat.clamp_boundaries).
+"""
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+
+from runtime import sat, toeplitz
+from runtime.constants import device_constant
+
+
+def transform_length(grid: tuple[int, ...], width: int) -> int:
+    """N: the DFT length along W with no wrap-around, W plus the kernel's reach min(K//2, W-1)."""
+    return width + min(sum(grid) // 2, width - 1)
+
+
+def padded_frequencies(grid: tuple[int, ...], width: int) -> int:
+    """Nf = N//2 + 1 real-DFT frequencies padded to a power of two >= 16 (a tensor-core dot's N/K)."""
+    return toeplitz.padded_width(transform_length(grid, width) // 2 + 1)
+
+
+def dft_bases(grid: tuple[int, ...], width: int, device: torch.device) -> torch.Tensor:
+    """(4, Wp, Fp) fp64 on ``device``, cached, each indexed [w, f] (w < W, f < Nf, zero in the
+    padding): cos and -sin of the forward real DFT, then the inverse's cos and -sin with its 1/N and
+    the doubled weight of the frequencies that stand for two (Y = Ŷ_re @ [2]ᵀ + Ŷ_im @ [3]ᵀ)."""
+    def build() -> torch.Tensor:
+        length, padded_w, padded_f = transform_length(grid, width), toeplitz.padded_width(width), \
+            padded_frequencies(grid, width)
+        frequencies = length // 2 + 1
+        w = torch.arange(width, dtype=torch.float64)[:, None]
+        f = torch.arange(frequencies, dtype=torch.float64)[None, :]
+        angle = 2 * math.pi * torch.remainder(w * f, length) / length
+        weight = torch.full((frequencies,), 2.0, dtype=torch.float64)
+        weight[0] = 1.0
+        if length % 2 == 0:
+            weight[-1] = 1.0
+        bases = torch.zeros(4, padded_w, padded_f, dtype=torch.float64)
+        bases[0, :width, :frequencies] = torch.cos(angle)
+        bases[1, :width, :frequencies] = -torch.sin(angle)
+        bases[2, :width, :frequencies] = torch.cos(angle) * weight / length
+        bases[3, :width, :frequencies] = -torch.sin(angle) * weight / length
+        return bases
+
+    return device_constant(("dft bases", grid, width), device, build)
+
+
+class BoundarySpectra(NamedTuple):
+    """Ŝ (C, n, 2, Fp) fp32/fp64: real and imaginary spectrum of each merged boundary's kernel
+    difference; offsets (n,): the prefix-row offset p_j each one reads."""
+
+    spectra: torch.Tensor
+    offsets: tuple[int, ...]
+
+
+def _boundary_spectra_fp64(weight: torch.Tensor, grid: tuple[int, ...], height: int, width: int) -> torch.Tensor:
+    """w_θ (C, 1, k', k') fp64 on the CPU -> Ŝ (C, n, 2, Fp) fp64, step by step (``spectrum_map``)."""
+    cells = len(grid)
+    lag_cell = torch.tensor(toeplitz.lag_cells(grid, width))
+    rows = torch.cat([weight.reshape(weight.shape[0], cells, cells), weight.new_zeros(weight.shape[0], cells, 1)], 2)
+    row_kernels = rows[:, :, lag_cell]                                   # (C, k', 2W-1), lags 1-W..W-1
+    padded = torch.nn.functional.pad(row_kernels, (0, 0, 1, 1))          # r_{-1} = r_{k'} = 0
+    differences = padded[:, :-1] - padded[:, 1:]                         # (C, k'+1, 2W-1)
+    _, merge = sat.clamp_boundaries(grid, height)
+    merged = torch.einsum("ij,cjl->cil", merge.double(), differences)
+    length = transform_length(grid, width)
+    lags = torch.arange(1 - width, width, dtype=torch.float64)
+    f = torch.arange(padded_frequencies(grid, width), dtype=torch.float64)
+    angle = 2 * math.pi * torch.remainder(lags[:, None] * f[None, :], length) / length
+    valid = (f < length // 2 + 1).to(torch.float64)
+    return torch.stack([merged @ (torch.cos(angle) * valid), merged @ (torch.sin(angle) * valid)], dim=2)
+
+
+def spectrum_map(grid: tuple[int, ...], height: int, width: int, device: torch.device) -> torch.Tensor:
+    """(k'·k', n·2·Fp) fp64, cached per device: the linear map from w_θ to its boundary spectra
+    (``_boundary_spectra_fp64`` of every unit weight), so that building Ŝ is one matrix product."""
+    def build() -> torch.Tensor:
+        cells = len(grid)
+        units = torch.eye(cells * cells, dtype=torch.float64).view(-1, 1, cells, cells)
+        return _boundary_spectra_fp64(units, grid, height, width).flatten(1)
+
+    return device_constant(("spectrum map", grid, height, width), device, build)
+
+
+def boundary_spectra(weight: torch.Tensor, grid: tuple[int, ...], height: int, width: int) -> BoundarySpectra:
+    """w_θ (C, 1, k', k') -> the spectra Ŝ_j of r_{j-1} - r_j along W (r_a[l] = w_θ[a, cell of lag
+    l]), merged by clamped boundary: Ŝ_j[f] = Σ_l d_j[l] e^{+2πi f l / N} (the conjugate of d_j's
+    DFT: correlation, not convolution), in fp64 and rounded once to w_θ's accumulation dtype."""
+    grid = tuple(grid)
+    offsets = tuple(sat.clamped_offsets(grid, height))
+    spectra = weight.reshape(weight.shape[0], -1).double() @ spectrum_map(grid, height, width, weight.device)
+    return BoundarySpectra(spectra.view(weight.shape[0], len(offsets), 2, -1).to(sat.accumulate_dtype(weight.dtype)),
+                           offsets)
+
+
+def spectral_conv(x: torch.Tensor, spectra: BoundarySpectra, grid: tuple[int, ...]) -> torch.Tensor:
+    """Y = (Σ_j Ŝ_j ⊙ (P @ F)[clamp(h + p_j)]) @ G: x (B, C, H, W) -> (B, C, H, W), in fp32 (fp64 for fp64)."""
+    height, width = x.shape[-2:]
+    accumulate = sat.accumulate_dtype(x.dtype)
+    bases = dft_bases(tuple(grid), width, x.device).to(accumulate)[:, :width]
+    prefix = toeplitz.column_prefix(x)                                   # (B, C, H+1, W)
+    real, imag = prefix @ bases[0], prefix @ bases[1]                    # (B, C, H+1, Fp)
+    rows = torch.arange(height, device=x.device)
+    out_real = out_imag = 0
+    for index, offset in enumerate(spectra.offsets):
+        source = (rows + offset).clamp(0, height)
+        s_real, s_imag = spectra.spectra[:, index, 0, None, :], spectra.spectra[:, index, 1, None, :]
+        out_real = out_real + s_real * real[:, :, source] - s_imag * imag[:, :, source]
+        out_imag = out_imag + s_real * imag[:, :, source] + s_imag * real[:, :, source]
+    y = out_real @ bases[2].T + out_imag @ bases[3].T
+    return y.to(x.dtype)
+
+
+def peripheral_conv2d_spectral(x: torch.Tensor, weight: torch.Tensor, grid: tuple[int, ...],
+                               conv=spectral_conv) -> torch.Tensor:
+    """Peripheral conv in the spectral box form through ``conv(x, Ŝ, grid)``: (B, C, H, W) -> (B, C, H, W)."""
+    return conv(x, boundary_spectra(weight, tuple(grid), x.shape[-2], x.shape[-1]), tuple(grid))
