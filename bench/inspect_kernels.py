@@ -123,6 +123,15 @@ def kernels_at(size: int, grid: tuple[int, ...], dtype: str, box_tiles: list[tup
                {"H": size, "W": size, "PRECISION": precision, "UPCAST": False, "BLOCK_M": tile.block_m,
                 "ROWS": tile.rows, "W_PAD": padded_width(size)},
                tile.num_warps, tile.num_stages, tile.max_registers)
+    if not half and size > 16:
+        from runtime import spectral
+        yield ("spectral box", triton_kernels._spectral_box_kernel,
+               {"x_ptr": "*fp32", "spectra_ptr": "*fp32", "offsets_ptr": "*i32", "forward_ptr": "*fp32",
+                "inverse_ptr": "*fp32", "scratch_ptr": "*fp32", "y_ptr": "*fp32"},
+               ("C", "BOUNDARIES"),
+               {"H": size, "W": size, "PRECISION": precision, "H_PAD": padded_width(size), "W_PAD": padded_width(size),
+                "F_PAD": spectral.padded_frequencies(grid, size)},
+               4, 1, None)
     yield ("box products", triton_kernels._box_products_kernel,
            {"dy_ptr": f"*{dtype}", "prefix_ptr": "*fp32", "lo_ptr": "*i32", "hi_ptr": "*i32", "out_ptr": "*fp32"},
            ("B", "C", "CELLS", "PER_SPLIT"),
