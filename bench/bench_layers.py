@@ -25,6 +25,8 @@ import torch.nn.functional as F
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from runtime import expand_kernel, peripheral_conv2d  # noqa: E402
 from runtime.op import sat_tap_count  # noqa: E402
+from runtime.sat import clamped_offsets  # noqa: E402
+from runtime.spectral import padded_frequencies  # noqa: E402
 from runtime.toeplitz import cell_lag_ranges, cells_within_reach, padded_width  # noqa: E402
 
 
@@ -179,14 +181,21 @@ H200_COPY_BANDWIDTH = 4.25e12
 def forward_forms(grid: list[int], size: int, dtype_name: str) -> list[tuple[str, float, str]]:
     """(form, multiply-adds per output, peak they run at) of the forward forms that can reach the
     target at this shape: fp32 as the box form (k'·Wp per output for the cells within reach, times
-    three TF32 products, or one with TF32 opted in) and the SAT taps on FP32 FMAs; bf16 on planes
+    three TF32 products, or one with TF32 opted in), the spectral box form on planes padded to 64 (its
+    four DFT products, Hp·Wp·Fp each a plane, times three TF32 products; its complex products, 4 per
+    merged boundary and padded frequency, on FP32 FMAs) and the SAT taps on FP32 FMAs; bf16 on planes
     padded to 64 as the plane box (one 64x64x64 product per one-row lag, two per wider cell)."""
     ranges = [cell_lag_ranges(tuple(grid))[cell] for cell in cells_within_reach(tuple(grid), size)]
     padded = padded_width(size)
     box = len(ranges) * padded
     if dtype_name == "fp32":
-        return [("box, 3 TF32 products", 3 * box, "tf32"), ("box, 1 TF32 product (opt-in)", box, "tf32"),
-                ("SAT taps", sat_tap_count(grid, size, size), "fp32 fma")]
+        forms = [("box, 3 TF32 products", 3 * box, "tf32"), ("box, 1 TF32 product (opt-in)", box, "tf32")]
+        if padded == 64:
+            frequencies = padded_frequencies(tuple(grid), size)
+            boundaries = len(clamped_offsets(grid, size))
+            forms += [("spectral, DFT as 3 TF32 products", 3 * 4 * padded * padded * frequencies / size ** 2, "tf32"),
+                      ("spectral, complex products", 4 * boundaries * padded * frequencies / size ** 2, "fp32 fma")]
+        return forms + [("SAT taps", sat_tap_count(grid, size, size), "fp32 fma")]
     if padded != 64:
         return []
     products = sum(hi - lo == 1 for lo, hi in ranges) + 2 * sum(hi - lo > 1 for lo, hi in ranges)
