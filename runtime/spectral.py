@@ -15,9 +15,10 @@ length N >= W + reach (no wrap-around) turns all of them into products per frequ
     P̂ = P @ F,    Ŷ[h] = Σ_j Ŝ_j ⊙ P̂[clamp(h + p_j, 0, H)],    Y = Ŷ @ G
 
 with F (W, N//2+1) the real DFT, G its inverse and Ŝ_j the spectrum of boundary j's kernel
-difference (``boundary_spectra``). That is 2·W·Nf real multiply-adds per output for the two
-transforms (four real products each) plus 4 per boundary and frequency, whatever K is; the box form
-does k'·W. In fp32 it is a third of the box form's tensor-core work at PeLK stage 1 (56², k'=17).
+difference (``boundary_spectra``). That is 4·Nf real multiply-adds per output for the transforms
+(four real products a plane: P̂'s real and imaginary part, and back) plus 4 per boundary and frequency
+per row, whatever K is; the box form does k'·W. Padded as the kernel runs it at PeLK stage 1 (56²,
+Wp = Fp = 64) that is 256 against the box form's 832 (K=51) and 1088 (K=101) per output.
 Boundaries that clamp to the same prefix row for every output merge (sat.clamp_boundaries).
 """
 from __future__ import annotations
