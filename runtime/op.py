@@ -75,9 +75,9 @@ BOX_CONV_TOEPLITZ_SHARE = 0.75
 PLANE_BOX_PADDED_SIZES = (64,)
 PLANE_BOX_MIN_FILL = 0.6
 # Where the box forward would run in fp32, the spectral box form (spectral.py: a DFT along W turns each
-# cell boundary's horizontal Toeplitz product into a product per frequency, a quarter to a third of the box form's
-# tensor-core work at stage 1) replaces it on planes that pad to one of SPECTRAL_BOX_PADDED_SIZES on both
-# sides. On an H100 at stage 1 (56x56) it ran 0.341 vs 0.420 ms (K=51) and 0.375 vs 0.532 ms (K=101);
+# cell boundary's horizontal Toeplitz product into a product per frequency, a quarter to a third of the
+# box form's tensor-core work at stage 1) replaces it on planes that pad to one of
+# SPECTRAL_BOX_PADDED_SIZES on both sides. On an H100 at stage 1 (56x56) it ran 0.341 vs 0.420 ms (K=51) and 0.375 vs 0.532 ms (K=101);
 # at stage 2 (28x28, padded to 32) 0.160 vs 0.157 and 0.166 vs 0.177 ms, a tie
 # (bench/results/2026-12-05-h100-forms-spectral.md), where the box form stays.
 SPECTRAL_BOX_PADDED_SIZES = (64,)
