@@ -29,7 +29,7 @@ from triton.compiler import ASTSource
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from bench.bench_layers import SHAPES  # noqa: E402
-from runtime import triton_kernels  # noqa: E402
+from runtime import spectral, triton_kernels  # noqa: E402
 from runtime.toeplitz import HALF_SCALE_BITS, padded_width  # noqa: E402
 
 H100 = GPUTarget("cuda", 90, 32)
@@ -124,7 +124,6 @@ def kernels_at(size: int, grid: tuple[int, ...], dtype: str, box_tiles: list[tup
                 "ROWS": tile.rows, "W_PAD": padded_width(size)},
                tile.num_warps, tile.num_stages, tile.max_registers)
     if not half and size > 16:
-        from runtime import spectral
         yield ("spectral box", triton_kernels._spectral_box_kernel,
                {"x_ptr": "*fp32", "spectra_ptr": "*fp32", "offsets_ptr": "*i32", "forward_ptr": "*fp32",
                 "inverse_ptr": "*fp32", "scratch_ptr": "*fp32", "y_ptr": "*fp32"},

@@ -77,9 +77,9 @@ PLANE_BOX_MIN_FILL = 0.6
 # Where the box forward would run in fp32, the spectral box form (spectral.py: a DFT along W turns each
 # cell boundary's horizontal Toeplitz product into a product per frequency, a quarter to a third of the
 # box form's tensor-core work at stage 1) replaces it on planes that pad to one of
-# SPECTRAL_BOX_PADDED_SIZES on both sides. On an H100 at stage 1 (56x56) it ran 0.341 vs 0.420 ms (K=51) and 0.375 vs 0.532 ms (K=101);
-# at stage 2 (28x28, padded to 32) 0.160 vs 0.157 and 0.166 vs 0.177 ms, a tie
-# (bench/results/2026-12-05-h100-forms-spectral.md), where the box form stays.
+# SPECTRAL_BOX_PADDED_SIZES on both sides. On an H100 at stage 1 (56x56) it ran 0.341 vs 0.420 ms
+# (K=51) and 0.375 vs 0.532 ms (K=101); at stage 2 (28x28, padded to 32) 0.160 vs 0.157 and 0.166 vs
+# 0.177 ms, a tie (bench/results/2026-12-05-h100-forms-spectral.md), where the box form stays.
 SPECTRAL_BOX_PADDED_SIZES = (64,)
 # Where the Toeplitz form runs, the Toeplitz GEMM by image rows (column blocks as its operand, plain
 # tile loads instead of a gather per element) replaces it on planes up to ROW_TOEPLITZ_MAX_WIDTH wide
@@ -140,14 +140,15 @@ def triton_forms(height: int, width: int, grid: Sequence[int], dtype: torch.dtyp
     fill its padded square (PLANE_BOX_PADDED_SIZES, PLANE_BOX_MIN_FILL), else the cheaper by the
     tap-ratio rules (BOX_CONV_TAP_RATIO and BOX_CONV_TOEPLITZ_SHARE, TOEPLITZ_TAP_RATIO,
     BOX_TAP_RATIO), the box form in its spectral version for fp32 planes that pad to
-    SPECTRAL_BOX_PADDED_SIZES; always Toeplitz and box products beyond the SAT kernels' TRITON_MAX_PLANE. The
-    Toeplitz form runs by image rows on narrow planes (ROW_TOEPLITZ_MAX_WIDTH, ..._PADDING)."""
+    SPECTRAL_BOX_PADDED_SIZES; always Toeplitz and box products beyond the SAT kernels'
+    TRITON_MAX_PLANE. The Toeplitz form runs by image rows on narrow planes (ROW_TOEPLITZ_MAX_WIDTH, ..._PADDING)."""
     taps = sat_tap_count(grid, height, width)
     precision = "16" if dtype in (torch.bfloat16, torch.float16) else "32"
     too_big_for_sat = max(height, width) > TRITON_MAX_PLANE
     boxes = box_macs(grid, width)
     padded = toeplitz.padded_width(height)
-    if (precision == "16" and padded == toeplitz.padded_width(width) and padded in PLANE_BOX_PADDED_SIZES
+    square = padded == toeplitz.padded_width(width)  # both sides pad to the same power of two
+    if (precision == "16" and square and padded in PLANE_BOX_PADDED_SIZES
             and height * width >= PLANE_BOX_MIN_FILL * padded * padded):
         conv = "plane"
     elif too_big_for_sat:
@@ -156,8 +157,7 @@ def triton_forms(height: int, width: int, grid: Sequence[int], dtype: torch.dtyp
         conv = "box"
     else:
         conv = "toeplitz" if height * width <= TOEPLITZ_TAP_RATIO[precision] * taps else "sat"
-    if (conv == "box" and dtype == torch.float32 and padded == toeplitz.padded_width(width)
-            and padded in SPECTRAL_BOX_PADDED_SIZES):
+    if conv == "box" and dtype == torch.float32 and square and padded in SPECTRAL_BOX_PADDED_SIZES:
         conv = "spectral"
     if (conv == "toeplitz" and width <= ROW_TOEPLITZ_MAX_WIDTH
             and toeplitz.padded_width(width) <= ROW_TOEPLITZ_MAX_PADDING * width):

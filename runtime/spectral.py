@@ -42,29 +42,40 @@ def padded_frequencies(grid: tuple[int, ...], width: int) -> int:
     return toeplitz.padded_width(transform_length(grid, width) // 2 + 1)
 
 
-def dft_bases(grid: tuple[int, ...], width: int, device: torch.device) -> torch.Tensor:
-    """(4, Wp, Fp) fp64 on ``device``, cached, each indexed [w, f] (w < W, f < Nf, zero in the
-    padding): cos and -sin of the forward real DFT, then the inverse's cos and -sin with its 1/N and
-    the doubled weight of the frequencies that stand for two (Y = Ŷ_re @ [2]ᵀ + Ŷ_im @ [3]ᵀ)."""
-    def build() -> torch.Tensor:
-        length, padded_w, padded_f = transform_length(grid, width), toeplitz.padded_width(width), \
-            padded_frequencies(grid, width)
-        frequencies = length // 2 + 1
-        w = torch.arange(width, dtype=torch.float64)[:, None]
-        f = torch.arange(frequencies, dtype=torch.float64)[None, :]
-        angle = 2 * math.pi * torch.remainder(w * f, length) / length
-        weight = torch.full((frequencies,), 2.0, dtype=torch.float64)
-        weight[0] = 1.0
-        if length % 2 == 0:
-            weight[-1] = 1.0
-        bases = torch.zeros(4, padded_w, padded_f, dtype=torch.float64)
-        bases[0, :width, :frequencies] = torch.cos(angle)
-        bases[1, :width, :frequencies] = -torch.sin(angle)
-        bases[2, :width, :frequencies] = torch.cos(angle) * weight / length
-        bases[3, :width, :frequencies] = -torch.sin(angle) * weight / length
-        return bases
+def _dft_phases(positions: torch.Tensor, grid: tuple[int, ...], width: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin of 2π·p·f/N for positions p (n,) and the padded frequencies f < Fp, zero at
+    f >= Nf: two (n, Fp) fp64. The one place of the transform's sign and length convention."""
+    length = transform_length(grid, width)
+    f = torch.arange(padded_frequencies(grid, width), dtype=torch.float64)
+    angle = 2 * math.pi * torch.remainder(positions.double()[:, None] * f[None, :], length) / length
+    valid = (f < length // 2 + 1).double()
+    return torch.cos(angle) * valid, torch.sin(angle) * valid
 
-    return device_constant(("dft bases", grid, width), device, build)
+
+class DftBases(NamedTuple):
+    """The real DFT along W as the kernel reads it, zero in the padding: forward (2, Wp, Fp) the cos and
+    -sin of P̂ = P @ F; inverse (2, Fp, Wp) with its 1/N and the doubled weight of the frequencies that
+    stand for two, Y = Ŷ_re @ inverse[0] + Ŷ_im @ inverse[1]."""
+
+    forward: torch.Tensor
+    inverse: torch.Tensor
+
+
+def dft_bases(grid: tuple[int, ...], width: int, dtype: torch.dtype, device: torch.device) -> DftBases:
+    """``DftBases`` in ``dtype`` on ``device``, cached (built in fp64, rounded once)."""
+    def build(inverse: bool) -> torch.Tensor:
+        cos, sin = _dft_phases(torch.arange(width), grid, width)
+        if inverse:
+            length = transform_length(grid, width)
+            f = torch.arange(cos.shape[1])
+            weight = torch.where((f == 0) | (2 * f == length), 1.0, 2.0).double() / length
+            cos, sin = cos * weight, sin * weight
+        bases = torch.zeros(2, toeplitz.padded_width(width), cos.shape[1], dtype=torch.float64)
+        bases[0, :width], bases[1, :width] = cos, -sin
+        return (bases.transpose(1, 2) if inverse else bases).to(dtype).contiguous()
+
+    return DftBases(*(device_constant(("dft bases", grid, width, dtype, inverse), device, lambda: build(inverse))
+                      for inverse in (False, True)))
 
 
 class BoundarySpectra(NamedTuple):
@@ -78,19 +89,15 @@ class BoundarySpectra(NamedTuple):
 def _boundary_spectra_fp64(weight: torch.Tensor, grid: tuple[int, ...], height: int, width: int) -> torch.Tensor:
     """w_θ (C, 1, k', k') fp64 on the CPU -> Ŝ (C, n, 2, Fp) fp64, step by step (``spectrum_map``)."""
     cells = len(grid)
-    lag_cell = torch.tensor(toeplitz.lag_cells(grid, width))
-    rows = torch.cat([weight.reshape(weight.shape[0], cells, cells), weight.new_zeros(weight.shape[0], cells, 1)], 2)
-    row_kernels = rows[:, :, lag_cell]                                   # (C, k', 2W-1), lags 1-W..W-1
+    lag_cell = torch.tensor(toeplitz.lag_cells(grid, width))             # lags 1-W..W-1, k' beyond reach
+    index = torch.where(lag_cell < cells, torch.arange(cells)[:, None] * cells + lag_cell, cells * cells)
+    row_kernels = toeplitz.gather_shared(weight, index.flatten(), torch.float64).view(-1, cells, lag_cell.numel())
     padded = torch.nn.functional.pad(row_kernels, (0, 0, 1, 1))          # r_{-1} = r_{k'} = 0
     differences = padded[:, :-1] - padded[:, 1:]                         # (C, k'+1, 2W-1)
     _, merge = sat.clamp_boundaries(grid, height)
     merged = torch.einsum("ij,cjl->cil", merge.double(), differences)
-    length = transform_length(grid, width)
-    lags = torch.arange(1 - width, width, dtype=torch.float64)
-    f = torch.arange(padded_frequencies(grid, width), dtype=torch.float64)
-    angle = 2 * math.pi * torch.remainder(lags[:, None] * f[None, :], length) / length
-    valid = (f < length // 2 + 1).to(torch.float64)
-    return torch.stack([merged @ (torch.cos(angle) * valid), merged @ (torch.sin(angle) * valid)], dim=2)
+    cos, sin = _dft_phases(torch.arange(1 - width, width), grid, width)
+    return torch.stack([merged @ cos, merged @ sin], dim=2)
 
 
 def spectrum_map(grid: tuple[int, ...], height: int, width: int, device: torch.device) -> torch.Tensor:
@@ -118,10 +125,10 @@ def boundary_spectra(weight: torch.Tensor, grid: tuple[int, ...], height: int, w
 def spectral_conv(x: torch.Tensor, spectra: BoundarySpectra, grid: tuple[int, ...]) -> torch.Tensor:
     """Y = (Σ_j Ŝ_j ⊙ (P @ F)[clamp(h + p_j)]) @ G: x (B, C, H, W) -> (B, C, H, W), in fp32 (fp64 for fp64)."""
     height, width = x.shape[-2:]
-    accumulate = sat.accumulate_dtype(x.dtype)
-    bases = dft_bases(tuple(grid), width, x.device).to(accumulate)[:, :width]
+    bases = dft_bases(tuple(grid), width, sat.accumulate_dtype(x.dtype), x.device)
+    forward, inverse = bases.forward[:, :width], bases.inverse[:, :, :width]
     prefix = toeplitz.column_prefix(x)                                   # (B, C, H+1, W)
-    real, imag = prefix @ bases[0], prefix @ bases[1]                    # (B, C, H+1, Fp)
+    real, imag = prefix @ forward[0], prefix @ forward[1]                # (B, C, H+1, Fp)
     rows = torch.arange(height, device=x.device)
     out_real = out_imag = 0
     for index, offset in enumerate(spectra.offsets):
@@ -129,7 +136,7 @@ def spectral_conv(x: torch.Tensor, spectra: BoundarySpectra, grid: tuple[int, ..
         s_real, s_imag = spectra.spectra[:, index, 0, None, :], spectra.spectra[:, index, 1, None, :]
         out_real = out_real + s_real * real[:, :, source] - s_imag * imag[:, :, source]
         out_imag = out_imag + s_real * imag[:, :, source] + s_imag * real[:, :, source]
-    y = out_real @ bases[2].T + out_imag @ bases[3].T
+    y = out_real @ inverse[0] + out_imag @ inverse[1]
     return y.to(x.dtype)
 
 

@@ -65,7 +65,7 @@ def lag_kernel_index(grid: tuple[int, ...], height: int, width: int, device: tor
     return device_constant(("lag kernel index", grid, height, width), device, build)
 
 
-def _gather_shared(weight: torch.Tensor, index: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+def gather_shared(weight: torch.Tensor, index: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """w_θ (C, 1, k', k') gathered at ``index`` into (C, len(index)) in ``dtype``; index k'·k' is a zero."""
     return F.pad(weight.reshape(weight.shape[0], -1).to(dtype), (0, 1))[:, index]
 
@@ -75,7 +75,7 @@ def lag_kernel(weight: torch.Tensor, grid: tuple[int, ...], height: int, width: 
     """w_θ (C, 1, k', k') -> Kc (C, 2H-1, 2W-1) in ``dtype``; Kc[c, H-1+δh, W-1+δw] = w[c, i, j]
     of the expanded kernel at i = δh + K//2, j = δw + K//2 (0 where that is outside K x K)."""
     index = lag_kernel_index(tuple(grid), height, width, weight.device)
-    return _gather_shared(weight, index, dtype).view(weight.shape[0], 2 * height - 1, 2 * width - 1)
+    return gather_shared(weight, index, dtype).view(weight.shape[0], 2 * height - 1, 2 * width - 1)
 
 
 def _toeplitz_index(height: int, width: int, device: torch.device) -> torch.Tensor:
@@ -126,7 +126,7 @@ def column_blocks(weight: torch.Tensor, grid: tuple[int, ...], width: int, dtype
     padding wq or wp >= W)."""
     index = column_block_index(tuple(grid), width, weight.device)
     padded = padded_width(width)
-    return _gather_shared(weight, index, dtype).view(weight.shape[0], len(grid), padded, padded)
+    return gather_shared(weight, index, dtype).view(weight.shape[0], len(grid), padded, padded)
 
 
 HALF_SCALE_BITS = 14

@@ -1143,30 +1143,18 @@ def box_products_triton(dy: torch.Tensor, x: torch.Tensor, grid: Sequence[int], 
     return partial.sum(0)
 
 
-def _spectral_bases(grid: tuple[int, ...], width: int, dtype: torch.dtype, device: torch.device
-                    ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(forward (2, Wp, Fp), inverse (2, Fp, Wp)) in ``dtype``, cached: spectral.dft_bases laid out
-    as the kernel reads them."""
-    def build(part: int) -> torch.Tensor:
-        bases = spectral.dft_bases(grid, width, device)
-        return (bases[:2] if part == 0 else bases[2:].transpose(1, 2)).to(dtype).contiguous()
-
-    return tuple(device_constant(("spectral bases", grid, width, dtype, part), device, lambda: build(part))
-                 for part in (0, 1))
-
-
 def spectral_conv_triton(x: torch.Tensor, spectra: spectral.BoundarySpectra, grid: Sequence[int],
                          num_warps: int = 4, num_stages: int = 1) -> torch.Tensor:
     """Triton twin of ``spectral.spectral_conv``: x (B, C, H, W) fp32 or fp64, Ŝ -> (B, C, H, W).
 
     A program holds one plane padded to powers of two (``toeplitz.padded_width``), so it suits planes
-    up to 64 a side, with the prefix spectrum parked in an fp32 scratch of B·C·H·2·Fp entries."""
+    up to 64 a side, with the prefix spectrum parked in a scratch of B·C·H·2·Fp entries in x's dtype."""
     if x.dtype not in (torch.float32, torch.float64):
         raise ValueError(f"the spectral box form runs fp32 and fp64 inputs, got {x.dtype}")
     x = x.contiguous()
     batch, channels, height, width = x.shape
     grid = tuple(grid)
-    forward, inverse = _spectral_bases(grid, width, x.dtype, x.device)
+    forward, inverse = spectral.dft_bases(grid, width, x.dtype, x.device)
     frequencies = forward.shape[-1]
     scratch = torch.empty(batch * channels * height * 2 * frequencies, device=x.device, dtype=x.dtype)
     y = torch.empty_like(x)

@@ -73,9 +73,8 @@ def form(request, monkeypatch):
     grad-weight runs the box products, or the SAT tap sums with the SAT form."""
     from runtime import op
     toeplitz_forms = ("toeplitz", "rowtoeplitz")
-    unbounded = {name: float("inf") if request.param == name else 0.0 for name in ("box", "sat")}
-    unbounded["box"] = float("inf") if request.param in ("box", "spectral") else 0.0
-    unbounded["toeplitz"] = float("inf") if request.param in toeplitz_forms else 0.0
+    ratio_forms = {"box": ("box", "spectral"), "sat": ("sat",), "toeplitz": toeplitz_forms}
+    unbounded = {name: float("inf") if request.param in forms else 0.0 for name, forms in ratio_forms.items()}
     monkeypatch.setattr(op, "PLANE_BOX_PADDED_SIZES", (16, 32, 64) if request.param == "plane" else ())
     monkeypatch.setattr(op, "PLANE_BOX_MIN_FILL", 0.0)
     monkeypatch.setattr(op, "SPECTRAL_BOX_PADDED_SIZES", (16, 32, 64) if request.param == "spectral" else ())
