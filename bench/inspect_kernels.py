@@ -1,6 +1,6 @@
 """Compile the runtime's tensor-core kernels for an H100/H200 (sm_90) without a GPU and report how
 Triton laid them out: shared memory, registers and spills (ptxas -v, the ptxas that ships with
-triton), asynchronous copies (and whether they bypass L1: ``cp.async.cg``; TMA copies count as async
+triton), SASS instruction counts (cuobjdump), asynchronous copies (and whether they bypass L1: ``cp.async.cg``; TMA copies count as async
 copies too), tensor-core dots and wgmma's waits.
 
 A kernel whose loads are not copied asynchronously, or whose every wgmma waits for the one
@@ -53,25 +53,55 @@ def compile_kernel(kernel, pointers: dict[str, str], scalars: tuple[str, ...], c
     return compiled, compiled.asm["ttgir"]
 
 
-def registers(ptx: str) -> str:
-    """'registers / spill bytes' from ptxas -v for sm_90a, or '?' where triton ships no ptxas."""
-    ptxas = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
-    if not os.path.exists(ptxas):
-        return "?"
+def _nvidia_tool(name: str) -> str | None:
+    path = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", name)
+    return path if os.path.exists(path) else None
+
+
+def assemble(ptx: str) -> tuple[str, str]:
+    """(ptxas -v report, SASS listing) of ``ptx`` for sm_90a with the ptxas and cuobjdump that ship
+    with triton; ('', '') where it ships none."""
+    ptxas, cuobjdump = _nvidia_tool("ptxas"), _nvidia_tool("cuobjdump")
+    if not ptxas:
+        return "", ""
     with tempfile.TemporaryDirectory() as folder:
-        source = os.path.join(folder, "kernel.ptx")
+        source, cubin = os.path.join(folder, "kernel.ptx"), os.path.join(folder, "kernel.cubin")
         with open(source, "w") as handle:
             handle.write(ptx)
-        report = subprocess.run([ptxas, "-arch=sm_90a", "-v", source, "-o", os.path.join(folder, "kernel.cubin")],
-                                capture_output=True, text=True).stderr
+        report = subprocess.run([ptxas, "-arch=sm_90a", "-v", source, "-o", cubin], capture_output=True,
+                                text=True).stderr
+        sass = subprocess.run([cuobjdump, "-sass", cubin], capture_output=True, text=True).stdout if cuobjdump else ""
+    return report, sass
+
+
+def registers(report: str) -> str:
+    """'registers / spill bytes' from a ptxas -v report, or '?'."""
     used, spilled = re.search(r"Used (\d+) registers", report), re.search(r"(\d+) bytes spill stores", report)
     return f"{used.group(1) if used else '?'} / {spilled.group(1) if spilled else '?'}"
+
+
+def sass_counts(sass: str) -> str:
+    """'instructions / in loops': the kernel's SASS instructions, and those inside backward branches
+    (loop bodies, each counted once), as '?' where no SASS could be made. A static count: multiply a
+    loop's body by its trip count for the instructions a program issues."""
+    instructions = [(int(address, 16), text) for address, text in
+                    re.findall(r"/\*([0-9a-f]{4,})\*/\s+([^;]*);", sass)]
+    if not instructions:
+        return "?"
+    in_loops = set()
+    for address, text in instructions:
+        target = re.search(r"BRA\b.*?0x([0-9a-f]+)", text)
+        if target and int(target.group(1), 16) < address:
+            in_loops.update(a for a, _ in instructions if int(target.group(1), 16) <= a <= address)
+    return f"{len(instructions)} / {len(in_loops)}"
 
 
 def layout_row(label: str, compiled, ttgir: str) -> str:
     pendings = re.findall(r"pendings = (\d+)", ttgir)
     ptx = compiled.asm["ptx"]
-    return (f"| {label} | {compiled.metadata.shared} | {registers(ptx)} | {len(re.findall(r'async(?:_tma)?_copy_global_to_local', ttgir))} | "
+    report, sass = assemble(ptx)
+    return (f"| {label} | {compiled.metadata.shared} | {registers(report)} | {sass_counts(sass)} | "
+            f"{len(re.findall(r'async(?:_tma)?_copy_global_to_local', ttgir))} | "
             f"{ptx.count('cp.async.cg')} / {ptx.count('cp.async.ca')} | "
             f"{ttgir.count('tt.dot ')} | {ttgir.count('warp_group_dot ')} | {','.join(pendings) or '-'} |")
 
@@ -150,9 +180,9 @@ def main() -> None:
     stages = {int(v) for v in args.stages.split(",")}
     shapes = {(stage, size): tuple(grid) for stage, _, size, grid in SHAPES if stage in stages}
     print(f"triton {triton.__version__}, target sm_90, the launchers' default tiles\n")
-    print("| stage, H, dtype, kernel | shared bytes | registers / spill bytes | async copies | "
-          "cp.async L2 only / via L1 | mma (sm_80 style) | wgmma | wgmma waits (pendings) |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| stage, H, dtype, kernel | shared bytes | registers / spill bytes | SASS instructions / in loops | "
+          "async copies | cp.async L2 only / via L1 | mma (sm_80 style) | wgmma | wgmma waits (pendings) |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for (stage, size), grid in shapes.items():
         for dtype in args.dtypes.split(","):
             for label, kernel, pointers, scalars, constants, warps, num_stages, cap in kernels_at(size, grid, dtype, box_tiles):

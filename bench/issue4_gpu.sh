@@ -4,6 +4,7 @@
 #
 #     OUT=/tmp/out bash bench/issue4_gpu.sh layers       # layer table (fp32 at "highest" and "high"),
 #                                                        # plane box at batches 50-66, spectral vs box
+#     OUT=/tmp/out bash bench/issue4_gpu.sh spectral     # spectral kernel candidates vs box, ncu profile
 #     OUT=/tmp/out bash bench/issue4_gpu.sh tests        # the runtime's tests on the GPU
 #     OUT=/tmp/out bash bench/issue4_gpu.sh model-bf16   # whole models vs convnext_tiny (also model-fp32)
 #
@@ -32,6 +33,14 @@ case "$part" in
     timeout 60 python3 bench/bench_forms.py --stages 1,2 --dtypes fp32 --only box:32/2/3,spectral \
       --out "$out/forms-spectral.md" > "$out/forms-spectral.log" 2>&1
     ;;
+  spectral)
+    timeout 200 python3 bench/bench_forms.py --stages 1,2 --dtypes fp32 --only box:32/2/3,spectral,spectralold \
+      --spectral 4/1,4/1/168,4/1/128,8/1 --out "$out/forms-spectral.md" > "$out/forms-spectral.log" 2>&1
+    timeout 200 ncu --clock-control none --section SpeedOfLight --section MemoryWorkloadAnalysis \
+      --section ComputeWorkloadAnalysis --section WarpStateStats --section Occupancy --section LaunchStats \
+      --section InstructionStats -k regex:spectral python3 bench/ncu_layers.py --stages 1 --dtypes fp32 \
+      > "$out/ncu-spectral.txt" 2>&1
+    ;;
   tests)
     timeout 560 python3 -m pytest -q -p no:cacheprovider tests/runtime > "$out/tests.txt" 2>&1
     ;;
@@ -41,5 +50,5 @@ case "$part" in
       --dtypes "$dtype" --warmup 3 --iters 10 --models convnext_tiny,pelk_t,pelk101_t \
       --out "$out/model-$dtype.md" > "$out/model-$dtype.log" 2>&1
     ;;
-  *) echo "usage: bench/issue4_gpu.sh layers|tests|model-bf16|model-fp32" >&2; exit 2 ;;
+  *) echo "usage: bench/issue4_gpu.sh layers|spectral|tests|model-bf16|model-fp32" >&2; exit 2 ;;
 esac

@@ -22,6 +22,8 @@ from runtime.reference import peripheral_conv2d_reference
 
 pytest.importorskip("triton", reason="triton is not installed")
 from runtime import triton_kernels  # noqa: E402
+import triton  # noqa: E402
+import triton.language as tl  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 KERNELS_RUN_HERE = DEVICE == "cuda" or triton_kernels.INTERPRETED
@@ -163,6 +165,20 @@ def test_toeplitz_kernels_match_their_torch_twins(grid, batch, height, width, dt
 
 
 @needs_kernels
+@pytest.mark.parametrize("height, width", [(16, 16), (16, 13), (20, 31)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_spectral_kernel_matches_its_torch_twin_on_planes_that_fill_their_padding(height, width, dtype):
+    """A plane of H == H_PAD rows still has its H+1 prefix rows (row 0 zero) in the scratch."""
+    from runtime import spectral
+    grid = PAPER_GRIDS[13]
+    x, weight = random_inputs(2, 2, height, width, grid, dtype, seed=height + width)
+    spectra = spectral.boundary_spectra(weight, grid, height, width)
+    got = triton_kernels.spectral_conv_triton(x.to(DEVICE), spectra._replace(spectra=spectra.spectra.to(DEVICE)),
+                                              grid).cpu()
+    assert relative_error(got, spectral.spectral_conv(x, spectra, grid).double()) <= KERNEL_TOLERANCE[dtype]
+
+
+@needs_kernels
 @settings(max_examples=6, deadline=None)
 @given(grid=grids(max_cells=5, max_cell=4), height=st.integers(1, 12), width=st.sampled_from([8, 16]),
        dtype=st.sampled_from([torch.float32, torch.bfloat16, torch.float16]), seed=st.integers(0, 2**16))
@@ -224,6 +240,34 @@ def test_fp32_products_take_tf32_only_where_torch_allows_it_for_fp32_matmuls():
         torch.set_float32_matmul_precision(previous)
     assert triton_kernels._dot_precision(torch.float32) == "tf32x3"  # the default, "highest"
     assert triton_kernels._dot_precision(torch.bfloat16) == "tf32"  # ignored for 16-bit inputs
+
+
+@triton.jit
+def _tf32_split_kernel(values_ptr, hi_ptr, lo_ptr, N: tl.constexpr):
+    index = tl.arange(0, N)
+    hi, lo = triton_kernels._tf32_split(tl.load(values_ptr + index))
+    tl.store(hi_ptr + index, hi)
+    tl.store(lo_ptr + index, lo)
+
+
+@needs_kernels
+@settings(max_examples=20, deadline=None)
+@given(values=st.lists(st.floats(min_value=-2.0 ** 126, max_value=2.0 ** 126, width=32), min_size=16, max_size=16))
+@example(values=[1 + 2**-11, 1 + 3 * 2**-11, -(1 + 2**-11), 2**-140, 3 * 2**-137, 0.0, -0.0, 2.0**126] * 2)  # ties
+def test_tf32_split_rounds_to_nearest_ties_away_and_keeps_the_rest_exactly(values):
+    """The fp32 products' operand split (the three-TF32 scheme of tl.dot's tf32x3, whose cvt.rna it
+    matches): hi has TF32's 10 mantissa bits, rounded to nearest with ties away from zero, and
+    hi + lo is the value exactly."""
+    x = torch.tensor(values, dtype=torch.float32, device=DEVICE)
+    hi, lo = torch.empty_like(x), torch.empty_like(x)
+    _tf32_split_kernel[(1,)](x, hi, lo, N=16)
+    hi, lo, exact = hi.cpu().double(), lo.cpu().double(), x.cpu().double()
+    assert ((hi.float().view(torch.int32) & 0x1FFF) == 0).all()
+    assert torch.equal(hi + lo, exact)
+    exponent = torch.floor(torch.log2(exact.abs().clamp_min(2.0 ** -149))).clamp_min(-126)
+    ulp = torch.exp2(exponent - 10)
+    rounded = torch.sign(exact) * torch.floor(exact.abs() / ulp + 0.5) * ulp
+    assert torch.equal(hi, rounded)
 
 
 def test_tma_needs_16_byte_rows():
