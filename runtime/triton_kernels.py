@@ -177,24 +177,26 @@ def _dot_step(acc, a, b, PRECISION: tl.constexpr, UPCAST: tl.constexpr, A_IS_TF3
     """acc + a @ b on tensor cores (bf16/fp16 native, fp32 as PRECISION), or for fp64 ("ieee",
     where tl.dot does not compile on CUDA) as a broadcast-and-sum.
 
-    fp32 "tf32x3" is three TF32 products of operands split here (lo·hi, hi·lo, hi·hi; two where
-    ``A_IS_TF32``, a exact in TF32 such as 0/1 entries): the numbers of tl.dot's own tf32x3 for
-    finite values (hi rounded to nearest, lo the fp32 rest), in three integer/float operations per
-    element where tl.dot's spends about seven guarding infinities (an infinite input gives NaN here).
-    On sm_90 that is 20-45% fewer instructions in the loops of the fp32 kernels and the box conv's
-    spills drop from 152 to 24 bytes (``bench/inspect_kernels.py``)."""
+    fp32 "tf32x3" is tl.dot's own scheme with the operands split here: the small products lo·hi and
+    hi·lo summed from zero, hi·hi on top, the whole added to acc (summed into acc itself the small
+    products lose their low bits: 7-9x the error, docs/runtime.md); two products where ``A_IS_TF32``,
+    a exact in TF32 such as 0/1 entries. Same numbers as tl.dot's for finite values, in three
+    integer/float operations per element where tl.dot spends about seven guarding infinities (an
+    infinite input gives NaN here): on sm_90 20-45% fewer instructions in the fp32 kernels' loops
+    (``bench/inspect_kernels.py``)."""
     if PRECISION == "ieee":
         acc += tl.sum(a[:, :, None] * b[None, :, :], axis=1)
     elif PRECISION == "tf32x3":
         b_hi, b_lo = _tf32_split(b)
+        small = tl.zeros(acc.shape, dtype=tl.float32)
         if A_IS_TF32:
-            acc = tl.dot(a, b_lo, acc, input_precision="tf32")
-            acc = tl.dot(a, b_hi, acc, input_precision="tf32")
+            small = tl.dot(a, b_lo, small, input_precision="tf32")
+            acc += tl.dot(a, b_hi, small, input_precision="tf32")
         else:
             a_hi, a_lo = _tf32_split(a)
-            acc = tl.dot(a_lo, b_hi, acc, input_precision="tf32")
-            acc = tl.dot(a_hi, b_lo, acc, input_precision="tf32")
-            acc = tl.dot(a_hi, b_hi, acc, input_precision="tf32")
+            small = tl.dot(a_lo, b_hi, small, input_precision="tf32")
+            small = tl.dot(a_hi, b_lo, small, input_precision="tf32")
+            acc += tl.dot(a_hi, b_hi, small, input_precision="tf32")
     else:
         if UPCAST:  # the interpreter's dot mishandles bf16/fp16; their products are exact in fp32
             a, b = a.to(tl.float32), b.to(tl.float32)

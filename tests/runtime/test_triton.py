@@ -270,6 +270,33 @@ def test_tf32_split_rounds_to_nearest_ties_away_and_keeps_the_rest_exactly(value
     assert torch.equal(hi, rounded)
 
 
+@triton.jit
+def _products_kernel(a_ptr, b_ptr, acc_ptr, ours_ptr, theirs_ptr, N: tl.constexpr, A_IS_TF32: tl.constexpr):
+    tile = tl.arange(0, N)[:, None] * N + tl.arange(0, N)[None, :]
+    a, b, acc = tl.load(a_ptr + tile), tl.load(b_ptr + tile), tl.load(acc_ptr + tile)
+    tl.store(ours_ptr + tile, triton_kernels._dot_step(acc, a, b, "tf32x3", False, A_IS_TF32))
+    tl.store(theirs_ptr + tile, tl.dot(a, b, acc, input_precision="tf32x3"))
+
+
+@needs_kernels
+@pytest.mark.parametrize("a_is_tf32", [False, True])
+def test_fp32_products_split_their_operands_as_tl_dot_tf32x3_does(a_is_tf32):
+    """_dot_step's own split gives tl.dot's tf32x3 numbers: bit for bit on the GPU (same products, same
+    order), and to fp32 rounding under the interpreter (which multiplies in fp32 without TF32)."""
+    generator = torch.Generator().manual_seed(3)
+    a, b, acc = (torch.randn(32, 32, generator=generator) * 10.0 ** torch.randint(-3, 4, (32, 32), generator=generator)
+                 for _ in range(3))
+    if a_is_tf32:
+        a = (torch.rand(32, 32, generator=generator) < 0.5).float()
+    a, b, acc = a.to(DEVICE), b.to(DEVICE), acc.to(DEVICE)
+    ours, theirs = torch.empty_like(acc), torch.empty_like(acc)
+    _products_kernel[(1,)](a, b, acc, ours, theirs, N=32, A_IS_TF32=a_is_tf32)
+    if DEVICE == "cuda":
+        assert torch.equal(ours, theirs)
+    else:
+        torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5 * float((a.abs() @ b.abs()).max()))
+
+
 def test_tma_needs_16_byte_rows():
     assert not triton_kernels.tma_applies(torch.zeros(1, 1, 28, 28, dtype=torch.bfloat16))
     assert not triton_kernels.tma_applies(torch.zeros(1, 1, 4, 6, dtype=torch.float32))
