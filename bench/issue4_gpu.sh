@@ -35,7 +35,7 @@ case "$part" in
     ;;
   spectral)
     timeout 200 python3 bench/bench_forms.py --stages 1,2 --dtypes fp32 --only box:32/2/3,spectral,spectralold \
-      --spectral 4/1,4/1/168,4/1/128,8/1 --out "$out/forms-spectral.md" > "$out/forms-spectral.log" 2>&1
+      --spectral 4/1,4/1/128,8/1 --out "$out/forms-spectral.md" > "$out/forms-spectral.log" 2>&1
     timeout 200 ncu --clock-control none --section SpeedOfLight --section MemoryWorkloadAnalysis \
       --section ComputeWorkloadAnalysis --section WarpStateStats --section Occupancy --section LaunchStats \
       --section InstructionStats -k regex:spectral python3 bench/ncu_layers.py --stages 1 --dtypes fp32 \
