@@ -135,7 +135,8 @@ def candidates(x: torch.Tensor, w: torch.Tensor, dy: torch.Tensor, grid: tuple[i
     # their box sums need a hi/lo pair of products and they lost to Toeplitz everywhere).
     plane = size > 32 or (not half and size > 16)
     fits = {"plane": plane, "planetma": plane and kernels.tma_rows_align(size, x.dtype), "rowtoeplitz": size <= 32,
-            "box": not half, "spectral": not half and size > 16, "spectralold": not half and size > 16, "sat": not half and size > 32, "satgrad": not half}
+            "box": not half, "spectral": not half and size > 16, "sat": not half and size > 32, "satgrad": not half}
+    fits["spectralold"] = fits["spectral"]
     for form, form_configs in configs.items():
         if not fits.get(form, True):
             continue

@@ -1,7 +1,7 @@
 """Compile the runtime's tensor-core kernels for an H100/H200 (sm_90) without a GPU and report how
 Triton laid them out: shared memory, registers and spills (ptxas -v, the ptxas that ships with
-triton), SASS instruction counts (cuobjdump), asynchronous copies (and whether they bypass L1: ``cp.async.cg``; TMA copies count as async
-copies too), tensor-core dots and wgmma's waits.
+triton), SASS instruction counts (its cuobjdump), asynchronous copies (and whether they bypass L1:
+``cp.async.cg``; TMA copies count as async copies too), tensor-core dots and wgmma's waits.
 
 A kernel whose loads are not copied asynchronously, or whose every wgmma waits for the one
 before (``pendings`` all 0), runs its loop unpipelined; that is what plane sizes as runtime

@@ -15,9 +15,9 @@ from runtime.triton_kernels import _dot_precision, _dot_step, _offsets_tensor
 
 
 @triton.jit
-def _spectral_box_kernel_previous(x_ptr, spectra_ptr, offsets_ptr, forward_ptr, inverse_ptr, scratch_ptr, y_ptr, C,
-                         BOUNDARIES, H: tl.constexpr, W: tl.constexpr, PRECISION: tl.constexpr,
-                         H_PAD: tl.constexpr, W_PAD: tl.constexpr, F_PAD: tl.constexpr):
+def _spectral_box_kernel_previous(x_ptr, spectra_ptr, offsets_ptr, forward_ptr, inverse_ptr, scratch_ptr,
+                                  y_ptr, C, BOUNDARIES, H: tl.constexpr, W: tl.constexpr, PRECISION: tl.constexpr,
+                                  H_PAD: tl.constexpr, W_PAD: tl.constexpr, F_PAD: tl.constexpr):
     """y[n, c] = (Σ_j Ŝ_j[c] ⊙ (P @ F)[clamp(h + p_j, 0, H)]) @ G (the spectral box form,
     spectral.spectral_conv), fp32 or fp64.
 
@@ -63,9 +63,8 @@ def _spectral_box_kernel_previous(x_ptr, spectra_ptr, offsets_ptr, forward_ptr, 
     tl.store(y_ptr + plane * (H * W) + u[:, None] * W + w[None, :], y.to(y_ptr.dtype.element_ty), mask=inside)
 
 
-
 def spectral_conv_previous(x: torch.Tensor, spectra: spectral.BoundarySpectra, grid: Sequence[int],
-                         num_warps: int = 4, num_stages: int = 1) -> torch.Tensor:
+                           num_warps: int = 4, num_stages: int = 1) -> torch.Tensor:
     """Triton twin of ``spectral.spectral_conv``: x (B, C, H, W) fp32 or fp64, Ŝ -> (B, C, H, W).
 
     A program holds one plane padded to powers of two (``toeplitz.padded_width``), so it suits planes

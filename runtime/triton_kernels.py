@@ -182,7 +182,7 @@ def _dot_step(acc, a, b, PRECISION: tl.constexpr, UPCAST: tl.constexpr, A_IS_TF3
     products lose their low bits: 7-9x the error, docs/runtime.md); two products where ``A_IS_TF32``,
     a exact in TF32 such as 0/1 entries. Same numbers as tl.dot's for finite values, in three
     integer/float operations per element where tl.dot spends about seven guarding infinities (an
-    infinite input gives NaN here): on sm_90 20-45% fewer instructions in the fp32 kernels' loops
+    infinite input gives NaN here): on sm_90 20-30% fewer instructions in the fp32 kernels' loops
     (``bench/inspect_kernels.py``)."""
     if PRECISION == "ieee":
         acc += tl.sum(a[:, :, None] * b[None, :, :], axis=1)
@@ -523,9 +523,9 @@ def _spectral_box_kernel(x_ptr, spectra_ptr, offsets_ptr, forward_ptr, inverse_p
     w = tl.arange(0, W_PAD)
     f = tl.arange(0, F_PAD)
     rows = (u < H)[:, None]
+    inside = rows & (w < W)[None, :]
     accumulate = tl.float64 if PRECISION == "ieee" else tl.float32
-    x = tl.load(x_ptr + plane * (H * W) + u[:, None] * W + w[None, :], mask=rows & (w < W)[None, :],
-                other=0.0).to(accumulate)
+    x = tl.load(x_ptr + plane * (H * W) + u[:, None] * W + w[None, :], mask=inside, other=0.0).to(accumulate)
     ones_below = (u[None, :] <= u[:, None]).to(accumulate)                  # row s sums x[0..s]
     prefix = _dot_step(tl.zeros((H_PAD, W_PAD), dtype=accumulate), ones_below, x, PRECISION, False, True)
     forward = forward_ptr + w[:, None] * F_PAD + f[None, :]
@@ -533,8 +533,7 @@ def _spectral_box_kernel(x_ptr, spectra_ptr, offsets_ptr, forward_ptr, inverse_p
     real = _dot_step(zeros, prefix, tl.load(forward), PRECISION, False)
     imag = _dot_step(zeros, prefix, tl.load(forward + W_PAD * F_PAD), PRECISION, False)
     scratch = scratch_ptr + plane * ((H + 1) * 2 * F_PAD)
-    row_zero = tl.zeros((2 * F_PAD,), dtype=accumulate)
-    tl.store(scratch + tl.arange(0, 2 * F_PAD), row_zero)
+    tl.store(scratch + tl.arange(0, 2 * F_PAD), tl.zeros((2 * F_PAD,), dtype=accumulate))  # P̂[0] = 0
     prefix_rows = scratch + ((u + 1) * (2 * F_PAD))[:, None] + f[None, :]
     tl.store(prefix_rows, real, mask=rows)
     tl.store(prefix_rows + F_PAD, imag, mask=rows)
@@ -555,8 +554,7 @@ def _spectral_box_kernel(x_ptr, spectra_ptr, offsets_ptr, forward_ptr, inverse_p
     inverse = inverse_ptr + f[:, None] * W_PAD + w[None, :]
     y = _dot_step(tl.zeros((H_PAD, W_PAD), dtype=accumulate), out_real, tl.load(inverse), PRECISION, False)
     y = _dot_step(y, out_imag, tl.load(inverse + F_PAD * W_PAD), PRECISION, False)
-    tl.store(y_ptr + plane * (H * W) + u[:, None] * W + w[None, :], y.to(y_ptr.dtype.element_ty),
-             mask=rows & (w < W)[None, :])
+    tl.store(y_ptr + plane * (H * W) + u[:, None] * W + w[None, :], y.to(y_ptr.dtype.element_ty), mask=inside)
 
 
 @triton.jit
