@@ -22,7 +22,8 @@ form's configurations can be replaced, e.g. ``--rowtoeplitz 64/128/4/2,32/128/4/
   default[/reuse tiles: 1 the centre from the plane and one band per mirror pair, as auto, 0 not[/blocks: 0
   only those the kernel reads, as auto, 1 R and its fp16 copy for every cell]]]; auto's where TMA applies);
 * ``box``: the box-form GEMM (rows/warps/stages);
-* ``spectral``: the spectral box form, a plane per program (warps/stages[/register cap]; fp32 only);
+* ``spectral``: the spectral box form, a plane per program (warps/stages[/register cap[/1: rows shifted
+  in registers, no scratch]]; fp32 only);
 * ``spectralold``: its kernel as of commit 2aca0b3 (bench/spectral_previous.py), to time beside it;
 * ``boxgrad`` and ``satgrad``: grad-weight by box products (K/warps/stages) or SAT tap sums.
 
@@ -119,9 +120,9 @@ def candidates(x: torch.Tensor, w: torch.Tensor, dy: torch.Tensor, grid: tuple[i
                 plane_blocks(None if all_blocks else row_cells, half_boxes))),
         "box": lambda rows, warps, stages: with_blocks(lambda images, blocks, cells: kernels.box_conv_triton(
             images, blocks, cells, rows, warps, stages)),
-        "spectral": lambda warps, stages, registers=0: (lambda: spectral.peripheral_conv2d_spectral(
+        "spectral": lambda warps, stages, registers=0, in_registers=0: (lambda: spectral.peripheral_conv2d_spectral(
             x, w, grid, lambda images, spectra, cells: kernels.spectral_conv_triton(
-                images, spectra, cells, warps, stages, registers or None))),
+                images, spectra, cells, warps, stages, registers or None, bool(in_registers)))),
         "spectralold": lambda warps, stages: (lambda: spectral.peripheral_conv2d_spectral(
             x, w, grid, lambda images, spectra, cells: spectral_previous.spectral_conv_previous(
                 images, spectra, cells, warps, stages))),

@@ -154,13 +154,15 @@ def kernels_at(size: int, grid: tuple[int, ...], dtype: str, box_tiles: list[tup
                 "ROWS": tile.rows, "W_PAD": padded_width(size)},
                tile.num_warps, tile.num_stages, tile.max_registers)
     if not half and size > 16:
-        yield ("spectral box", triton_kernels._spectral_box_kernel,
-               {"x_ptr": "*fp32", "spectra_ptr": "*fp32", "offsets_ptr": "*i32", "forward_ptr": "*fp32",
-                "inverse_ptr": "*fp32", "scratch_ptr": "*fp32", "y_ptr": "*fp32"},
-               ("C", "BOUNDARIES"),
-               {"H": size, "W": size, "PRECISION": precision, "H_PAD": padded_width(size), "W_PAD": padded_width(size),
-                "F_PAD": spectral.padded_frequencies(grid, size)},
-               4, 1, None)
+        for in_registers in (False, True):
+            yield ("spectral box" + (", rows in registers" if in_registers else ""), triton_kernels._spectral_box_kernel,
+                   {"x_ptr": "*fp32", "spectra_ptr": "*fp32", "offsets_ptr": "*i32", "forward_ptr": "*fp32",
+                    "inverse_ptr": "*fp32", "scratch_ptr": "*fp32", "y_ptr": "*fp32"},
+                   ("C", "BOUNDARIES"),
+                   {"H": size, "W": size, "PRECISION": precision, "H_PAD": padded_width(size),
+                    "W_PAD": padded_width(size), "F_PAD": spectral.padded_frequencies(grid, size),
+                    "ROWS_IN_REGISTERS": in_registers},
+                   4, 1, None)
     yield ("box products", triton_kernels._box_products_kernel,
            {"dy_ptr": f"*{dtype}", "prefix_ptr": "*fp32", "lo_ptr": "*i32", "hi_ptr": "*i32", "out_ptr": "*fp32"},
            ("B", "C", "CELLS", "PER_SPLIT"),

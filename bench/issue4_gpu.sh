@@ -4,7 +4,8 @@
 #
 #     OUT=/tmp/out bash bench/issue4_gpu.sh layers       # layer table (fp32 at "highest" and "high"),
 #                                                        # plane box at batches 50-66, spectral vs box
-#     OUT=/tmp/out bash bench/issue4_gpu.sh spectral     # spectral kernel candidates vs box, ncu profile
+#     OUT=/tmp/out bash bench/issue4_gpu.sh spectral     # spectral kernel candidates (scratch or rows in
+#                                                        # registers, warps, register cap) vs box, ncu profile
 #     OUT=/tmp/out bash bench/issue4_gpu.sh tests        # the runtime's tests on the GPU
 #     OUT=/tmp/out bash bench/issue4_gpu.sh model-bf16   # whole models vs convnext_tiny (also model-fp32)
 #
@@ -35,11 +36,14 @@ case "$part" in
     ;;
   spectral)
     timeout 200 python3 bench/bench_forms.py --stages 1,2 --dtypes fp32 --only box:32/2/3,spectral,spectralold \
-      --spectral 4/1,4/1/128,8/1 --out "$out/forms-spectral.md" > "$out/forms-spectral.log" 2>&1
-    timeout 200 ncu --clock-control none --section SpeedOfLight --section MemoryWorkloadAnalysis \
-      --section ComputeWorkloadAnalysis --section WarpStateStats --section Occupancy --section LaunchStats \
-      --section InstructionStats -k regex:spectral python3 bench/ncu_layers.py --stages 1 --dtypes fp32 \
-      > "$out/ncu-spectral.txt" 2>&1
+      --spectral 4/1,4/1/128,8/1,4/1/0/1,8/1/0/1 --out "$out/forms-spectral.md" > "$out/forms-spectral.log" 2>&1
+    for rows in scratch registers; do
+      flag=""; [ "$rows" = registers ] && flag=--spectral-rows-in-registers
+      timeout 150 ncu --clock-control none --section SpeedOfLight --section MemoryWorkloadAnalysis \
+        --section ComputeWorkloadAnalysis --section WarpStateStats --section Occupancy --section LaunchStats \
+        --section InstructionStats -k regex:spectral python3 bench/ncu_layers.py --stages 1 --dtypes fp32 $flag \
+        > "$out/ncu-spectral-$rows.txt" 2>&1
+    done
     ;;
   tests)
     timeout 560 python3 -m pytest -q -p no:cacheprovider tests/runtime > "$out/tests.txt" 2>&1

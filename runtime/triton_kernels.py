@@ -505,17 +505,24 @@ def _plane_box_tma_kernel(x_desc, blocks_desc, wide_blocks_desc, exponents_ptr, 
 @triton.jit
 def _spectral_box_kernel(x_ptr, spectra_ptr, offsets_ptr, forward_ptr, inverse_ptr, scratch_ptr, y_ptr, C,
                          BOUNDARIES, H: tl.constexpr, W: tl.constexpr, PRECISION: tl.constexpr,
-                         H_PAD: tl.constexpr, W_PAD: tl.constexpr, F_PAD: tl.constexpr):
+                         H_PAD: tl.constexpr, W_PAD: tl.constexpr, F_PAD: tl.constexpr,
+                         ROWS_IN_REGISTERS: tl.constexpr = False):
     """y[n, c] = (Σ_j Ŝ_j[c] ⊙ (P @ F)[clamp(h + p_j, 0, H)]) @ G (the spectral box form,
     spectral.spectral_conv), fp32 or fp64.
 
-    Program = one (n, c) plane, held on chip (H_PAD x W_PAD). Its inclusive column prefix is a product
-    with the lower-triangular ones (exact in tf32, no scan); times the forward real DFT F (forward_ptr:
-    cos, then -sin, each (W_PAD, F_PAD)) it gives the prefix spectrum P̂, parked in the scratch: H+1 rows
-    of real then imaginary F_PAD, row s = P̂[s], row 0 zero. The boundary loop reads rows clamp(h + p_j,
-    0, H) of it at the BOUNDARIES offsets p_j (offsets_ptr), loads that need no mask but the rows past H,
-    and accumulates the complex products with Ŝ (C, BOUNDARIES, 2, F_PAD at spectra_ptr) as four fused
-    multiply-adds. The result times the inverse (inverse_ptr: cos, then -sin, each (F_PAD, W_PAD)) is y.
+    Program = one (n, c) plane, held on chip (H_PAD x W_PAD). Its column prefix is a product with a
+    0/1 lower triangle (exact in tf32, no scan); times the forward real DFT F (forward_ptr: cos, then
+    -sin, each (W_PAD, F_PAD)) it gives the prefix spectrum P̂. The boundary loop reads P̂'s rows
+    clamp(h + p_j, 0, H) at the BOUNDARIES offsets p_j (offsets_ptr) and accumulates the complex
+    products with Ŝ (C, BOUNDARIES, 2, F_PAD at spectra_ptr) as four fused multiply-adds. The result
+    times the inverse (inverse_ptr: cos, then -sin, each (F_PAD, W_PAD)) is y. Two ways to shift rows:
+    * scratch (default): P̂ parked in the scratch, H+1 rows of real then imaginary F_PAD, row s = P̂[s]
+      and row 0 zero, so the loop's loads need no mask but the rows past H;
+    * ``ROWS_IN_REGISTERS`` (no scratch): P̂ stays in registers and each boundary gathers its rows
+      (``tl.gather`` along the rows, within a warp on sm_90: shuffles). Where H < H_PAD the strict
+      triangle makes row s = P[s] (row 0 zero, rows past H all P[H]), so an index clamped to the
+      tile is the clamped row; a plane of H == H_PAD rows keeps row s = P[s + 1] and zeroes the rows
+      that clamp below 1.
     """
     n, c = tl.program_id(0), tl.program_id(1)
     plane = n.to(tl.int64) * C + c
@@ -525,26 +532,40 @@ def _spectral_box_kernel(x_ptr, spectra_ptr, offsets_ptr, forward_ptr, inverse_p
     rows = (u < H)[:, None]
     inside = rows & (w < W)[None, :]
     accumulate = tl.float64 if PRECISION == "ieee" else tl.float32
+    zero_row_inside: tl.constexpr = ROWS_IN_REGISTERS and H < H_PAD
     x = tl.load(x_ptr + plane * (H * W) + u[:, None] * W + w[None, :], mask=inside, other=0.0).to(accumulate)
-    ones_below = (u[None, :] <= u[:, None]).to(accumulate)                  # row s sums x[0..s]
-    prefix = _dot_step(tl.zeros((H_PAD, W_PAD), dtype=accumulate), ones_below, x, PRECISION, False, True)
+    if zero_row_inside:
+        triangle = (u[None, :] < u[:, None]).to(accumulate)                 # row s sums x[0..s-1]
+    else:
+        triangle = (u[None, :] <= u[:, None]).to(accumulate)                # row s sums x[0..s]
+    prefix = _dot_step(tl.zeros((H_PAD, W_PAD), dtype=accumulate), triangle, x, PRECISION, False, True)
     forward = forward_ptr + w[:, None] * F_PAD + f[None, :]
     zeros = tl.zeros((H_PAD, F_PAD), dtype=accumulate)
     real = _dot_step(zeros, prefix, tl.load(forward), PRECISION, False)
     imag = _dot_step(zeros, prefix, tl.load(forward + W_PAD * F_PAD), PRECISION, False)
     scratch = scratch_ptr + plane * ((H + 1) * 2 * F_PAD)
-    tl.store(scratch + tl.arange(0, 2 * F_PAD), tl.zeros((2 * F_PAD,), dtype=accumulate))  # P̂[0] = 0
-    prefix_rows = scratch + ((u + 1) * (2 * F_PAD))[:, None] + f[None, :]
-    tl.store(prefix_rows, real, mask=rows)
-    tl.store(prefix_rows + F_PAD, imag, mask=rows)
-    tl.debug_barrier()
+    if not ROWS_IN_REGISTERS:
+        tl.store(scratch + tl.arange(0, 2 * F_PAD), tl.zeros((2 * F_PAD,), dtype=accumulate))  # P̂[0] = 0
+        prefix_rows = scratch + ((u + 1) * (2 * F_PAD))[:, None] + f[None, :]
+        tl.store(prefix_rows, real, mask=rows)
+        tl.store(prefix_rows + F_PAD, imag, mask=rows)
+        tl.debug_barrier()
     out_real, out_imag = zeros, zeros
     spectra = spectra_ptr + c.to(tl.int64) * (BOUNDARIES * 2 * F_PAD) + f
     for index in range(BOUNDARIES):
-        source = tl.minimum(tl.maximum(u + tl.load(offsets_ptr + index), 0), H)
-        reads = scratch + (source * (2 * F_PAD))[:, None] + f[None, :]
-        p_real = tl.load(reads, mask=rows)
-        p_imag = tl.load(reads + F_PAD, mask=rows)
+        source = u + tl.load(offsets_ptr + index)
+        if zero_row_inside:
+            gathered = tl.broadcast_to(tl.minimum(tl.maximum(source, 0), H_PAD - 1)[:, None], (H_PAD, F_PAD))
+            p_real, p_imag = tl.gather(real, gathered, 0), tl.gather(imag, gathered, 0)
+        elif ROWS_IN_REGISTERS:
+            gathered = tl.broadcast_to(tl.minimum(tl.maximum(source - 1, 0), H - 1)[:, None], (H_PAD, F_PAD))
+            above = (source > 0)[:, None]
+            p_real = tl.where(above, tl.gather(real, gathered, 0), 0.0)
+            p_imag = tl.where(above, tl.gather(imag, gathered, 0), 0.0)
+        else:
+            reads = scratch + (tl.minimum(tl.maximum(source, 0), H) * (2 * F_PAD))[:, None] + f[None, :]
+            p_real = tl.load(reads, mask=rows)
+            p_imag = tl.load(reads + F_PAD, mask=rows)
         s_real = tl.load(spectra + index * (2 * F_PAD))[None, :]
         s_imag = tl.load(spectra + index * (2 * F_PAD) + F_PAD)[None, :]
         out_real = tl.fma(s_real, p_real, out_real)
@@ -1177,11 +1198,13 @@ def box_products_triton(dy: torch.Tensor, x: torch.Tensor, grid: Sequence[int], 
 
 
 def spectral_conv_triton(x: torch.Tensor, spectra: spectral.BoundarySpectra, grid: Sequence[int],
-                         num_warps: int = 4, num_stages: int = 1, max_registers: int | None = None) -> torch.Tensor:
+                         num_warps: int = 4, num_stages: int = 1, max_registers: int | None = None,
+                         rows_in_registers: bool = False) -> torch.Tensor:
     """Triton twin of ``spectral.spectral_conv``: x (B, C, H, W) fp32 or fp64, Ŝ -> (B, C, H, W).
 
     A program holds one plane padded to powers of two (``toeplitz.padded_width``), so it suits planes
-    up to 64 a side, with the prefix spectrum parked in a scratch of B·C·(H+1)·2·Fp entries in x's dtype."""
+    up to 64 a side. The prefix spectrum's row shifts read a scratch of B·C·(H+1)·2·Fp entries in x's
+    dtype, or with ``rows_in_registers`` gather in registers (no scratch; see the kernel)."""
     if x.dtype not in (torch.float32, torch.float64):
         raise ValueError(f"the spectral box form runs fp32 and fp64 inputs, got {x.dtype}")
     x = x.contiguous()
@@ -1189,11 +1212,13 @@ def spectral_conv_triton(x: torch.Tensor, spectra: spectral.BoundarySpectra, gri
     grid = tuple(grid)
     forward, inverse = spectral.dft_bases(grid, width, x.dtype, x.device)
     frequencies = forward.shape[-1]
-    scratch = torch.empty(batch * channels * (height + 1) * 2 * frequencies, device=x.device, dtype=x.dtype)
+    scratch_entries = 1 if rows_in_registers else batch * channels * (height + 1) * 2 * frequencies
+    scratch = torch.empty(scratch_entries, device=x.device, dtype=x.dtype)
     y = torch.empty_like(x)
     _spectral_box_kernel[(batch, channels)](
         x, spectra.spectra.to(x.dtype).contiguous(), _offsets_tensor(spectra.offsets, x.device), forward, inverse,
         scratch, y, channels, len(spectra.offsets), height, width, PRECISION=_dot_precision(x.dtype),
-        H_PAD=padded_width(height), W_PAD=padded_width(width), F_PAD=frequencies, num_warps=num_warps,
-        num_stages=num_stages, **({"maxnreg": max_registers} if max_registers else {}))
+        H_PAD=padded_width(height), W_PAD=padded_width(width), F_PAD=frequencies,
+        ROWS_IN_REGISTERS=rows_in_registers, num_warps=num_warps, num_stages=num_stages,
+        **({"maxnreg": max_registers} if max_registers else {}))
     return y

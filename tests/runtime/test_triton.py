@@ -158,23 +158,29 @@ def test_toeplitz_kernels_match_their_torch_twins(grid, batch, height, width, dt
     assert relative_error(products, toeplitz.box_products(dy, x, grid).double()) <= 1e-5
     if dtype in (torch.float32, torch.float64):
         spectra = spectral.boundary_spectra(weight, grid, height, width)
-        got = triton_kernels.spectral_conv_triton(x.to(DEVICE), spectra._replace(spectra=spectra.spectra.to(DEVICE)),
-                                                  grid).cpu()
-        assert got.dtype == dtype
-        assert relative_error(got, spectral.spectral_conv(x, spectra, grid).double()) <= KERNEL_TOLERANCE[dtype]
+        twin = spectral.spectral_conv(x, spectra, grid).double()
+        for rows_in_registers in (False, True):
+            got = triton_kernels.spectral_conv_triton(
+                x.to(DEVICE), spectra._replace(spectra=spectra.spectra.to(DEVICE)), grid,
+                rows_in_registers=rows_in_registers).cpu()
+            assert got.dtype == dtype
+            assert relative_error(got, twin) <= KERNEL_TOLERANCE[dtype]
 
 
 @needs_kernels
 @pytest.mark.parametrize("height, width", [(16, 16), (16, 13), (20, 31)])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_spectral_kernel_matches_its_torch_twin_on_planes_that_fill_their_padding(height, width, dtype):
-    """A plane of H == H_PAD rows still has its H+1 prefix rows (row 0 zero) in the scratch."""
+@pytest.mark.parametrize("rows_in_registers", [False, True])
+def test_spectral_kernel_matches_its_torch_twin_on_planes_that_fill_their_padding(height, width, dtype,
+                                                                                 rows_in_registers):
+    """A plane of H == H_PAD rows still has its H+1 prefix rows (row 0 zero) in the scratch, and in
+    registers, where it has no room for them, still reads zero above the plane and P[H] below it."""
     from runtime import spectral
     grid = PAPER_GRIDS[13]
     x, weight = random_inputs(2, 2, height, width, grid, dtype, seed=height + width)
     spectra = spectral.boundary_spectra(weight, grid, height, width)
     got = triton_kernels.spectral_conv_triton(x.to(DEVICE), spectra._replace(spectra=spectra.spectra.to(DEVICE)),
-                                              grid).cpu()
+                                              grid, rows_in_registers=rows_in_registers).cpu()
     assert relative_error(got, spectral.spectral_conv(x, spectra, grid).double()) <= KERNEL_TOLERANCE[dtype]
 
 
