@@ -22,9 +22,8 @@ form's configurations can be replaced, e.g. ``--rowtoeplitz 64/128/4/2,32/128/4/
   default[/reuse tiles: 1 the centre from the plane and one band per mirror pair, as auto, 0 not[/blocks: 0
   only those the kernel reads, as auto, 1 R and its fp16 copy for every cell]]]; auto's where TMA applies);
 * ``box``: the box-form GEMM (rows/warps/stages);
-* ``spectral``: the spectral box form, a plane per program (warps/stages[/register cap[/1: rows shifted
-  in registers, no scratch]]; fp32 only);
-* ``spectralold``: its kernel as of commit 2aca0b3 (bench/spectral_previous.py), to time beside it;
+* ``spectral``: the spectral box form, a plane per program (warps/stages[/register cap: 0 none, -1 the
+  launcher's default[/1: rows shifted in registers, no scratch]]; fp32 only);
 * ``boxgrad`` and ``satgrad``: grad-weight by box products (K/warps/stages) or SAT tap sums.
 
     python3 bench/bench_forms.py --out forms.md
@@ -40,7 +39,6 @@ from typing import Callable, NamedTuple
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from bench import spectral_previous  # noqa: E402
 from bench.bench_layers import (DTYPES, SHAPES, add_float32_precision_argument, copy_bandwidth, dense,  # noqa: E402
                                 forward_target, hbm_floor, relative_error)
 from runtime import sat, spectral, toeplitz, triton_kernels  # noqa: E402
@@ -55,8 +53,7 @@ CONFIGS: dict[str, list[tuple[int, ...]]] = {
     "plane": [(4, 1, 1)],
     "planetma": [(4, 2, 1, -1, 0, 0, 0, 1), (4, 2, 1, -1, 0, 0, 0, 0), (4, 2, 1)],
     "box": [(32, 2, 3), (64, 4, 2), (128, 8, 1), (128, 4, 1)],
-    "spectral": [(4, 1), (4, 1, 128), (8, 1)],
-    "spectralold": [(4, 1)],
+    "spectral": [(4, 1), (4, 1, 0), (4, 1, 128), (4, 1, -1, 1)],
     "boxgrad": [(32, 4, 1)],
     "satgrad": [],
 }
@@ -120,12 +117,10 @@ def candidates(x: torch.Tensor, w: torch.Tensor, dy: torch.Tensor, grid: tuple[i
                 plane_blocks(None if all_blocks else row_cells, half_boxes))),
         "box": lambda rows, warps, stages: with_blocks(lambda images, blocks, cells: kernels.box_conv_triton(
             images, blocks, cells, rows, warps, stages)),
-        "spectral": lambda warps, stages, registers=0, in_registers=0: (lambda: spectral.peripheral_conv2d_spectral(
+        "spectral": lambda warps, stages, registers=-1, in_registers=0: (lambda: spectral.peripheral_conv2d_spectral(
             x, w, grid, lambda images, spectra, cells: kernels.spectral_conv_triton(
-                images, spectra, cells, warps, stages, registers or None, bool(in_registers)))),
-        "spectralold": lambda warps, stages: (lambda: spectral.peripheral_conv2d_spectral(
-            x, w, grid, lambda images, spectra, cells: spectral_previous.spectral_conv_previous(
-                images, spectra, cells, warps, stages))),
+                images, spectra, cells, warps, stages, *([registers or None] if registers >= 0 else []),
+                rows_in_registers=bool(in_registers)))),
         "boxgrad": lambda k, warps, stages: (lambda: toeplitz.peripheral_grad_weight_boxes(
             dy, x, grid, lambda d, images, cells: kernels.box_products_triton(d, images, cells, block_k=k,
                                                                               num_warps=warps, num_stages=stages))),
@@ -137,7 +132,6 @@ def candidates(x: torch.Tensor, w: torch.Tensor, dy: torch.Tensor, grid: tuple[i
     plane = size > 32 or (not half and size > 16)
     fits = {"plane": plane, "planetma": plane and kernels.tma_rows_align(size, x.dtype), "rowtoeplitz": size <= 32,
             "box": not half, "spectral": not half and size > 16, "sat": not half and size > 32, "satgrad": not half}
-    fits["spectralold"] = fits["spectral"]
     for form, form_configs in configs.items():
         if not fits.get(form, True):
             continue

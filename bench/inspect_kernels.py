@@ -161,6 +161,7 @@ def kernels_at(size: int, grid: tuple[int, ...], dtype: str, box_tiles: list[tup
                    ("C", "BOUNDARIES"),
                    {"H": size, "W": size, "PRECISION": precision, "H_PAD": padded_width(size),
                     "W_PAD": padded_width(size), "F_PAD": spectral.padded_frequencies(grid, size),
+                    "F_USED": spectral.stored_frequencies(grid, size),
                     "ROWS_IN_REGISTERS": in_registers},
                    4, 1, None)
     yield ("box products", triton_kernels._box_products_kernel,

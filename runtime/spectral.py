@@ -37,9 +37,20 @@ def transform_length(grid: tuple[int, ...], width: int) -> int:
     return width + min(sum(grid) // 2, width - 1)
 
 
+def frequency_count(grid: tuple[int, ...], width: int) -> int:
+    """Nf = N//2 + 1: the real DFT's frequencies, the rest of a length-N spectrum their conjugates."""
+    return transform_length(grid, width) // 2 + 1
+
+
 def padded_frequencies(grid: tuple[int, ...], width: int) -> int:
-    """Nf = N//2 + 1 real-DFT frequencies padded to a power of two >= 16 (a tensor-core dot's N/K)."""
-    return toeplitz.padded_width(transform_length(grid, width) // 2 + 1)
+    """Nf padded to a power of two >= 16 (a tensor-core dot's N/K)."""
+    return toeplitz.padded_width(frequency_count(grid, width))
+
+
+def stored_frequencies(grid: tuple[int, ...], width: int) -> int:
+    """Nf rounded up to a multiple of 4 (a 16-byte fp32 vector): the frequencies the kernel parks and
+    reads back, of the padded ones."""
+    return min(padded_frequencies(grid, width), -(-frequency_count(grid, width) // 4) * 4)
 
 
 def _dft_phases(positions: torch.Tensor, grid: tuple[int, ...], width: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -48,14 +59,15 @@ def _dft_phases(positions: torch.Tensor, grid: tuple[int, ...], width: int) -> t
     length = transform_length(grid, width)
     f = torch.arange(padded_frequencies(grid, width), dtype=torch.float64)
     angle = 2 * math.pi * torch.remainder(positions.double()[:, None] * f[None, :], length) / length
-    valid = (f < length // 2 + 1).double()
+    valid = (f < frequency_count(grid, width)).double()
     return torch.cos(angle) * valid, torch.sin(angle) * valid
 
 
 class DftBases(NamedTuple):
-    """The real DFT along W as the kernel reads it, zero in the padding: forward (2, Wp, Fp) the cos and
-    -sin of P̂ = P @ F; inverse (2, Fp, Wp) with its 1/N and the doubled weight of the frequencies that
-    stand for two, Y = Ŷ_re @ inverse[0] + Ŷ_im @ inverse[1]."""
+    """The real DFT along W as the kernel reads it, zero in the padding, each matrix transposed (its
+    contracted index contiguous, as a tensor-core product's B operand sits in shared memory):
+    forward (2, Fp, Wp) the cos and -sin of P̂ = P @ forwardᵀ; inverse (2, Wp, Fp) with its 1/N and the
+    doubled weight of the frequencies that stand for two, Y = Ŷ_re @ inverse[0]ᵀ + Ŷ_im @ inverse[1]ᵀ."""
 
     forward: torch.Tensor
     inverse: torch.Tensor
@@ -72,7 +84,7 @@ def dft_bases(grid: tuple[int, ...], width: int, dtype: torch.dtype, device: tor
             cos, sin = cos * weight, sin * weight
         bases = torch.zeros(2, toeplitz.padded_width(width), cos.shape[1], dtype=torch.float64)
         bases[0, :width], bases[1, :width] = cos, -sin
-        return (bases.transpose(1, 2) if inverse else bases).to(dtype).contiguous()
+        return (bases if inverse else bases.transpose(1, 2)).to(dtype).contiguous()
 
     return DftBases(*(device_constant(("dft bases", grid, width, dtype, inverse), device, lambda: build(inverse))
                       for inverse in (False, True)))
@@ -126,7 +138,7 @@ def spectral_conv(x: torch.Tensor, spectra: BoundarySpectra, grid: tuple[int, ..
     """Y = (Σ_j Ŝ_j ⊙ (P @ F)[clamp(h + p_j)]) @ G: x (B, C, H, W) -> (B, C, H, W), in fp32 (fp64 for fp64)."""
     height, width = x.shape[-2:]
     bases = dft_bases(tuple(grid), width, sat.accumulate_dtype(x.dtype), x.device)
-    forward, inverse = bases.forward[:, :width], bases.inverse[:, :, :width]
+    forward, inverse = bases.forward[:, :, :width].transpose(1, 2), bases.inverse[:, :width].transpose(1, 2)
     prefix = toeplitz.column_prefix(x)                                   # (B, C, H+1, W)
     real, imag = prefix @ forward[0], prefix @ forward[1]                # (B, C, H+1, Fp)
     rows = torch.arange(height, device=x.device)

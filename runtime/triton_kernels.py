@@ -505,19 +505,23 @@ def _plane_box_tma_kernel(x_desc, blocks_desc, wide_blocks_desc, exponents_ptr, 
 @triton.jit
 def _spectral_box_kernel(x_ptr, spectra_ptr, offsets_ptr, forward_ptr, inverse_ptr, scratch_ptr, y_ptr, C,
                          BOUNDARIES, H: tl.constexpr, W: tl.constexpr, PRECISION: tl.constexpr,
-                         H_PAD: tl.constexpr, W_PAD: tl.constexpr, F_PAD: tl.constexpr,
+                         H_PAD: tl.constexpr, W_PAD: tl.constexpr, F_PAD: tl.constexpr, F_USED: tl.constexpr,
                          ROWS_IN_REGISTERS: tl.constexpr = False):
     """y[n, c] = (Σ_j Ŝ_j[c] ⊙ (P @ F)[clamp(h + p_j, 0, H)]) @ G (the spectral box form,
     spectral.spectral_conv), fp32 or fp64.
 
     Program = one (n, c) plane, held on chip (H_PAD x W_PAD). Its column prefix is a product with a
     0/1 lower triangle (exact in tf32, no scan); times the forward real DFT F (forward_ptr: cos, then
-    -sin, each (W_PAD, F_PAD)) it gives the prefix spectrum P̂. The boundary loop reads P̂'s rows
+    -sin, each Fᵀ (F_PAD, W_PAD)) it gives the prefix spectrum P̂. The boundary loop reads P̂'s rows
     clamp(h + p_j, 0, H) at the BOUNDARIES offsets p_j (offsets_ptr) and accumulates the complex
     products with Ŝ (C, BOUNDARIES, 2, F_PAD at spectra_ptr) as four fused multiply-adds. The result
-    times the inverse (inverse_ptr: cos, then -sin, each (F_PAD, W_PAD)) is y. Two ways to shift rows:
+    times the inverse G (inverse_ptr: cos, then -sin, each Gᵀ (W_PAD, F_PAD)) is y. The bases come
+    transposed so that the products' shared-memory operands (the contracted index contiguous) are
+    written with 16-byte stores; as plain (K, N) tiles they took 4-byte ones. Frequencies from F_USED
+    on (spectral.stored_frequencies) are zero and never stored or read.
+    Two ways to shift rows:
     * scratch (default): P̂ parked in the scratch, H+1 rows of real then imaginary F_PAD, row s = P̂[s]
-      and row 0 zero, so the loop's loads need no mask but the rows past H;
+      and row 0 zero, so the loop's loads need no mask but the rows past H and frequencies past F_USED;
     * ``ROWS_IN_REGISTERS`` (no scratch): P̂ stays in registers and each boundary gathers its rows
       (``tl.gather`` along the rows, within a warp on sm_90: shuffles). Where H < H_PAD the strict
       triangle makes row s = P[s] (row 0 zero, rows past H all P[H]), so an index clamped to the
@@ -531,6 +535,7 @@ def _spectral_box_kernel(x_ptr, spectra_ptr, offsets_ptr, forward_ptr, inverse_p
     f = tl.arange(0, F_PAD)
     rows = (u < H)[:, None]
     inside = rows & (w < W)[None, :]
+    spectrum = rows & (f < F_USED)[None, :]
     accumulate = tl.float64 if PRECISION == "ieee" else tl.float32
     zero_row_inside: tl.constexpr = ROWS_IN_REGISTERS and H < H_PAD
     x = tl.load(x_ptr + plane * (H * W) + u[:, None] * W + w[None, :], mask=inside, other=0.0).to(accumulate)
@@ -539,16 +544,16 @@ def _spectral_box_kernel(x_ptr, spectra_ptr, offsets_ptr, forward_ptr, inverse_p
     else:
         triangle = (u[None, :] <= u[:, None]).to(accumulate)                # row s sums x[0..s]
     prefix = _dot_step(tl.zeros((H_PAD, W_PAD), dtype=accumulate), triangle, x, PRECISION, False, True)
-    forward = forward_ptr + w[:, None] * F_PAD + f[None, :]
+    forward = forward_ptr + f[:, None] * W_PAD + w[None, :]
     zeros = tl.zeros((H_PAD, F_PAD), dtype=accumulate)
-    real = _dot_step(zeros, prefix, tl.load(forward), PRECISION, False)
-    imag = _dot_step(zeros, prefix, tl.load(forward + W_PAD * F_PAD), PRECISION, False)
+    real = _dot_step(zeros, prefix, tl.trans(tl.load(forward)), PRECISION, False)
+    imag = _dot_step(zeros, prefix, tl.trans(tl.load(forward + F_PAD * W_PAD)), PRECISION, False)
     scratch = scratch_ptr + plane * ((H + 1) * 2 * F_PAD)
     if not ROWS_IN_REGISTERS:
         tl.store(scratch + tl.arange(0, 2 * F_PAD), tl.zeros((2 * F_PAD,), dtype=accumulate))  # P̂[0] = 0
         prefix_rows = scratch + ((u + 1) * (2 * F_PAD))[:, None] + f[None, :]
-        tl.store(prefix_rows, real, mask=rows)
-        tl.store(prefix_rows + F_PAD, imag, mask=rows)
+        tl.store(prefix_rows, real, mask=spectrum)
+        tl.store(prefix_rows + F_PAD, imag, mask=spectrum)
         tl.debug_barrier()
     out_real, out_imag = zeros, zeros
     spectra = spectra_ptr + c.to(tl.int64) * (BOUNDARIES * 2 * F_PAD) + f
@@ -564,17 +569,17 @@ def _spectral_box_kernel(x_ptr, spectra_ptr, offsets_ptr, forward_ptr, inverse_p
             p_imag = tl.where(above, tl.gather(imag, gathered, 0), 0.0)
         else:
             reads = scratch + (tl.minimum(tl.maximum(source, 0), H) * (2 * F_PAD))[:, None] + f[None, :]
-            p_real = tl.load(reads, mask=rows)
-            p_imag = tl.load(reads + F_PAD, mask=rows)
+            p_real = tl.load(reads, mask=spectrum, other=0.0)
+            p_imag = tl.load(reads + F_PAD, mask=spectrum, other=0.0)
         s_real = tl.load(spectra + index * (2 * F_PAD))[None, :]
         s_imag = tl.load(spectra + index * (2 * F_PAD) + F_PAD)[None, :]
         out_real = tl.fma(s_real, p_real, out_real)
         out_real = tl.fma(-s_imag, p_imag, out_real)
         out_imag = tl.fma(s_real, p_imag, out_imag)
         out_imag = tl.fma(s_imag, p_real, out_imag)
-    inverse = inverse_ptr + f[:, None] * W_PAD + w[None, :]
-    y = _dot_step(tl.zeros((H_PAD, W_PAD), dtype=accumulate), out_real, tl.load(inverse), PRECISION, False)
-    y = _dot_step(y, out_imag, tl.load(inverse + F_PAD * W_PAD), PRECISION, False)
+    inverse = inverse_ptr + w[:, None] * F_PAD + f[None, :]
+    y = _dot_step(tl.zeros((H_PAD, W_PAD), dtype=accumulate), out_real, tl.trans(tl.load(inverse)), PRECISION, False)
+    y = _dot_step(y, out_imag, tl.trans(tl.load(inverse + W_PAD * F_PAD)), PRECISION, False)
     tl.store(y_ptr + plane * (H * W) + u[:, None] * W + w[None, :], y.to(y_ptr.dtype.element_ty), mask=inside)
 
 
@@ -1198,13 +1203,15 @@ def box_products_triton(dy: torch.Tensor, x: torch.Tensor, grid: Sequence[int], 
 
 
 def spectral_conv_triton(x: torch.Tensor, spectra: spectral.BoundarySpectra, grid: Sequence[int],
-                         num_warps: int = 4, num_stages: int = 1, max_registers: int | None = None,
+                         num_warps: int = 4, num_stages: int = 1, max_registers: int | None = 168,
                          rows_in_registers: bool = False) -> torch.Tensor:
     """Triton twin of ``spectral.spectral_conv``: x (B, C, H, W) fp32 or fp64, Ŝ -> (B, C, H, W).
 
     A program holds one plane padded to powers of two (``toeplitz.padded_width``), so it suits planes
     up to 64 a side. The prefix spectrum's row shifts read a scratch of B·C·(H+1)·2·Fp entries in x's
-    dtype, or with ``rows_in_registers`` gather in registers (no scratch; see the kernel)."""
+    dtype, or with ``rows_in_registers`` gather in registers (no scratch; see the kernel). The
+    register cap of 168 keeps three 4-warp programs an SM at stage 1 (174 uncapped, offline for
+    sm_90: registers go by 8 a thread, and 176 x 128 x 3 exceeds the 65536 an SM has)."""
     if x.dtype not in (torch.float32, torch.float64):
         raise ValueError(f"the spectral box form runs fp32 and fp64 inputs, got {x.dtype}")
     x = x.contiguous()
@@ -1219,6 +1226,6 @@ def spectral_conv_triton(x: torch.Tensor, spectra: spectral.BoundarySpectra, gri
         x, spectra.spectra.to(x.dtype).contiguous(), _offsets_tensor(spectra.offsets, x.device), forward, inverse,
         scratch, y, channels, len(spectra.offsets), height, width, PRECISION=_dot_precision(x.dtype),
         H_PAD=padded_width(height), W_PAD=padded_width(width), F_PAD=frequencies,
-        ROWS_IN_REGISTERS=rows_in_registers, num_warps=num_warps, num_stages=num_stages,
+        F_USED=spectral.stored_frequencies(grid, width), ROWS_IN_REGISTERS=rows_in_registers, num_warps=num_warps, num_stages=num_stages,
         **({"maxnreg": max_registers} if max_registers else {}))
     return y
