@@ -53,7 +53,7 @@ CONFIGS: dict[str, list[tuple[int, ...]]] = {
     "plane": [(4, 1, 1)],
     "planetma": [(4, 2, 1, -1, 0, 0, 0, 1), (4, 2, 1, -1, 0, 0, 0, 0), (4, 2, 1)],
     "box": [(32, 2, 3), (64, 4, 2), (128, 8, 1), (128, 4, 1)],
-    "spectral": [(4, 1), (4, 1, 0), (4, 1, 128), (4, 1, -1, 1)],
+    "spectral": [(4, 1), (4, 1, 0), (4, 1, -1, 1)],
     "boxgrad": [(32, 4, 1)],
     "satgrad": [],
 }
@@ -119,8 +119,7 @@ def candidates(x: torch.Tensor, w: torch.Tensor, dy: torch.Tensor, grid: tuple[i
             images, blocks, cells, rows, warps, stages)),
         "spectral": lambda warps, stages, registers=-1, in_registers=0: (lambda: spectral.peripheral_conv2d_spectral(
             x, w, grid, lambda images, spectra, cells: kernels.spectral_conv_triton(
-                images, spectra, cells, warps, stages, *([registers or None] if registers >= 0 else []),
-                rows_in_registers=bool(in_registers)))),
+                images, spectra, cells, warps, stages, registers or None, bool(in_registers)))),
         "boxgrad": lambda k, warps, stages: (lambda: toeplitz.peripheral_grad_weight_boxes(
             dy, x, grid, lambda d, images, cells: kernels.box_products_triton(d, images, cells, block_k=k,
                                                                               num_warps=warps, num_stages=stages))),

@@ -163,7 +163,7 @@ def kernels_at(size: int, grid: tuple[int, ...], dtype: str, box_tiles: list[tup
                     "W_PAD": padded_width(size), "F_PAD": spectral.padded_frequencies(grid, size),
                     "F_USED": spectral.stored_frequencies(grid, size),
                     "ROWS_IN_REGISTERS": in_registers},
-                   4, 1, None)
+                   4, 1, triton_kernels.spectral_register_cap(size))
     yield ("box products", triton_kernels._box_products_kernel,
            {"dy_ptr": f"*{dtype}", "prefix_ptr": "*fp32", "lo_ptr": "*i32", "hi_ptr": "*i32", "out_ptr": "*fp32"},
            ("B", "C", "CELLS", "PER_SPLIT"),

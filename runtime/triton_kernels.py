@@ -1202,20 +1202,29 @@ def box_products_triton(dy: torch.Tensor, x: torch.Tensor, grid: Sequence[int], 
     return partial.sum(0)
 
 
+def spectral_register_cap(height: int) -> int:
+    """Registers a thread of the 4-warp spectral kernel may take so that its programs fit an SM 4 at a
+    time on planes that pad to 32 (128; 133 uncapped at stage 2, offline for sm_90) and 3 at a time on
+    larger ones (168; 174 uncapped at stage 1, and registers go by 8 a thread: 176 x 128 x 3 exceeds
+    the 65536 an SM has)."""
+    return 128 if padded_width(height) <= 32 else 168
+
+
 def spectral_conv_triton(x: torch.Tensor, spectra: spectral.BoundarySpectra, grid: Sequence[int],
-                         num_warps: int = 4, num_stages: int = 1, max_registers: int | None = 168,
+                         num_warps: int = 4, num_stages: int = 1, max_registers: int | None = -1,
                          rows_in_registers: bool = False) -> torch.Tensor:
     """Triton twin of ``spectral.spectral_conv``: x (B, C, H, W) fp32 or fp64, Ŝ -> (B, C, H, W).
 
     A program holds one plane padded to powers of two (``toeplitz.padded_width``), so it suits planes
     up to 64 a side. The prefix spectrum's row shifts read a scratch of B·C·(H+1)·2·Fp entries in x's
-    dtype, or with ``rows_in_registers`` gather in registers (no scratch; see the kernel). The
-    register cap of 168 keeps three 4-warp programs an SM at stage 1 (174 uncapped, offline for
-    sm_90: registers go by 8 a thread, and 176 x 128 x 3 exceeds the 65536 an SM has)."""
+    dtype, or with ``rows_in_registers`` gather in registers (no scratch; see the kernel).
+    ``max_registers`` -1 takes ``spectral_register_cap``, None leaves them uncapped."""
     if x.dtype not in (torch.float32, torch.float64):
         raise ValueError(f"the spectral box form runs fp32 and fp64 inputs, got {x.dtype}")
     x = x.contiguous()
     batch, channels, height, width = x.shape
+    if max_registers == -1:
+        max_registers = spectral_register_cap(height)
     grid = tuple(grid)
     forward, inverse = spectral.dft_bases(grid, width, x.dtype, x.device)
     frequencies = forward.shape[-1]
