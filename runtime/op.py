@@ -78,10 +78,11 @@ PLANE_BOX_MIN_FILL = 0.6
 # Where the box forward would run in fp32, the spectral box form (spectral.py: a DFT along W turns each
 # cell boundary's horizontal Toeplitz product into a product per frequency, a quarter to a third of the
 # box form's tensor-core work at stage 1) replaces it on planes that pad to one of
-# SPECTRAL_BOX_PADDED_SIZES on both sides. On an H100 at stage 1 (56x56) it ran 0.341 vs 0.420 ms
-# (K=51) and 0.375 vs 0.532 ms (K=101); at stage 2 (28x28, padded to 32) 0.160 vs 0.157 and 0.166 vs
-# 0.177 ms, a tie (bench/results/2026-12-05-h100-forms-spectral.md), where the box form stays.
-SPECTRAL_BOX_PADDED_SIZES = (64,)
+# SPECTRAL_BOX_PADDED_SIZES on both sides. On an H100 at stage 1 (56x56) it ran 0.302 vs 0.392 ms
+# (K=51) and 0.333 vs 0.495 ms (K=101); at stage 2 (28x28, padded to 32), capped at 128 registers
+# (four programs an SM, the launcher's default there since), 0.142 vs 0.146 and 0.147 vs 0.166 ms
+# (bench/results/2026-12-05-h100-forms-spectral-rebuilt.md).
+SPECTRAL_BOX_PADDED_SIZES = (32, 64)
 # How its kernel shifts the prefix spectrum's rows per boundary: through an fp32 scratch (False, the
 # timed default) or in registers, gathered by warp shuffles with no scratch (True: fewer registers at
 # stage 2, 113 vs 146, more instructions in the boundary loop, 395 vs 203 at stage 1, offline for sm_90;

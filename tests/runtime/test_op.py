@@ -61,7 +61,9 @@ def test_auto_on_cuda_follows_the_measured_layer_table():
     stage1_fp32 = choose_backend("cuda", 56, 56, PAPER_GRIDS[101])
     assert stage1_fp32.name == "triton" and "spectral box form" in stage1_fp32.reason
     stage2_fp32 = choose_backend("cuda", 28, 28, PAPER_GRIDS[69])
-    assert stage2_fp32.name == "triton" and "box-form GEMM" in stage2_fp32.reason
+    assert stage2_fp32.name == "triton" and "spectral box form" in stage2_fp32.reason
+    stage2_fp64 = choose_backend("cuda", 28, 28, PAPER_GRIDS[69], torch.float64)
+    assert stage2_fp64.name == "triton" and "box-form GEMM" in stage2_fp64.reason
     stage1_bf16 = choose_backend("cuda", 56, 56, PAPER_GRIDS[101], torch.bfloat16)
     assert "plane-box GEMMs" in stage1_bf16.reason
     stage2_bf16 = choose_backend("cuda", 28, 28, PAPER_GRIDS[51], torch.bfloat16)
@@ -93,8 +95,9 @@ def test_triton_forms_follow_the_tap_ratios():
     assert triton_forms(14, 14, PAPER_GRIDS[51], torch.float32) == ("rowtoeplitz", "box")
     assert triton_forms(7, 7, PAPER_GRIDS[13], torch.bfloat16) == ("toeplitz", "box")
     # fp32 at stages 1-2: k'·Wp box multiply-adds beat H·W Toeplitz ones and the SAT taps; on planes
-    # that pad to 64 the box form runs in its spectral version.
-    assert triton_forms(28, 28, PAPER_GRIDS[51], torch.float32) == ("box", "box")
+    # that pad to 32 or 64 the box form runs in its spectral version, on smaller ones as itself.
+    assert triton_forms(28, 28, PAPER_GRIDS[51], torch.float32) == ("spectral", "box")
+    assert triton_forms(16, 16, PAPER_GRIDS[13], torch.float32)[0] != "spectral"
     assert triton_forms(56, 56, PAPER_GRIDS[101], torch.float32) == ("spectral", "box")
     assert triton_forms(56, 56, PAPER_GRIDS[101], torch.float64) == ("box", "box")
     assert triton_forms(28, 28, PAPER_GRIDS[51], torch.bfloat16) == ("rowtoeplitz", "box")
