@@ -48,9 +48,9 @@ def padded_frequencies(grid: tuple[int, ...], width: int) -> int:
 
 
 def stored_frequencies(grid: tuple[int, ...], width: int) -> int:
-    """Nf rounded up to a multiple of 4 (a 16-byte fp32 vector): the frequencies the kernel parks and
-    reads back, of the padded ones."""
-    return min(padded_frequencies(grid, width), -(-frequency_count(grid, width) // 4) * 4)
+    """Nf rounded up to a multiple of 8 (a 32-byte sector of fp32): the frequencies the kernel parks and
+    reads back, of the padded ones (a mask that trims no sector only costs instructions)."""
+    return min(padded_frequencies(grid, width), -(-frequency_count(grid, width) // 8) * 8)
 
 
 def _dft_phases(positions: torch.Tensor, grid: tuple[int, ...], width: int) -> tuple[torch.Tensor, torch.Tensor]:

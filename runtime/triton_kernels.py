@@ -535,7 +535,10 @@ def _spectral_box_kernel(x_ptr, spectra_ptr, offsets_ptr, forward_ptr, inverse_p
     f = tl.arange(0, F_PAD)
     rows = (u < H)[:, None]
     inside = rows & (w < W)[None, :]
-    spectrum = rows & (f < F_USED)[None, :]
+    if F_USED < F_PAD:
+        spectrum = rows & (f < F_USED)[None, :]
+    else:
+        spectrum = rows
     accumulate = tl.float64 if PRECISION == "ieee" else tl.float32
     zero_row_inside: tl.constexpr = ROWS_IN_REGISTERS and H < H_PAD
     x = tl.load(x_ptr + plane * (H * W) + u[:, None] * W + w[None, :], mask=inside, other=0.0).to(accumulate)
