@@ -78,15 +78,14 @@ PLANE_BOX_MIN_FILL = 0.6
 # Where the box forward would run in fp32, the spectral box form (spectral.py: a DFT along W turns each
 # cell boundary's horizontal Toeplitz product into a product per frequency, a quarter to a third of the
 # box form's tensor-core work at stage 1) replaces it on planes that pad to one of
-# SPECTRAL_BOX_PADDED_SIZES on both sides. On an H100 at stage 1 (56x56) it ran 0.302 vs 0.392 ms
-# (K=51) and 0.333 vs 0.495 ms (K=101); at stage 2 (28x28, padded to 32), capped at 128 registers
-# (four programs an SM, the launcher's default there since), 0.142 vs 0.146 and 0.147 vs 0.166 ms
-# (bench/results/2026-12-05-h100-forms-spectral-rebuilt.md).
+# SPECTRAL_BOX_PADDED_SIZES on both sides. On an H100 at stage 1 (56x56) it ran 0.228 vs 0.395 ms
+# (K=51) and 0.267 vs 0.500 ms (K=101); at stage 2 (28x28, padded to 32) 0.144 vs 0.148 and 0.149 vs
+# 0.167 ms (bench/results/2026-12-05-h100-forms-spectral-traffic.md).
 SPECTRAL_BOX_PADDED_SIZES = (32, 64)
-# How its kernel shifts the prefix spectrum's rows per boundary: through an fp32 scratch (False, the
-# timed default) or in registers, gathered by warp shuffles with no scratch (True: fewer registers at
-# stage 2, 113 vs 146, more instructions in the boundary loop, 395 vs 203 at stage 1, offline for sm_90;
-# not yet timed: bench_forms.py --spectral 4/1/0/1).
+# How its kernel shifts the prefix spectrum's rows per boundary: through an fp32 scratch (False) or in
+# registers, gathered by warp shuffles with no scratch (True). The shuffles travel the same L1 data
+# path and lost on the H100: 0.363 vs 0.302 ms at stage 1 K=51, 0.152 vs 0.142 at stage 2
+# (bench/results/2026-12-05-h100-forms-spectral-rebuilt.md, bench_forms.py --spectral 4/1/0/1).
 SPECTRAL_ROWS_IN_REGISTERS = False
 # Where the Toeplitz form runs, the Toeplitz GEMM by image rows (column blocks as its operand, plain
 # tile loads instead of a gather per element) replaces it on planes up to ROW_TOEPLITZ_MAX_WIDTH wide
