@@ -119,7 +119,7 @@ def candidates(x: torch.Tensor, w: torch.Tensor, dy: torch.Tensor, grid: tuple[i
             images, blocks, cells, rows, warps, stages)),
         "spectral": lambda warps, stages, registers=-1, in_registers=0: (lambda: spectral.peripheral_conv2d_spectral(
             x, w, grid, lambda images, spectra, cells: kernels.spectral_conv_triton(
-                images, spectra, cells, warps, stages, registers or None, bool(in_registers)))),
+                images, spectra, cells, warps, stages, None if registers < 0 else registers, bool(in_registers)))),
         "boxgrad": lambda k, warps, stages: (lambda: toeplitz.peripheral_grad_weight_boxes(
             dy, x, grid, lambda d, images, cells: kernels.box_products_triton(d, images, cells, block_k=k,
                                                                               num_warps=warps, num_stages=stages))),

@@ -1214,20 +1214,20 @@ def spectral_register_cap(height: int) -> int:
 
 
 def spectral_conv_triton(x: torch.Tensor, spectra: spectral.BoundarySpectra, grid: Sequence[int],
-                         num_warps: int = 4, num_stages: int = 1, max_registers: int | None = -1,
+                         num_warps: int = 4, num_stages: int = 1, max_registers: int | None = None,
                          rows_in_registers: bool = False) -> torch.Tensor:
     """Triton twin of ``spectral.spectral_conv``: x (B, C, H, W) fp32 or fp64, Ŝ -> (B, C, H, W).
 
     A program holds one plane padded to powers of two (``toeplitz.padded_width``), so it suits planes
     up to 64 a side. The prefix spectrum's row shifts read a scratch of B·C·(H+1)·2·Fp entries in x's
     dtype, or with ``rows_in_registers`` gather in registers (no scratch; see the kernel).
-    ``max_registers`` -1 takes ``spectral_register_cap``, None leaves them uncapped."""
+    ``max_registers`` caps the registers per thread (ptxas maxnreg); None takes
+    ``spectral_register_cap``, 0 leaves them uncapped (as ``row_toeplitz_triton``)."""
     if x.dtype not in (torch.float32, torch.float64):
         raise ValueError(f"the spectral box form runs fp32 and fp64 inputs, got {x.dtype}")
     x = x.contiguous()
     batch, channels, height, width = x.shape
-    if max_registers == -1:
-        max_registers = spectral_register_cap(height)
+    max_registers = spectral_register_cap(height) if max_registers is None else max_registers
     grid = tuple(grid)
     forward, inverse = spectral.dft_bases(grid, width, x.dtype, x.device)
     frequencies = forward.shape[-1]
