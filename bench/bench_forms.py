@@ -22,8 +22,9 @@ form's configurations can be replaced, e.g. ``--rowtoeplitz 64/128/4/2,32/128/4/
   default[/reuse tiles: 1 the centre from the plane and one band per mirror pair, as auto, 0 not[/blocks: 0
   only those the kernel reads, as auto, 1 R and its fp16 copy for every cell]]]; auto's where TMA applies);
 * ``box``: the box-form GEMM (rows/warps/stages);
-* ``spectral``: the spectral box form, a plane per program (warps/stages[/register cap: 0 none, -1 the
-  launcher's default[/1: rows shifted in registers, no scratch]]; fp32 only);
+* ``spectral``: the spectral box form (warps/stages[/register cap: 0 none, -1 the launcher's
+  default[/frequencies a pass of the boundary loop, 0 the launcher's default, -1 all[/images per program,
+  0 the launcher's default]]]; fp32 only);
 * ``boxgrad`` and ``satgrad``: grad-weight by box products (K/warps/stages) or SAT tap sums.
 
     python3 bench/bench_forms.py --out forms.md
@@ -53,7 +54,7 @@ CONFIGS: dict[str, list[tuple[int, ...]]] = {
     "plane": [(4, 1, 1)],
     "planetma": [(4, 2, 1, -1, 0, 0, 0, 1), (4, 2, 1, -1, 0, 0, 0, 0), (4, 2, 1)],
     "box": [(32, 2, 3), (64, 4, 2), (128, 8, 1), (128, 4, 1)],
-    "spectral": [(4, 1), (4, 1, 0), (4, 1, -1, 1)],
+    "spectral": [(4, 1), (4, 1, -1, -1, 1)],
     "boxgrad": [(32, 4, 1)],
     "satgrad": [],
 }
@@ -117,9 +118,13 @@ def candidates(x: torch.Tensor, w: torch.Tensor, dy: torch.Tensor, grid: tuple[i
                 plane_blocks(None if all_blocks else row_cells, half_boxes))),
         "box": lambda rows, warps, stages: with_blocks(lambda images, blocks, cells: kernels.box_conv_triton(
             images, blocks, cells, rows, warps, stages)),
-        "spectral": lambda warps, stages, registers=-1, in_registers=0: (lambda: spectral.peripheral_conv2d_spectral(
-            x, w, grid, lambda images, spectra, cells: kernels.spectral_conv_triton(
-                images, spectra, cells, warps, stages, None if registers < 0 else registers, bool(in_registers)))),
+        "spectral": lambda warps, stages, registers=-1, frequency_block=0, planes=0: (
+            lambda: spectral.peripheral_conv2d_spectral(x, w, grid, lambda images, spectra, cells: (
+                kernels.spectral_conv_triton(images, spectra, cells, warps, stages,
+                                             None if registers < 0 else registers,
+                                             spectral.padded_frequencies(tuple(grid), x.shape[-1])
+                                             if frequency_block < 0 else frequency_block or None,
+                                             planes or None)))),
         "boxgrad": lambda k, warps, stages: (lambda: toeplitz.peripheral_grad_weight_boxes(
             dy, x, grid, lambda d, images, cells: kernels.box_products_triton(d, images, cells, block_k=k,
                                                                               num_warps=warps, num_stages=stages))),

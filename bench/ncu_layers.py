@@ -20,7 +20,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from bench.bench_layers import DTYPES, SHAPES  # noqa: E402
-from runtime import op, peripheral_conv2d  # noqa: E402
+from runtime import peripheral_conv2d  # noqa: E402
 
 
 def main() -> None:
@@ -29,10 +29,7 @@ def main() -> None:
     parser.add_argument("--stages", default="1,2,3,4", help="comma-separated stages of bench_layers.SHAPES")
     parser.add_argument("--dtypes", default="fp32,bf16")
     parser.add_argument("--calls", type=int, default=1, help="forward calls per layer after the warm-up")
-    parser.add_argument("--spectral-rows-in-registers", action="store_true",
-                        help="the spectral kernel shifts rows in registers (op.SPECTRAL_ROWS_IN_REGISTERS)")
     args = parser.parse_args()
-    op.SPECTRAL_ROWS_IN_REGISTERS = args.spectral_rows_in_registers
     stages = {int(v) for v in args.stages.split(",")}
     torch.manual_seed(0)
     for stage, channels, size, grid in SHAPES:

@@ -23,7 +23,6 @@ public function casts x to the autocast dtype itself, as F.conv2d would.
 """
 from __future__ import annotations
 
-import functools
 import inspect
 from types import ModuleType
 from typing import NamedTuple, Sequence
@@ -82,11 +81,6 @@ PLANE_BOX_MIN_FILL = 0.6
 # (K=51) and 0.267 vs 0.500 ms (K=101); at stage 2 (28x28, padded to 32) 0.144 vs 0.148 and 0.149 vs
 # 0.167 ms (bench/results/2026-12-05-h100-forms-spectral-traffic.md).
 SPECTRAL_BOX_PADDED_SIZES = (32, 64)
-# How its kernel shifts the prefix spectrum's rows per boundary: through an fp32 scratch (False) or in
-# registers, gathered by warp shuffles with no scratch (True). The shuffles travel the same L1 data
-# path and lost on the H100: 0.363 vs 0.302 ms at stage 1 K=51, 0.152 vs 0.142 at stage 2
-# (bench/results/2026-12-05-h100-forms-spectral-rebuilt.md, bench_forms.py --spectral 4/1/0/1).
-SPECTRAL_ROWS_IN_REGISTERS = False
 # Where the Toeplitz form runs, the Toeplitz GEMM by image rows (column blocks as its operand, plain
 # tile loads instead of a gather per element) replaces it on planes up to ROW_TOEPLITZ_MAX_WIDTH wide
 # whose width pads by at most ROW_TOEPLITZ_MAX_PADDING (it does padded-W multiply-adds per input row).
@@ -263,8 +257,7 @@ def _conv_impl(x: torch.Tensor, weight: torch.Tensor, grid: tuple[int, ...], bac
     if form in box_convs:
         return toeplitz.peripheral_conv2d_box(x, weight, grid, *box_convs[form])
     if form == "spectral":
-        return spectral.peripheral_conv2d_spectral(x, weight, grid, functools.partial(
-            kernels.spectral_conv_triton, rows_in_registers=SPECTRAL_ROWS_IN_REGISTERS))
+        return spectral.peripheral_conv2d_spectral(x, weight, grid, kernels.spectral_conv_triton)
     reach = toeplitz.lag_reach(grid, height)
     return toeplitz.peripheral_conv2d_lags(
         x, weight, grid, lambda images, kernel: kernels.toeplitz_conv_triton(images, kernel, reach))

@@ -503,87 +503,88 @@ def _plane_box_tma_kernel(x_desc, blocks_desc, wide_blocks_desc, exponents_ptr, 
 
 
 @triton.jit
-def _spectral_box_kernel(x_ptr, spectra_ptr, offsets_ptr, forward_ptr, inverse_ptr, scratch_ptr, y_ptr, C,
+def _spectral_box_kernel(x_ptr, spectra_ptr, offsets_ptr, forward_ptr, inverse_ptr, scratch_ptr, y_ptr, B, C,
                          BOUNDARIES, H: tl.constexpr, W: tl.constexpr, PRECISION: tl.constexpr,
                          H_PAD: tl.constexpr, W_PAD: tl.constexpr, F_PAD: tl.constexpr, F_USED: tl.constexpr,
-                         ROWS_IN_REGISTERS: tl.constexpr = False):
+                         F_BLOCK: tl.constexpr, PLANES: tl.constexpr):
     """y[n, c] = (Σ_j Ŝ_j[c] ⊙ (P @ F)[clamp(h + p_j, 0, H)]) @ G (the spectral box form,
     spectral.spectral_conv), fp32 or fp64.
 
-    Program = one (n, c) plane, held on chip (H_PAD x W_PAD). Its column prefix is a product with a
-    0/1 lower triangle (exact in tf32, no scan); times the forward real DFT F (forward_ptr: cos, then
-    -sin, each Fᵀ (F_PAD, W_PAD)) it gives the prefix spectrum P̂. The boundary loop reads P̂'s rows
-    clamp(h + p_j, 0, H) at the BOUNDARIES offsets p_j (offsets_ptr) and accumulates the complex
-    products with Ŝ (C, BOUNDARIES, 2, F_PAD at spectra_ptr) as four fused multiply-adds. The result
-    times the inverse G (inverse_ptr: cos, then -sin, each Gᵀ (W_PAD, F_PAD)) is y. The bases come
+    Program = PLANES (1 or 2) images n of one channel c, stacked along the rows of one on-chip tile
+    (PLANES·H_PAD x W_PAD; two planes that pad to 32 make the M of 64 that Hopper's wgmma needs, and
+    share Ŝ's loads). The column prefix is a product with a 0/1 lower triangle (block-diagonal over
+    the planes; exact in tf32, no scan); times the forward real DFT F (forward_ptr: cos, then -sin,
+    each Fᵀ (F_PAD, W_PAD)) it gives the prefix spectrum P̂, parked in the scratch: per plane H+1 rows
+    of real then imaginary F_PAD, row s = P̂[s] and row 0 zero, so the row shifts clamp(h + p_j, 0, H)
+    of the BOUNDARIES offsets p_j (offsets_ptr) are plain loads. The boundary loop accumulates the
+    complex products with Ŝ (C, BOUNDARIES, 2, F_PAD at spectra_ptr) as four fused multiply-adds,
+    F_BLOCK frequencies at a time: a block's rows of every plane on the SM stay in L1 across the
+    boundaries, which all read nearly the same rows (the whole P̂ of three stage-1 programs did not
+    fit the L1 their 64 KB of shared memory each leave). Each block's result times its slice of the
+    inverse G (inverse_ptr: cos, then -sin, each Gᵀ (W_PAD, F_PAD)) is added to y. The bases come
     transposed so that the products' shared-memory operands (the contracted index contiguous) are
-    written with 16-byte stores; as plain (K, N) tiles they took 4-byte ones. Frequencies from F_USED
-    on (spectral.stored_frequencies) are zero and never stored or read.
-    Two ways to shift rows:
-    * scratch (default): P̂ parked in the scratch, H+1 rows of real then imaginary F_PAD, row s = P̂[s]
-      and row 0 zero, so the loop's loads need no mask but the rows past H and frequencies past F_USED;
-    * ``ROWS_IN_REGISTERS`` (no scratch): P̂ stays in registers and each boundary gathers its rows
-      (``tl.gather`` along the rows, within a warp on sm_90: shuffles). Where H < H_PAD the strict
-      triangle makes row s = P[s] (row 0 zero, rows past H all P[H]), so an index clamped to the
-      tile is the clamped row; a plane of H == H_PAD rows keeps row s = P[s + 1] and zeroes the rows
-      that clamp below 1.
+    written with 16-byte stores. Frequencies from F_USED on (spectral.stored_frequencies) are zero and
+    never stored or read.
     """
-    n, c = tl.program_id(0), tl.program_id(1)
-    plane = n.to(tl.int64) * C + c
-    u = tl.arange(0, H_PAD)
+    pair, c = tl.program_id(0), tl.program_id(1)
+    u = tl.arange(0, PLANES * H_PAD)
+    if PLANES == 1:
+        row, slot = u, tl.zeros_like(u)
+        rows = row < H
+    else:
+        row, slot = u % H_PAD, u // H_PAD                                  # each row's plane of the tile
+        rows = (row < H) & (pair * PLANES + slot < B)
     w = tl.arange(0, W_PAD)
     f = tl.arange(0, F_PAD)
-    rows = (u < H)[:, None]
-    inside = rows & (w < W)[None, :]
-    if F_USED < F_PAD:
-        spectrum = rows & (f < F_USED)[None, :]
-    else:
-        spectrum = rows
+    inside = rows[:, None] & (w < W)[None, :]
     accumulate = tl.float64 if PRECISION == "ieee" else tl.float32
-    zero_row_inside: tl.constexpr = ROWS_IN_REGISTERS and H < H_PAD
-    x = tl.load(x_ptr + plane * (H * W) + u[:, None] * W + w[None, :], mask=inside, other=0.0).to(accumulate)
-    if zero_row_inside:
-        triangle = (u[None, :] < u[:, None]).to(accumulate)                 # row s sums x[0..s-1]
-    else:
-        triangle = (u[None, :] <= u[:, None]).to(accumulate)                # row s sums x[0..s]
-    prefix = _dot_step(tl.zeros((H_PAD, W_PAD), dtype=accumulate), triangle, x, PRECISION, False, True)
+    first_plane = (pair * PLANES).to(tl.int64) * C + c                     # the tile's first plane
+    x_rows = (first_plane * (H * W) + (slot * (C * H * W) + row * W))[:, None]
+    x = tl.load(x_ptr + x_rows + w[None, :], mask=inside, other=0.0).to(accumulate)
+    triangle = (row[None, :] <= row[:, None]) & (slot[None, :] == slot[:, None])
+    prefix = _dot_step(tl.zeros(x.shape, dtype=accumulate), triangle.to(accumulate), x, PRECISION, False, True)
     forward = forward_ptr + f[:, None] * W_PAD + w[None, :]
-    zeros = tl.zeros((H_PAD, F_PAD), dtype=accumulate)
+    zeros = tl.zeros((PLANES * H_PAD, F_PAD), dtype=accumulate)
     real = _dot_step(zeros, prefix, tl.trans(tl.load(forward)), PRECISION, False)
     imag = _dot_step(zeros, prefix, tl.trans(tl.load(forward + F_PAD * W_PAD)), PRECISION, False)
-    scratch = scratch_ptr + plane * ((H + 1) * 2 * F_PAD)
-    if not ROWS_IN_REGISTERS:
-        tl.store(scratch + tl.arange(0, 2 * F_PAD), tl.zeros((2 * F_PAD,), dtype=accumulate))  # P̂[0] = 0
-        prefix_rows = scratch + ((u + 1) * (2 * F_PAD))[:, None] + f[None, :]
-        tl.store(prefix_rows, real, mask=spectrum)
-        tl.store(prefix_rows + F_PAD, imag, mask=spectrum)
-        tl.debug_barrier()
-    out_real, out_imag = zeros, zeros
-    spectra = spectra_ptr + c.to(tl.int64) * (BOUNDARIES * 2 * F_PAD) + f
-    for index in range(BOUNDARIES):
-        source = u + tl.load(offsets_ptr + index)
-        if zero_row_inside:
-            gathered = tl.broadcast_to(tl.minimum(tl.maximum(source, 0), H_PAD - 1)[:, None], (H_PAD, F_PAD))
-            p_real, p_imag = tl.gather(real, gathered, 0), tl.gather(imag, gathered, 0)
-        elif ROWS_IN_REGISTERS:
-            gathered = tl.broadcast_to(tl.minimum(tl.maximum(source - 1, 0), H - 1)[:, None], (H_PAD, F_PAD))
-            above = (source > 0)[:, None]
-            p_real = tl.where(above, tl.gather(real, gathered, 0), 0.0)
-            p_imag = tl.where(above, tl.gather(imag, gathered, 0), 0.0)
-        else:
-            reads = scratch + (tl.minimum(tl.maximum(source, 0), H) * (2 * F_PAD))[:, None] + f[None, :]
-            p_real = tl.load(reads, mask=spectrum, other=0.0)
-            p_imag = tl.load(reads + F_PAD, mask=spectrum, other=0.0)
-        s_real = tl.load(spectra + index * (2 * F_PAD))[None, :]
-        s_imag = tl.load(spectra + index * (2 * F_PAD) + F_PAD)[None, :]
-        out_real = tl.fma(s_real, p_real, out_real)
-        out_real = tl.fma(-s_imag, p_imag, out_real)
-        out_imag = tl.fma(s_real, p_imag, out_imag)
-        out_imag = tl.fma(s_imag, p_real, out_imag)
-    inverse = inverse_ptr + w[:, None] * F_PAD + f[None, :]
-    y = _dot_step(tl.zeros((H_PAD, W_PAD), dtype=accumulate), out_real, tl.trans(tl.load(inverse)), PRECISION, False)
-    y = _dot_step(y, out_imag, tl.trans(tl.load(inverse + W_PAD * F_PAD)), PRECISION, False)
-    tl.store(y_ptr + plane * (H * W) + u[:, None] * W + w[None, :], y.to(y_ptr.dtype.element_ty), mask=inside)
+    plane_entries: tl.constexpr = (H + 1) * 2 * F_PAD                     # a plane's scratch
+    scratch = scratch_ptr + first_plane * plane_entries
+    tl.store(scratch + (tl.arange(0, PLANES) * (C * plane_entries))[:, None] + tl.arange(0, 2 * F_PAD)[None, :],
+             tl.zeros((PLANES, 2 * F_PAD), dtype=accumulate))                 # P̂[0] = 0
+    scratch_rows = scratch + (slot * (C * plane_entries))[:, None]         # each row's plane, (M, 1)
+    prefix_rows = scratch_rows + ((row + 1) * (2 * F_PAD))[:, None] + f[None, :]
+    if F_USED < F_PAD:
+        spectrum = rows[:, None] & (f < F_USED)[None, :]
+    else:
+        spectrum = rows[:, None]
+    tl.store(prefix_rows, real, mask=spectrum)
+    tl.store(prefix_rows + F_PAD, imag, mask=spectrum)
+    tl.debug_barrier()
+    y = tl.zeros(x.shape, dtype=accumulate)
+    block_zeros = tl.zeros((PLANES * H_PAD, F_BLOCK), dtype=accumulate)
+    for block in range((F_USED + F_BLOCK - 1) // F_BLOCK):
+        fb = block * F_BLOCK + tl.arange(0, F_BLOCK)
+        out_real, out_imag = block_zeros, block_zeros
+        spectra = spectra_ptr + c.to(tl.int64) * (BOUNDARIES * 2 * F_PAD) + fb
+        for index in range(BOUNDARIES):
+            source = tl.minimum(tl.maximum(row + tl.load(offsets_ptr + index), 0), H)
+            reads = scratch_rows + (source * (2 * F_PAD))[:, None] + fb[None, :]
+            if F_USED % F_BLOCK != 0:  # the last block runs past the stored frequencies
+                p_real = tl.load(reads, mask=(fb < F_USED)[None, :], other=0.0)
+                p_imag = tl.load(reads + F_PAD, mask=(fb < F_USED)[None, :], other=0.0)
+            else:
+                p_real = tl.load(reads)
+                p_imag = tl.load(reads + F_PAD)
+            s_real = tl.load(spectra + index * (2 * F_PAD))[None, :]
+            s_imag = tl.load(spectra + index * (2 * F_PAD) + F_PAD)[None, :]
+            out_real = tl.fma(s_real, p_real, out_real)
+            out_real = tl.fma(-s_imag, p_imag, out_real)
+            out_imag = tl.fma(s_real, p_imag, out_imag)
+            out_imag = tl.fma(s_imag, p_real, out_imag)
+        inverse = inverse_ptr + w[:, None] * F_PAD + fb[None, :]
+        y = _dot_step(y, out_real, tl.trans(tl.load(inverse)), PRECISION, False)
+        y = _dot_step(y, out_imag, tl.trans(tl.load(inverse + W_PAD * F_PAD)), PRECISION, False)
+    tl.store(y_ptr + x_rows + w[None, :], y.to(y_ptr.dtype.element_ty), mask=inside)
 
 
 @triton.jit
@@ -1213,31 +1214,48 @@ def spectral_register_cap(height: int) -> int:
     return 128 if padded_width(height) <= 32 else 168
 
 
+def spectral_frequency_block(grid: Sequence[int], width: int) -> int:
+    """Frequencies per pass of the spectral kernel's boundary loop: all of them (Fp) until blocks of 16
+    are measured on the GPU."""
+    return spectral.padded_frequencies(tuple(grid), width)
+
+
+def spectral_planes(height: int) -> int:
+    """Images per spectral program: 1 until two a program (planes that pad to 32) are measured."""
+    return 1
+
+
 def spectral_conv_triton(x: torch.Tensor, spectra: spectral.BoundarySpectra, grid: Sequence[int],
                          num_warps: int = 4, num_stages: int = 1, max_registers: int | None = None,
-                         rows_in_registers: bool = False) -> torch.Tensor:
+                         frequency_block: int | None = None, planes: int | None = None) -> torch.Tensor:
     """Triton twin of ``spectral.spectral_conv``: x (B, C, H, W) fp32 or fp64, Ŝ -> (B, C, H, W).
 
-    A program holds one plane padded to powers of two (``toeplitz.padded_width``), so it suits planes
-    up to 64 a side. The prefix spectrum's row shifts read a scratch of B·C·(H+1)·2·Fp entries in x's
-    dtype, or with ``rows_in_registers`` gather in registers (no scratch; see the kernel).
+    A program holds ``planes`` images of one channel (default ``spectral_planes``), each padded to
+    powers of two (``toeplitz.padded_width``), so it suits planes up to 64 a side. The prefix
+    spectrum's row shifts read a scratch of B·C·(H+1)·2·Fp entries in x's dtype, ``frequency_block``
+    frequencies at a time (a power of two from 16 to Fp; default ``spectral_frequency_block``).
     ``max_registers`` caps the registers per thread (ptxas maxnreg); None takes
     ``spectral_register_cap``, 0 leaves them uncapped (as ``row_toeplitz_triton``)."""
     if x.dtype not in (torch.float32, torch.float64):
         raise ValueError(f"the spectral box form runs fp32 and fp64 inputs, got {x.dtype}")
     x = x.contiguous()
     batch, channels, height, width = x.shape
-    max_registers = spectral_register_cap(height) if max_registers is None else max_registers
     grid = tuple(grid)
+    max_registers = spectral_register_cap(height) if max_registers is None else max_registers
+    planes = spectral_planes(height) if planes is None else planes
     forward, inverse = spectral.dft_bases(grid, width, x.dtype, x.device)
-    frequencies = forward.shape[-1]
-    scratch_entries = 1 if rows_in_registers else batch * channels * (height + 1) * 2 * frequencies
-    scratch = torch.empty(scratch_entries, device=x.device, dtype=x.dtype)
+    frequencies = forward.shape[1]
+    frequency_block = spectral_frequency_block(grid, width) if frequency_block is None else frequency_block
+    if planes not in (1, 2) or frequency_block not in (16, 32, 64) or frequency_block > frequencies:
+        raise ValueError(f"planes must be 1 or 2 and frequency_block a power of two from 16 to {frequencies}, "
+                         f"got {planes} and {frequency_block}")
+    padded_batch = triton.cdiv(batch, planes) * planes
+    scratch = torch.empty(padded_batch * channels * (height + 1) * 2 * frequencies, device=x.device, dtype=x.dtype)
     y = torch.empty_like(x)
-    _spectral_box_kernel[(batch, channels)](
+    _spectral_box_kernel[(triton.cdiv(batch, planes), channels)](
         x, spectra.spectra.to(x.dtype).contiguous(), _offsets_tensor(spectra.offsets, x.device), forward, inverse,
-        scratch, y, channels, len(spectra.offsets), height, width, PRECISION=_dot_precision(x.dtype),
+        scratch, y, batch, channels, len(spectra.offsets), height, width, PRECISION=_dot_precision(x.dtype),
         H_PAD=padded_width(height), W_PAD=padded_width(width), F_PAD=frequencies,
-        F_USED=spectral.stored_frequencies(grid, width), ROWS_IN_REGISTERS=rows_in_registers, num_warps=num_warps, num_stages=num_stages,
-        **({"maxnreg": max_registers} if max_registers else {}))
+        F_USED=spectral.stored_frequencies(grid, width), F_BLOCK=frequency_block, PLANES=planes,
+        num_warps=num_warps, num_stages=num_stages, **({"maxnreg": max_registers} if max_registers else {}))
     return y
