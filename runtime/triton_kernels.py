@@ -1215,14 +1215,19 @@ def spectral_register_cap(height: int) -> int:
 
 
 def spectral_frequency_block(grid: Sequence[int], width: int) -> int:
-    """Frequencies per pass of the spectral kernel's boundary loop: all of them (Fp) until blocks of 16
-    are measured on the GPU."""
-    return spectral.padded_frequencies(tuple(grid), width)
+    """Frequencies per pass of the spectral kernel's boundary loop: 32, or all Fp where fewer. On an
+    H100 at stage 1 (Fp = 64) blocks of 32 ran 0.230 / 0.260 ms (K=51 / K=101) against 0.245 / 0.290
+    for all 64 a pass and 0.249 / 0.341 for blocks of 16 (the passes' fixed costs outweigh the L1 a
+    smaller block saves; bench/results/2026-12-06-h100-forms-spectral-blocks.md)."""
+    return min(32, spectral.padded_frequencies(tuple(grid), width))
 
 
 def spectral_planes(height: int) -> int:
-    """Images per spectral program: 1 until two a program (planes that pad to 32) are measured."""
-    return 1
+    """Images per spectral program: 2 on planes that pad to 32 (a 64-row tile, wgmma's M), else 1. On an
+    H100 at stage 2 two a program ran 0.101 / 0.104 ms (K=49 / K=69) against 0.139 / 0.145 for one; at
+    stage 1 (two 64-row planes) 0.74 / 0.86 against 0.23 / 0.26
+    (bench/results/2026-12-06-h100-forms-spectral-blocks.md)."""
+    return 2 if padded_width(height) <= 32 else 1
 
 
 def spectral_conv_triton(x: torch.Tensor, spectra: spectral.BoundarySpectra, grid: Sequence[int],

@@ -167,20 +167,25 @@ def test_toeplitz_kernels_match_their_torch_twins(grid, batch, height, width, dt
 
 
 @needs_kernels
-@pytest.mark.parametrize("height, width", [(16, 16), (16, 13), (20, 31), (33, 40)])
+@pytest.mark.parametrize("height, width, kernel_size", [(16, 16, 13), (16, 13, 13), (20, 31, 13), (33, 40, 51)])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("planes", [1, 2])
-@pytest.mark.parametrize("whole_spectrum", [False, True])
-def test_spectral_kernel_matches_its_torch_twin_on_planes_that_fill_their_padding(height, width, dtype, planes,
-                                                                                 whole_spectrum):
+@pytest.mark.parametrize("frequency_block", [16, 32, "all"])
+def test_spectral_kernel_matches_its_torch_twin_on_planes_that_fill_their_padding(height, width, kernel_size, dtype,
+                                                                                 planes, frequency_block):
     """A plane of H == H_PAD rows still has its H+1 prefix rows (row 0 zero) in the scratch; the
-    boundary loop gives the same sums over its frequencies all at once or 16 at a time, where the
-    last block runs past the stored frequencies (W=31 and W=40: 24 of 32) or not."""
+    boundary loop gives the same sums over its frequencies all at once or 16 or 32 at a time, where
+    the last block runs past the stored frequencies (W=31 by 16: 24 of 32; W=40 at K=51 by 16 and by
+    32: 40 of 48 and of 64) or not."""
     from runtime import spectral
-    grid = PAPER_GRIDS[13]
+    grid = PAPER_GRIDS[kernel_size]
+    padded = spectral.padded_frequencies(grid, width)
+    if frequency_block == "all":
+        frequency_block = padded
+    elif frequency_block > padded:
+        pytest.skip(f"{padded} frequencies in all at width {width}")
     x, weight = random_inputs(3, 2, height, width, grid, dtype, seed=height + width)
     spectra = spectral.boundary_spectra(weight, grid, height, width)
-    frequency_block = spectral.padded_frequencies(grid, width) if whole_spectrum else 16
     got = triton_kernels.spectral_conv_triton(x.to(DEVICE), spectra._replace(spectra=spectra.spectra.to(DEVICE)),
                                               grid, planes=planes, frequency_block=frequency_block).cpu()
     assert relative_error(got, spectral.spectral_conv(x, spectra, grid).double()) <= KERNEL_TOLERANCE[dtype]
