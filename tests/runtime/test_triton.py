@@ -167,7 +167,8 @@ def test_toeplitz_kernels_match_their_torch_twins(grid, batch, height, width, dt
 
 
 @needs_kernels
-@pytest.mark.parametrize("height, width, kernel_size", [(16, 16, 13), (16, 13, 13), (20, 31, 13), (33, 40, 51)])
+@pytest.mark.parametrize("height, width, kernel_size", [(16, 16, 13), (16, 13, 13), (20, 31, 13), (33, 40, 51),
+                                                         (16, 16, 51)])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("planes", [1, 2])
 @pytest.mark.parametrize("frequency_block", [16, 32, "all"])
@@ -176,7 +177,8 @@ def test_spectral_kernel_matches_its_torch_twin_on_planes_that_fill_their_paddin
     """A plane of H == H_PAD rows still has its H+1 prefix rows (row 0 zero) in the scratch; the
     boundary loop gives the same sums over its frequencies all at once or 16 or 32 at a time, where
     the last block runs past the stored frequencies (W=31 by 16: 24 of 32; W=40 at K=51 by 16 and by
-    32: 40 of 48 and of 64) or not."""
+    32: 40 of 48 and of 64) or not. The loop takes boundaries by twos: K=51 at H=16 merges to 11,
+    whose last one is the odd tail (the others have 10 and 14)."""
     from runtime import spectral
     grid = PAPER_GRIDS[kernel_size]
     padded = spectral.padded_frequencies(grid, width)
