@@ -154,21 +154,19 @@ def kernels_at(size: int, grid: tuple[int, ...], dtype: str, box_tiles: list[tup
                 "ROWS": tile.rows, "W_PAD": padded_width(size)},
                tile.num_warps, tile.num_stages, tile.max_registers)
     if not half and size > 16:
-        for planes, frequency_block, row_halves in ((1, None, False), (1, None, True), (2, None, False),
-                                                    (1, 0, False), (2, 0, False)):
+        for planes, frequency_block in ((1, None), (2, None), (1, 0), (2, 0)):
             frequency_block = frequency_block if frequency_block is not None else (
                 triton_kernels.spectral_frequency_block(grid, size))
             frequency_block = frequency_block or spectral.padded_frequencies(grid, size)
-            yield (f"spectral box, {planes} plane(s){', row halves' if row_halves else ''}, "
-                   f"{frequency_block} frequencies a pass",
+            yield (f"spectral box, {planes} plane(s), {frequency_block} frequencies a pass",
                    triton_kernels._spectral_box_kernel,
                    {"x_ptr": "*fp32", "spectra_ptr": "*fp32", "offsets_ptr": "*i32", "forward_ptr": "*fp32",
                     "inverse_ptr": "*fp32", "scratch_ptr": "*fp32", "y_ptr": "*fp32"},
-                   ("B", "C", "BOUNDARIES", "LOWER_START"),
+                   ("B", "C", "BOUNDARIES"),
                    {"H": size, "W": size, "PRECISION": precision, "H_PAD": padded_width(size),
                     "W_PAD": padded_width(size), "F_PAD": spectral.padded_frequencies(grid, size),
                     "F_USED": spectral.stored_frequencies(grid, size), "F_BLOCK": frequency_block,
-                    "PLANES": planes, "ROW_HALVES": row_halves},
+                    "PLANES": planes},
                    4, 1, triton_kernels.spectral_register_cap(size))
     yield ("box products", triton_kernels._box_products_kernel,
            {"dy_ptr": f"*{dtype}", "prefix_ptr": "*fp32", "lo_ptr": "*i32", "hi_ptr": "*i32", "out_ptr": "*fp32"},

@@ -4,8 +4,9 @@
 #
 #     OUT=/tmp/out bash bench/issue4_gpu.sh layers       # layer table (fp32 at "highest" and "high"),
 #                                                        # plane box at batches 50-66, spectral vs box
-#     OUT=/tmp/out bash bench/issue4_gpu.sh spectral     # spectral kernel configs (warps, planes) vs box,
-#                                                        # ncu profile of stage 1
+#     OUT=/tmp/out bash bench/issue4_gpu.sh spectral     # spectral kernel configs (default, one plane,
+#                                                        # two planes) vs box
+#     OUT=/tmp/out bash bench/issue4_gpu.sh ncu-spectral # ncu profile of the spectral kernel at stage 1
 #     OUT=/tmp/out bash bench/issue4_gpu.sh trees DIR..  # the spectral kernel of runtime copies side by side
 #     OUT=/tmp/out bash bench/issue4_gpu.sh tests        # the runtime's tests on the GPU
 #     OUT=/tmp/out bash bench/issue4_gpu.sh model-bf16   # whole models vs convnext_tiny (also model-fp32)
@@ -38,7 +39,10 @@ case "$part" in
     ;;
   spectral)
     timeout 200 python3 bench/bench_forms.py --stages 1,2 --dtypes fp32 --only box:32/2/3,spectral \
-      --spectral 4/1,8/1,4/1/-1/0/1,4/1/-1/-1 --out "$out/forms-spectral.md" > "$out/forms-spectral.log" 2>&1
+      --spectral 4/1,4/1/-1/0/1,4/1/-1/0/2 --out "$out/forms-spectral.md" \
+      > "$out/forms-spectral.log" 2>&1
+    ;;
+  ncu-spectral)
     timeout 150 ncu --clock-control none --section SpeedOfLight --section MemoryWorkloadAnalysis \
       --section ComputeWorkloadAnalysis --section WarpStateStats --section Occupancy --section LaunchStats \
       --section InstructionStats -k regex:spectral python3 bench/ncu_layers.py --stages 1 --dtypes fp32 \
@@ -76,5 +80,5 @@ case "$part" in
       --dtypes "$dtype" --warmup 3 --iters 10 --models convnext_tiny,pelk_t,pelk101_t \
       --out "$out/model-$dtype.md" > "$out/model-$dtype.log" 2>&1
     ;;
-  *) echo "usage: bench/issue4_gpu.sh layers|spectral|trees DIR..|tests|model-bf16|model-fp32" >&2; exit 2 ;;
+  *) echo "usage: bench/issue4_gpu.sh layers|spectral|ncu-spectral|trees DIR..|tests|model-bf16|model-fp32" >&2; exit 2 ;;
 esac

@@ -77,9 +77,9 @@ PLANE_BOX_MIN_FILL = 0.6
 # Where the box forward would run in fp32, the spectral box form (spectral.py: a DFT along W turns each
 # cell boundary's horizontal Toeplitz product into a product per frequency, a quarter to a third of the
 # box form's tensor-core work at stage 1) replaces it on planes that pad to one of
-# SPECTRAL_BOX_PADDED_SIZES on both sides. On an H100 at stage 1 (56x56) it ran 0.228 vs 0.395 ms
-# (K=51) and 0.267 vs 0.500 ms (K=101); at stage 2 (28x28, padded to 32) 0.144 vs 0.148 and 0.149 vs
-# 0.167 ms (bench/results/2026-12-05-h100-forms-spectral-traffic.md).
+# SPECTRAL_BOX_PADDED_SIZES on both sides. On an H100 at stage 1 (56x56) it ran 0.224 vs 0.395 ms
+# (K=51) and 0.254 vs 0.498 ms (K=101); at stage 2 (28x28, padded to 32) 0.101 vs 0.148 and 0.104 vs
+# 0.167 ms (bench/results/2026-12-06-h100-forms-spectral-variants.md).
 SPECTRAL_BOX_PADDED_SIZES = (32, 64)
 # Where the Toeplitz form runs, the Toeplitz GEMM by image rows (column blocks as its operand, plain
 # tile loads instead of a gather per element) replaces it on planes up to ROW_TOEPLITZ_MAX_WIDTH wide

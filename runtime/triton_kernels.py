@@ -534,14 +534,14 @@ def _complex_multiply_add(out_real, out_imag, p_real, p_imag, s_real, s_imag):
 
 
 @triton.jit
-def _spectral_boundary_sum(scratch_rows, row, rows, offsets_ptr, spectra, start, BOUNDARIES, fb, H: tl.constexpr,
+def _spectral_boundary_sum(scratch_rows, row, rows, offsets_ptr, spectra, BOUNDARIES, fb, H: tl.constexpr,
                            F_PAD: tl.constexpr, F_USED: tl.constexpr, F_BLOCK: tl.constexpr):
-    """Σ_{j >= start} Ŝ_j ⊙ P̂[clamp(h + p_j, 0, H)] over the rows (M,) of a tile and a block fb of
+    """Σ_j Ŝ_j ⊙ P̂[clamp(h + p_j, 0, H)] over the rows (M,) of a tile and a block fb of
     frequencies: (real, imaginary), each (M, F_BLOCK). The loop is unrolled by two (3% faster at stage
     1's K=101 on the H100, 2026-12-06; by four was no faster): two boundaries' loads in flight."""
     out_real = tl.zeros((row.shape[0], F_BLOCK), dtype=spectra.dtype.element_ty)
     out_imag = out_real
-    for index in tl.range(start, BOUNDARIES, loop_unroll_factor=2):
+    for index in tl.range(0, BOUNDARIES, loop_unroll_factor=2):
         loaded = _spectral_boundary_loads(scratch_rows, row, rows, offsets_ptr, spectra, index, fb,
                                           H, F_PAD, F_USED, F_BLOCK)
         out_real, out_imag = _complex_multiply_add(out_real, out_imag, *loaded)
@@ -549,16 +549,10 @@ def _spectral_boundary_sum(scratch_rows, row, rows, offsets_ptr, spectra, start,
 
 
 @triton.jit
-def _stack_rows(first, last):
-    """(M, N) and (M, N) -> (2M, N): first's rows, then last's."""
-    return tl.reshape(tl.permute(tl.join(first, last), (2, 0, 1)), (2 * first.shape[0], first.shape[1]))
-
-
-@triton.jit
 def _spectral_box_kernel(x_ptr, spectra_ptr, offsets_ptr, forward_ptr, inverse_ptr, scratch_ptr, y_ptr, B, C,
-                         BOUNDARIES, LOWER_START, H: tl.constexpr, W: tl.constexpr, PRECISION: tl.constexpr,
+                         BOUNDARIES, H: tl.constexpr, W: tl.constexpr, PRECISION: tl.constexpr,
                          H_PAD: tl.constexpr, W_PAD: tl.constexpr, F_PAD: tl.constexpr, F_USED: tl.constexpr,
-                         F_BLOCK: tl.constexpr, PLANES: tl.constexpr, ROW_HALVES: tl.constexpr):
+                         F_BLOCK: tl.constexpr, PLANES: tl.constexpr):
     """y[n, c] = (Σ_j Ŝ_j[c] ⊙ (P @ F)[clamp(h + p_j, 0, H)]) @ G (the spectral box form,
     spectral.spectral_conv), fp32 or fp64.
 
@@ -572,10 +566,8 @@ def _spectral_box_kernel(x_ptr, spectra_ptr, offsets_ptr, forward_ptr, inverse_p
     complex products with Ŝ (C, BOUNDARIES, 2, F_PAD at spectra_ptr) as four fused multiply-adds,
     F_BLOCK frequencies at a time: a block's rows of every plane on the SM stay in L1 across the
     boundaries, which all read nearly the same rows (the whole P̂ of three stage-1 programs did not
-    fit the L1 their 64 KB of shared memory each leave). With ROW_HALVES (one plane) the loop runs
-    on each half of the rows apart, the first half from boundary LOWER_START on: the boundaries
-    before it (offsets p_j <= 1 - H_PAD/2) read the zero row P̂[0] on every row of that half. Each
-    block's result times its slice of the inverse G (inverse_ptr: cos, then -sin, each Gᵀ (W_PAD, F_PAD)) is added to y. The bases come
+    fit the L1 their 64 KB of shared memory each leave). Each block's result times its slice of the
+    inverse G (inverse_ptr: cos, then -sin, each Gᵀ (W_PAD, F_PAD)) is added to y. The bases come
     transposed so that the products' shared-memory operands (the contracted index contiguous) are
     written with 16-byte stores. Frequencies from F_USED on (spectral.stored_frequencies) are zero and
     never stored or read.
@@ -615,22 +607,11 @@ def _spectral_box_kernel(x_ptr, spectra_ptr, offsets_ptr, forward_ptr, inverse_p
     tl.store(prefix_rows + F_PAD, imag, mask=spectrum)
     tl.debug_barrier()
     y = tl.zeros(x.shape, dtype=accumulate)
-    if ROW_HALVES:  # rows 0..H_PAD/2-1 skip the boundaries below LOWER_START: they read P̂[0] = 0 there
-        half = tl.arange(0, H_PAD // 2)
-        upper = half + H_PAD // 2
-        half_rows = scratch + tl.zeros((H_PAD // 2, 1), dtype=tl.int32)
     for block in range((F_USED + F_BLOCK - 1) // F_BLOCK):
         fb = block * F_BLOCK + tl.arange(0, F_BLOCK)
         spectra = spectra_ptr + c.to(tl.int64) * (BOUNDARIES * 2 * F_PAD) + fb
-        if ROW_HALVES:
-            lower_real, lower_imag = _spectral_boundary_sum(half_rows, half, half < H, offsets_ptr, spectra,
-                                                            LOWER_START, BOUNDARIES, fb, H, F_PAD, F_USED, F_BLOCK)
-            upper_real, upper_imag = _spectral_boundary_sum(half_rows, upper, upper < H, offsets_ptr, spectra, 0,
-                                                            BOUNDARIES, fb, H, F_PAD, F_USED, F_BLOCK)
-            out_real, out_imag = _stack_rows(lower_real, upper_real), _stack_rows(lower_imag, upper_imag)
-        else:
-            out_real, out_imag = _spectral_boundary_sum(scratch_rows, row, rows, offsets_ptr, spectra, 0, BOUNDARIES,
-                                                        fb, H, F_PAD, F_USED, F_BLOCK)
+        out_real, out_imag = _spectral_boundary_sum(scratch_rows, row, rows, offsets_ptr, spectra, BOUNDARIES,
+                                                    fb, H, F_PAD, F_USED, F_BLOCK)
         inverse = inverse_ptr + w[:, None] * F_PAD + fb[None, :]
         y = _dot_step(y, out_real, tl.trans(tl.load(inverse)), PRECISION, False)
         y = _dot_step(y, out_imag, tl.trans(tl.load(inverse + W_PAD * F_PAD)), PRECISION, False)
@@ -1282,8 +1263,7 @@ def spectral_planes(height: int) -> int:
 
 def spectral_conv_triton(x: torch.Tensor, spectra: spectral.BoundarySpectra, grid: Sequence[int],
                          num_warps: int = 4, num_stages: int = 1, max_registers: int | None = None,
-                         frequency_block: int | None = None, planes: int | None = None,
-                         row_halves: bool | None = None) -> torch.Tensor:
+                         frequency_block: int | None = None, planes: int | None = None) -> torch.Tensor:
     """Triton twin of ``spectral.spectral_conv``: x (B, C, H, W) fp32 or fp64, Ŝ -> (B, C, H, W).
 
     A program holds ``planes`` images of one channel (default ``spectral_planes``), each padded to
@@ -1291,9 +1271,7 @@ def spectral_conv_triton(x: torch.Tensor, spectra: spectral.BoundarySpectra, gri
     spectrum's row shifts read a scratch of B·C·(H+1)·2·Fp entries in x's dtype, ``frequency_block``
     frequencies at a time (a power of two from 16 to Fp; default ``spectral_frequency_block``).
     ``max_registers`` caps the registers per thread (ptxas maxnreg); None takes
-    ``spectral_register_cap``, 0 leaves them uncapped (as ``row_toeplitz_triton``). ``row_halves``
-    (one plane only) runs the boundary loop on each half of the rows apart, skipping in the first
-    half the boundaries that read the zero prefix row there; None takes it where some do."""
+    ``spectral_register_cap``, 0 leaves them uncapped (as ``row_toeplitz_triton``)."""
     if x.dtype not in (torch.float32, torch.float64):
         raise ValueError(f"the spectral box form runs fp32 and fp64 inputs, got {x.dtype}")
     x = x.contiguous()
@@ -1307,18 +1285,13 @@ def spectral_conv_triton(x: torch.Tensor, spectra: spectral.BoundarySpectra, gri
     if planes not in (1, 2) or frequency_block not in (16, 32, 64) or frequency_block > frequencies:
         raise ValueError(f"planes must be 1 or 2 and frequency_block a power of two from 16 to {frequencies}, "
                          f"got {planes} and {frequency_block}")
-    lower_start = sum(offset <= 1 - padded_width(height) // 2 for offset in spectra.offsets)
-    row_halves = planes == 1 and lower_start > 0 if row_halves is None else row_halves
-    if row_halves and planes != 1:
-        raise ValueError("row_halves splits the rows of one plane a program, got planes=2")
     padded_batch = triton.cdiv(batch, planes) * planes
     scratch = torch.empty(padded_batch * channels * (height + 1) * 2 * frequencies, device=x.device, dtype=x.dtype)
     y = torch.empty_like(x)
     _spectral_box_kernel[(triton.cdiv(batch, planes), channels)](
         x, spectra.spectra.to(x.dtype).contiguous(), _offsets_tensor(spectra.offsets, x.device), forward, inverse,
-        scratch, y, batch, channels, len(spectra.offsets), lower_start, height, width,
-        PRECISION=_dot_precision(x.dtype),
+        scratch, y, batch, channels, len(spectra.offsets), height, width, PRECISION=_dot_precision(x.dtype),
         H_PAD=padded_width(height), W_PAD=padded_width(width), F_PAD=frequencies,
         F_USED=spectral.stored_frequencies(grid, width), F_BLOCK=frequency_block, PLANES=planes,
-        ROW_HALVES=row_halves, num_warps=num_warps, num_stages=num_stages, **({"maxnreg": max_registers} if max_registers else {}))
+        num_warps=num_warps, num_stages=num_stages, **({"maxnreg": max_registers} if max_registers else {}))
     return y

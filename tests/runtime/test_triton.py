@@ -170,16 +170,15 @@ def test_toeplitz_kernels_match_their_torch_twins(grid, batch, height, width, dt
 @pytest.mark.parametrize("height, width, kernel_size", [(16, 16, 13), (16, 13, 13), (20, 31, 13), (33, 40, 51),
                                                          (16, 16, 51), (40, 24, 101)])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("planes, row_halves", [(1, False), (1, True), (2, False)])
+@pytest.mark.parametrize("planes", [1, 2])
 @pytest.mark.parametrize("frequency_block", [16, 32, "all"])
 def test_spectral_kernel_matches_its_torch_twin_on_planes_that_fill_their_padding(height, width, kernel_size, dtype,
-                                                                                 planes, row_halves, frequency_block):
+                                                                                 planes, frequency_block):
     """A plane of H == H_PAD rows still has its H+1 prefix rows (row 0 zero) in the scratch; the
     boundary loop gives the same sums over its frequencies all at once or 16 or 32 at a time, where
     the last block runs past the stored frequencies (W=31 by 16: 24 of 32; W=40 at K=51 by 16 and by
     32: 40 of 48 and of 64) or not. The loop is unrolled by two: K=51 at H=16 merges to 11
-    boundaries, an odd count. Row halves give the same sums, also where the first half skips
-    boundaries (K=101 at H=40: offsets -50 and -33 are dropped or read only P̂[0] on rows 0-31)."""
+    boundaries, an odd count; K=101 at H=40 reads rows clamped at both ends."""
     from runtime import spectral
     grid = PAPER_GRIDS[kernel_size]
     padded = spectral.padded_frequencies(grid, width)
@@ -190,8 +189,7 @@ def test_spectral_kernel_matches_its_torch_twin_on_planes_that_fill_their_paddin
     x, weight = random_inputs(3, 2, height, width, grid, dtype, seed=height + width)
     spectra = spectral.boundary_spectra(weight, grid, height, width)
     got = triton_kernels.spectral_conv_triton(x.to(DEVICE), spectra._replace(spectra=spectra.spectra.to(DEVICE)),
-                                              grid, planes=planes, frequency_block=frequency_block,
-                                              row_halves=row_halves).cpu()
+                                              grid, planes=planes, frequency_block=frequency_block).cpu()
     assert relative_error(got, spectral.spectral_conv(x, spectra, grid).double()) <= KERNEL_TOLERANCE[dtype]
 
 
