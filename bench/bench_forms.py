@@ -124,7 +124,7 @@ def candidates(x: torch.Tensor, w: torch.Tensor, dy: torch.Tensor, grid: tuple[i
                                              None if registers < 0 else registers,
                                              spectral.padded_frequencies(tuple(grid), x.shape[-1])
                                              if frequency_block < 0 else frequency_block or None,
-                                             planes or None)))),
+                                             planes or None)), kernels.boundary_spectra_triton)),
         "boxgrad": lambda k, warps, stages: (lambda: toeplitz.peripheral_grad_weight_boxes(
             dy, x, grid, lambda d, images, cells: kernels.box_products_triton(d, images, cells, block_k=k,
                                                                               num_warps=warps, num_stages=stages))),

@@ -8,6 +8,8 @@
 #                                                        # two planes) vs box
 #     OUT=/tmp/out bash bench/issue4_gpu.sh ncu-spectral # ncu profile of the spectral kernel at stage 1
 #     OUT=/tmp/out bash bench/issue4_gpu.sh trees DIR..  # the spectral kernel of runtime copies side by side
+#     OUT=/tmp/out bash bench/issue4_gpu.sh kernels [DIR..] # GPU time per kernel of stage 1-2 fp32
+#                                                        # forwards (this checkout, or runtime copies)
 #     OUT=/tmp/out bash bench/issue4_gpu.sh tests        # the runtime's tests on the GPU
 #     OUT=/tmp/out bash bench/issue4_gpu.sh model-bf16   # whole models vs convnext_tiny (also model-fp32)
 #
@@ -60,6 +62,18 @@ case "$part" in
         --spectral 4/1 --out "$out_dir/forms-$(basename "$tree").md" > "$out_dir/forms-$(basename "$tree").log" 2>&1)
     done
     ;;
+  kernels)
+    shift
+    out_dir="$(cd "$out" && pwd)"
+    trees=("$@")
+    [ "${#trees[@]}" -eq 0 ] && trees=(.)
+    for tree in "${trees[@]}"; do
+      [ "$tree" = . ] || ln -sfn "$PWD/bench" "$tree/bench"
+      name="$(basename "$(cd "$tree" && pwd)")"
+      (cd "$tree" && timeout 90 python3 bench/ncu_layers.py --stages 1,2 --dtypes fp32 --calls 50 --kernels \
+        > "$out_dir/kernels-$name.txt" 2>&1)
+    done
+    ;;
   tests)
     # Kernel compilation dominates on the GPU (each new shape or grid is a new constexpr variant), so
     # the collected tests run in 8 round-robin shards side by side; their logs end up in tests.txt.
@@ -80,5 +94,5 @@ case "$part" in
       --dtypes "$dtype" --warmup 3 --iters 10 --models convnext_tiny,pelk_t,pelk101_t \
       --out "$out/model-$dtype.md" > "$out/model-$dtype.log" 2>&1
     ;;
-  *) echo "usage: bench/issue4_gpu.sh layers|spectral|ncu-spectral|trees DIR..|tests|model-bf16|model-fp32" >&2; exit 2 ;;
+  *) echo "usage: bench/issue4_gpu.sh layers|spectral|ncu-spectral|trees DIR..|kernels [DIR..]|tests|model-bf16|model-fp32" >&2; exit 2 ;;
 esac

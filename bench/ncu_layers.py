@@ -7,6 +7,11 @@ throughput, warp stalls, occupancy). Nothing is timed here.
         --section LaunchStats -k regex:'plane_box|box_conv|row_toeplitz|toeplitz_kernel' \\
         --launch-skip 0 python3 bench/ncu_layers.py --stages 1,2,3 > ncu.txt
 
+``--kernels`` instead runs the calls (``--calls`` 20 or more) under torch.profiler and prints each
+kernel's GPU time per forward call, the weight-to-spectra preparation included:
+
+    python3 bench/ncu_layers.py --stages 1 --dtypes fp32 --calls 50 --kernels
+
 ``--calls 1`` (the default) launches each layer once after one warm-up call that compiles it, so
 ncu (with ``--launch-skip`` 0) sees every kernel twice: the first is the compiling call's.
 """
@@ -29,6 +34,7 @@ def main() -> None:
     parser.add_argument("--stages", default="1,2,3,4", help="comma-separated stages of bench_layers.SHAPES")
     parser.add_argument("--dtypes", default="fp32,bf16")
     parser.add_argument("--calls", type=int, default=1, help="forward calls per layer after the warm-up")
+    parser.add_argument("--kernels", action="store_true", help="print the GPU time of each kernel per call")
     args = parser.parse_args()
     stages = {int(v) for v in args.stages.split(",")}
     torch.manual_seed(0)
@@ -39,10 +45,34 @@ def main() -> None:
             dtype = DTYPES[dtype_name]
             x = torch.randn(args.batch, channels, size, size, device="cuda", dtype=dtype)
             w = (torch.randn(channels, 1, len(grid), len(grid), device="cuda") / sum(grid)).to(dtype)
-            for _ in range(1 + args.calls):
+            peripheral_conv2d(x, w, tuple(grid), backend="triton")
+            torch.cuda.synchronize()
+            if args.kernels:
+                print(f"stage {stage} K={sum(grid)} {dtype_name}, GPU µs per forward call:", flush=True)
+                for name, microseconds in kernel_times(lambda: peripheral_conv2d(x, w, tuple(grid), backend="triton"),
+                                                       args.calls):
+                    print(f"  {microseconds:9.1f}  {name[:100]}", flush=True)
+                continue
+            for _ in range(args.calls):
                 peripheral_conv2d(x, w, tuple(grid), backend="triton")
             torch.cuda.synchronize()
             print(f"stage {stage} K={sum(grid)} {dtype_name}: {1 + args.calls} forward calls", flush=True)
+
+
+def kernel_times(call, calls: int) -> list[tuple[str, float]]:
+    """(kernel name, GPU µs per call) of ``calls`` runs of ``call`` under torch.profiler, the longest
+    first, their sum last as "total"."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as profiler:
+        for _ in range(calls):
+            call()
+        torch.cuda.synchronize()
+    times = []
+    for event in profiler.key_averages():
+        device_us = getattr(event, "device_time_total", None) or getattr(event, "cuda_time_total", 0)
+        if device_us and event.key:
+            times.append((event.key, device_us / calls))
+    times.sort(key=lambda item: -item[1])
+    return times + [("total", sum(us for _, us in times))]
 
 
 if __name__ == "__main__":

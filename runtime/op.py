@@ -257,7 +257,8 @@ def _conv_impl(x: torch.Tensor, weight: torch.Tensor, grid: tuple[int, ...], bac
     if form in box_convs:
         return toeplitz.peripheral_conv2d_box(x, weight, grid, *box_convs[form])
     if form == "spectral":
-        return spectral.peripheral_conv2d_spectral(x, weight, grid, kernels.spectral_conv_triton)
+        return spectral.peripheral_conv2d_spectral(x, weight, grid, kernels.spectral_conv_triton,
+                                                    kernels.boundary_spectra_triton)
     reach = toeplitz.lag_reach(grid, height)
     return toeplitz.peripheral_conv2d_lags(
         x, weight, grid, lambda images, kernel: kernels.toeplitz_conv_triton(images, kernel, reach))

@@ -112,6 +112,31 @@ def _boundary_spectra_fp64(weight: torch.Tensor, grid: tuple[int, ...], height: 
     return torch.stack([merged @ cos, merged @ sin], dim=2)
 
 
+class SpectrumFactors(NamedTuple):
+    """The map from w_θ[c] (k', k') to Ŝ[c] (n, 2·Fp) in two factors, Ŝ[c] = rows @ w_θ[c] @ cells
+    (the same numbers as ``spectrum_map``, k'·(n + 2·Fp) entries instead of k'²·n·2·Fp): rows (n, k')
+    the merged boundaries' row differences (``sat.clamp_boundaries`` times ``sat.difference_matrix``,
+    small integers), cells (k', 2·Fp) each kernel cell's lags' phases summed, cos then sin; fp64."""
+
+    rows: torch.Tensor
+    cells: torch.Tensor
+
+
+def spectrum_factors(grid: tuple[int, ...], height: int, width: int, device: torch.device) -> SpectrumFactors:
+    """``SpectrumFactors``, cached per device."""
+    def rows() -> torch.Tensor:
+        return (sat.clamp_boundaries(grid, height)[1] @ sat.difference_matrix(len(grid))).double()
+
+    def cells() -> torch.Tensor:
+        lag_cell = torch.tensor(toeplitz.lag_cells(grid, width))             # k' where the kernel does not reach
+        cell_of_lag = torch.nn.functional.one_hot(lag_cell, len(grid) + 1)[:, :-1].double()
+        cos, sin = _dft_phases(torch.arange(1 - width, width), grid, width)
+        return torch.cat([cell_of_lag.T @ cos, cell_of_lag.T @ sin], dim=1)
+
+    return SpectrumFactors(device_constant(("spectrum rows", grid, height), device, rows),
+                           device_constant(("spectrum cells", grid, width), device, cells))
+
+
 def spectrum_map(grid: tuple[int, ...], height: int, width: int, device: torch.device) -> torch.Tensor:
     """(k'·k', n·2·Fp) fp64, cached per device: the linear map from w_θ to its boundary spectra
     (``_boundary_spectra_fp64`` of every unit weight), so that building Ŝ is one matrix product."""
@@ -153,6 +178,7 @@ def spectral_conv(x: torch.Tensor, spectra: BoundarySpectra, grid: tuple[int, ..
 
 
 def peripheral_conv2d_spectral(x: torch.Tensor, weight: torch.Tensor, grid: tuple[int, ...],
-                               conv=spectral_conv) -> torch.Tensor:
-    """Peripheral conv in the spectral box form through ``conv(x, Ŝ, grid)``: (B, C, H, W) -> (B, C, H, W)."""
-    return conv(x, boundary_spectra(weight, tuple(grid), x.shape[-2], x.shape[-1]), tuple(grid))
+                               conv=spectral_conv, spectra=boundary_spectra) -> torch.Tensor:
+    """Peripheral conv in the spectral box form through ``conv(x, spectra(w_θ, grid, H, W), grid)``:
+    (B, C, H, W) -> (B, C, H, W)."""
+    return conv(x, spectra(weight, tuple(grid), x.shape[-2], x.shape[-1]), tuple(grid))

@@ -45,7 +45,7 @@ import triton.language as tl
 
 from runtime import spectral
 from runtime.constants import device_constant
-from runtime.sat import accumulate_dtype
+from runtime.sat import accumulate_dtype, clamped_offsets
 from runtime.toeplitz import (HALF_SCALE_BITS, cell_lag_ranges, cells_within_reach, half_block_exponents,
                               half_blocks, lag_cells, lag_reach, padded_width)
 
@@ -500,6 +500,28 @@ def _plane_box_tma_kernel(x_desc, blocks_desc, wide_blocks_desc, exponents_ptr, 
     if PLANES == 2:
         acc1 = _times_powers_of_two(acc1, -box_exponent1, -weight_exponent, HALF_BOXES)
         y_desc.store([plane1, 0, 0], acc1.to(y_desc.dtype).reshape(1, H_PAD, W_PAD))
+
+
+@triton.jit
+def _boundary_spectra_kernel(w_ptr, rows_ptr, cells_ptr, out_ptr, CELLS: tl.constexpr, BOUNDARIES: tl.constexpr,
+                             SPECTRUM: tl.constexpr, N_PAD: tl.constexpr, K_PAD: tl.constexpr):
+    """Ŝ[c] = rows @ w_θ[c] @ cells in fp64, rounded once to out's dtype (spectral.spectrum_factors):
+    one program a channel c; w_θ (C, CELLS, CELLS), rows (BOUNDARIES, CELLS), cells (CELLS, SPECTRUM)
+    and Ŝ (C, BOUNDARIES, SPECTRUM) with SPECTRUM = 2·Fp (real, then imaginary). A column b of
+    rows @ w_θ[c] at a time, times cells' row b; the loop unrolled, so its loads go out together."""
+    c = tl.program_id(0)
+    m, a, s = tl.arange(0, N_PAD), tl.arange(0, K_PAD), tl.arange(0, SPECTRUM)
+    boundaries = m < BOUNDARIES
+    row_differences = tl.load(rows_ptr + m[:, None] * CELLS + a[None, :],
+                              mask=boundaries[:, None] & (a < CELLS)[None, :], other=0.0)
+    weights = w_ptr + c.to(tl.int64) * (CELLS * CELLS) + a * CELLS
+    spectra = tl.zeros((N_PAD, SPECTRUM), dtype=tl.float64)
+    for b in tl.static_range(CELLS):
+        column = tl.load(weights + b, mask=a < CELLS, other=0.0).to(tl.float64)
+        differences = tl.sum(row_differences * column[None, :], axis=1)     # (rows @ w_θ[c])[:, b]
+        spectra += differences[:, None] * tl.load(cells_ptr + b * SPECTRUM + s)[None, :]
+    out = out_ptr + c.to(tl.int64) * (BOUNDARIES * SPECTRUM) + m[:, None] * SPECTRUM + s[None, :]
+    tl.store(out, spectra.to(out_ptr.dtype.element_ty), mask=boundaries[:, None])
 
 
 @triton.jit
@@ -1235,6 +1257,23 @@ def box_products_triton(dy: torch.Tensor, x: torch.Tensor, grid: Sequence[int], 
         HI_LO=x.dtype in (torch.bfloat16, torch.float16), BLOCK_W=block_w, BLOCK_K=block_k,
         num_warps=num_warps, num_stages=num_stages)
     return partial.sum(0)
+
+
+def boundary_spectra_triton(weight: torch.Tensor, grid: Sequence[int], height: int,
+                            width: int) -> spectral.BoundarySpectra:
+    """Triton twin of ``spectral.boundary_spectra``: w_θ (C, 1, k', k') -> Ŝ (C, n, 2, Fp) in w_θ's
+    accumulation dtype, in one launch (the torch form's weight cast, fp64 GEMM and rounding took three:
+    14.8 µs at stage 1 K=101 on an H100, 2026-12-07, bench/ncu_layers.py --kernels)."""
+    grid = tuple(grid)
+    rows, cells = spectral.spectrum_factors(grid, height, width, weight.device)
+    boundaries, spectrum = rows.shape[0], cells.shape[1]
+    spectra = torch.empty(weight.shape[0], boundaries, 2, spectrum // 2, device=weight.device,
+                          dtype=accumulate_dtype(weight.dtype))
+    n_pad = triton.next_power_of_2(boundaries)
+    _boundary_spectra_kernel[(weight.shape[0],)](
+        weight.contiguous(), rows, cells, spectra, CELLS=len(grid), BOUNDARIES=boundaries, SPECTRUM=spectrum,
+        N_PAD=n_pad, K_PAD=triton.next_power_of_2(len(grid)), num_warps=4 if n_pad * spectrum <= 4096 else 8)
+    return spectral.BoundarySpectra(spectra, tuple(clamped_offsets(grid, height)))
 
 
 def spectral_register_cap(height: int) -> int:

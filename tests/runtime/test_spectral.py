@@ -52,6 +52,16 @@ def test_boundary_spectra_are_the_conjugate_dfts_of_the_row_kernel_differences()
         assert spectra.spectra[:, j, :, expected.shape[-1]:].abs().max() == 0
 
 
+@settings(max_examples=30, deadline=None)
+@given(grid=grids(max_cells=6, max_cell=5), height=st.integers(1, 40), width=st.integers(1, 40))
+def test_spectrum_factors_are_the_spectrum_map_in_two(grid, height, width):
+    """Ŝ[c] = rows @ w_θ[c] @ cells: the map from w_θ's entry (a, b) to Ŝ is rows[:, a] times cells[b]."""
+    factors = spectral.spectrum_factors(grid, height, width, torch.device("cpu"))
+    outer = torch.einsum("ma,bs->abms", factors.rows, factors.cells).reshape(len(grid) ** 2, -1)
+    torch.testing.assert_close(outer, spectral.spectrum_map(grid, height, width, torch.device("cpu")),
+                               rtol=0, atol=1e-12)
+
+
 def test_boundaries_that_clamp_together_merge():
     """At K=101 on 56 rows the boundaries at +51 and beyond all read the last prefix row."""
     spectra = spectral.boundary_spectra(torch.ones(1, 1, 17, 17), PAPER_GRIDS[101], 56, 56)

@@ -194,6 +194,25 @@ def test_spectral_kernel_matches_its_torch_twin_on_planes_that_fill_their_paddin
 
 
 @needs_kernels
+@settings(max_examples=10, deadline=None)
+@given(grid=grids(max_cells=6, max_cell=5), height=st.integers(1, 40), width=st.integers(1, 40),
+       dtype=st.sampled_from([torch.float32, torch.float64]), seed=st.integers(0, 2**16))
+@example(grid=PAPER_GRIDS[101], height=56, width=56, dtype=torch.float32, seed=0)  # 17 cells, boundaries merged
+def test_boundary_spectra_kernel_gives_the_torch_spectra(grid, height, width, dtype, seed):
+    """Ŝ from the Triton kernel (rows @ w_θ[c] @ cells in fp64, rounded once) is the torch form's
+    (w_θ @ spectrum_map in fp64, rounded once) to the rounding of fp64 sums taken in another order."""
+    from runtime import spectral
+    weight = random_inputs(1, 3, 1, 1, grid, dtype, seed)[1]
+    expected = spectral.boundary_spectra(weight, grid, height, width)
+    got = triton_kernels.boundary_spectra_triton(weight.to(DEVICE), grid, height, width)
+    assert got.offsets == expected.offsets
+    assert got.spectra.dtype == expected.spectra.dtype and got.spectra.shape == expected.spectra.shape
+    scale = expected.spectra.abs().max().item()
+    torch.testing.assert_close(got.spectra.cpu(), expected.spectra, rtol=torch.finfo(dtype).eps,
+                               atol=16 * torch.finfo(torch.float64).eps * scale)
+
+
+@needs_kernels
 @settings(max_examples=6, deadline=None)
 @given(grid=grids(max_cells=5, max_cell=4), height=st.integers(1, 12), width=st.sampled_from([8, 16]),
        dtype=st.sampled_from([torch.float32, torch.bfloat16, torch.float16]), seed=st.integers(0, 2**16))
