@@ -114,26 +114,43 @@ def _boundary_spectra_fp64(weight: torch.Tensor, grid: tuple[int, ...], height: 
 
 class SpectrumFactors(NamedTuple):
     """The map from w_θ[c] (k', k') to Ŝ[c] (n, 2·Fp) in two factors, Ŝ[c] = rows @ w_θ[c] @ cells
-    (the same numbers as ``spectrum_map``, k'·(n + 2·Fp) entries instead of k'²·n·2·Fp): rows (n, k')
-    the merged boundaries' row differences (``sat.clamp_boundaries`` times ``sat.difference_matrix``,
-    small integers), cells (k', 2·Fp) each kernel cell's lags' phases summed, cos then sin; fp64."""
+    (the same numbers as ``spectrum_map`` from k'·(n + 2·Fp) entries instead of k'²·n·2·Fp), with
+    rows (n, k') the merged boundaries' row differences: a merged boundary m is a run first..last of
+    boundaries and its Σ_j (r_{j-1} - r_j) telescopes to r_{first-1} - r_{last}, so row m is +1 at
+    plus[m] = first - 1 and -1 at minus[m] = last, where those are rows of w_θ (0 <= · < k'; the
+    kernel rows r_{-1} and r_{k'} are zero). plus, minus (n,) int32; cells (k', 2·Fp) fp64, each
+    kernel cell's lags' phases summed, cos then sin."""
 
-    rows: torch.Tensor
+    plus: torch.Tensor
+    minus: torch.Tensor
     cells: torch.Tensor
+
+
+def merged_row_ends(grid: tuple[int, ...], height: int) -> tuple[list[int], list[int]]:
+    """(plus, minus) of ``SpectrumFactors``: the run first..last of boundaries that each merged one of
+    ``sat.clamp_boundaries`` sums, as first - 1 and last."""
+    plus, minus = [], []
+    for merged in sat.clamp_boundaries(grid, height)[1]:
+        run = merged.nonzero().flatten().tolist()
+        if run != list(range(run[0], run[-1] + 1)):
+            raise AssertionError(f"boundaries {run} merge but are not consecutive")
+        plus.append(run[0] - 1)
+        minus.append(run[-1])
+    return plus, minus
 
 
 def spectrum_factors(grid: tuple[int, ...], height: int, width: int, device: torch.device) -> SpectrumFactors:
     """``SpectrumFactors``, cached per device."""
-    def rows() -> torch.Tensor:
-        return (sat.clamp_boundaries(grid, height)[1] @ sat.difference_matrix(len(grid))).double()
-
     def cells() -> torch.Tensor:
         lag_cell = torch.tensor(toeplitz.lag_cells(grid, width))             # k' where the kernel does not reach
         cell_of_lag = torch.nn.functional.one_hot(lag_cell, len(grid) + 1)[:, :-1].double()
         cos, sin = _dft_phases(torch.arange(1 - width, width), grid, width)
         return torch.cat([cell_of_lag.T @ cos, cell_of_lag.T @ sin], dim=1)
 
-    return SpectrumFactors(device_constant(("spectrum rows", grid, height), device, rows),
+    plus, minus = merged_row_ends(grid, height)
+    return SpectrumFactors(*(device_constant(("merged row ends", grid, height, side), device,
+                                             lambda: torch.tensor(ends, dtype=torch.int32))
+                             for side, ends in (("plus", plus), ("minus", minus))),
                            device_constant(("spectrum cells", grid, width), device, cells))
 
 

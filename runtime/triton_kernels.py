@@ -503,23 +503,24 @@ def _plane_box_tma_kernel(x_desc, blocks_desc, wide_blocks_desc, exponents_ptr, 
 
 
 @triton.jit
-def _boundary_spectra_kernel(w_ptr, rows_ptr, cells_ptr, out_ptr, CELLS: tl.constexpr, BOUNDARIES: tl.constexpr,
-                             SPECTRUM: tl.constexpr, N_PAD: tl.constexpr, K_PAD: tl.constexpr):
-    """Ŝ[c] = rows @ w_θ[c] @ cells in fp64, rounded once to out's dtype (spectral.spectrum_factors):
-    one program a channel c; w_θ (C, CELLS, CELLS), rows (BOUNDARIES, CELLS), cells (CELLS, SPECTRUM)
-    and Ŝ (C, BOUNDARIES, SPECTRUM) with SPECTRUM = 2·Fp (real, then imaginary). A column b of
-    rows @ w_θ[c] at a time, times cells' row b; the loop unrolled, so its loads go out together."""
+def _boundary_spectra_kernel(w_ptr, plus_ptr, minus_ptr, cells_ptr, out_ptr, CELLS: tl.constexpr,
+                             BOUNDARIES: tl.constexpr, SPECTRUM: tl.constexpr, N_PAD: tl.constexpr):
+    """Ŝ[c, m] = (w_θ[c, plus_m] - w_θ[c, minus_m]) @ cells in fp64, rounded once to out's dtype
+    (spectral.SpectrumFactors; rows -1 and CELLS of w_θ are zero): one program a channel c; w_θ (C,
+    CELLS, CELLS), plus and minus (BOUNDARIES,), cells (CELLS, SPECTRUM) and Ŝ (C, BOUNDARIES, SPECTRUM)
+    with SPECTRUM = 2·Fp (real, then imaginary). A column b of the row differences at a time, gathered
+    from w_θ, times cells' row b; the loop unrolled, so its loads go out together."""
     c = tl.program_id(0)
-    m, a, s = tl.arange(0, N_PAD), tl.arange(0, K_PAD), tl.arange(0, SPECTRUM)
+    m, s = tl.arange(0, N_PAD), tl.arange(0, SPECTRUM)
     boundaries = m < BOUNDARIES
-    row_differences = tl.load(rows_ptr + m[:, None] * CELLS + a[None, :],
-                              mask=boundaries[:, None] & (a < CELLS)[None, :], other=0.0)
-    weights = w_ptr + c.to(tl.int64) * (CELLS * CELLS) + a * CELLS
+    plus = tl.load(plus_ptr + m, mask=boundaries, other=-1)
+    minus = tl.load(minus_ptr + m, mask=boundaries, other=CELLS)
+    weights = w_ptr + c.to(tl.int64) * (CELLS * CELLS)
     spectra = tl.zeros((N_PAD, SPECTRUM), dtype=tl.float64)
     for b in tl.static_range(CELLS):
-        column = tl.load(weights + b, mask=a < CELLS, other=0.0).to(tl.float64)
-        differences = tl.sum(row_differences * column[None, :], axis=1)     # (rows @ w_θ[c])[:, b]
-        spectra += differences[:, None] * tl.load(cells_ptr + b * SPECTRUM + s)[None, :]
+        difference = (tl.load(weights + plus * CELLS + b, mask=plus >= 0, other=0.0).to(tl.float64)
+                      - tl.load(weights + minus * CELLS + b, mask=minus < CELLS, other=0.0).to(tl.float64))
+        spectra += difference[:, None] * tl.load(cells_ptr + b * SPECTRUM + s)[None, :]
     out = out_ptr + c.to(tl.int64) * (BOUNDARIES * SPECTRUM) + m[:, None] * SPECTRUM + s[None, :]
     tl.store(out, spectra.to(out_ptr.dtype.element_ty), mask=boundaries[:, None])
 
@@ -1263,16 +1264,16 @@ def boundary_spectra_triton(weight: torch.Tensor, grid: Sequence[int], height: i
                             width: int) -> spectral.BoundarySpectra:
     """Triton twin of ``spectral.boundary_spectra``: w_θ (C, 1, k', k') -> Ŝ (C, n, 2, Fp) in w_θ's
     accumulation dtype, in one launch (the torch form's weight cast, fp64 GEMM and rounding took three:
-    14.8 µs at stage 1 K=101 on an H100, 2026-12-07, bench/ncu_layers.py --kernels)."""
+    14.9 µs at stage 1 K=101 on an H100, 2026-12-07, bench/ncu_layers.py --kernels)."""
     grid = tuple(grid)
-    rows, cells = spectral.spectrum_factors(grid, height, width, weight.device)
-    boundaries, spectrum = rows.shape[0], cells.shape[1]
+    plus, minus, cells = spectral.spectrum_factors(grid, height, width, weight.device)
+    boundaries, spectrum = plus.shape[0], cells.shape[1]
     spectra = torch.empty(weight.shape[0], boundaries, 2, spectrum // 2, device=weight.device,
                           dtype=accumulate_dtype(weight.dtype))
     n_pad = triton.next_power_of_2(boundaries)
     _boundary_spectra_kernel[(weight.shape[0],)](
-        weight.contiguous(), rows, cells, spectra, CELLS=len(grid), BOUNDARIES=boundaries, SPECTRUM=spectrum,
-        N_PAD=n_pad, K_PAD=triton.next_power_of_2(len(grid)), num_warps=4 if n_pad * spectrum <= 4096 else 8)
+        weight.contiguous(), plus, minus, cells, spectra, CELLS=len(grid), BOUNDARIES=boundaries,
+        SPECTRUM=spectrum, N_PAD=n_pad, num_warps=4 if n_pad * spectrum <= 4096 else 8)
     return spectral.BoundarySpectra(spectra, tuple(clamped_offsets(grid, height)))
 
 

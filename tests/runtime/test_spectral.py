@@ -55,9 +55,15 @@ def test_boundary_spectra_are_the_conjugate_dfts_of_the_row_kernel_differences()
 @settings(max_examples=30, deadline=None)
 @given(grid=grids(max_cells=6, max_cell=5), height=st.integers(1, 40), width=st.integers(1, 40))
 def test_spectrum_factors_are_the_spectrum_map_in_two(grid, height, width):
-    """Ŝ[c] = rows @ w_θ[c] @ cells: the map from w_θ's entry (a, b) to Ŝ is rows[:, a] times cells[b]."""
+    """Ŝ[c] = rows @ w_θ[c] @ cells: the map from w_θ's entry (a, b) to Ŝ is rows[:, a] times cells[b],
+    rows the merged boundaries' row differences (+1 at plus, -1 at minus)."""
     factors = spectral.spectrum_factors(grid, height, width, torch.device("cpu"))
-    outer = torch.einsum("ma,bs->abms", factors.rows, factors.cells).reshape(len(grid) ** 2, -1)
+    rows = torch.zeros(len(factors.plus), len(grid) + 2, dtype=torch.float64)  # rows -1 and k' of w_θ: zero
+    rows[torch.arange(len(rows)), factors.plus.long() + 1] += 1.0
+    rows[torch.arange(len(rows)), factors.minus.long() + 1] -= 1.0
+    rows = rows[:, 1:-1]
+    torch.testing.assert_close(rows, (sat.clamp_boundaries(grid, height)[1] @ sat.difference_matrix(len(grid))).double())
+    outer = torch.einsum("ma,bs->abms", rows, factors.cells).reshape(len(grid) ** 2, -1)
     torch.testing.assert_close(outer, spectral.spectrum_map(grid, height, width, torch.device("cpu")),
                                rtol=0, atol=1e-12)
 
