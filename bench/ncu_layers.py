@@ -59,19 +59,25 @@ def main() -> None:
             print(f"stage {stage} K={sum(grid)} {dtype_name}: {1 + args.calls} forward calls", flush=True)
 
 
-def kernel_times(call, calls: int) -> list[tuple[str, float]]:
-    """(kernel name, GPU µs per call) of ``calls`` runs of ``call`` under torch.profiler, the longest
-    first, their sum last as "total"."""
+def profiled_kernels(call, calls: int) -> list[tuple[str, float, int]]:
+    """(kernel name, total GPU µs, launches) of every CUDA kernel in ``calls`` runs of ``call`` under
+    torch.profiler."""
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as profiler:
         for _ in range(calls):
             call()
         torch.cuda.synchronize()
-    times = []
+    kernels = []
     for event in profiler.key_averages():
         device_us = getattr(event, "device_time_total", None) or getattr(event, "cuda_time_total", 0)
-        if device_us and event.key:
-            times.append((event.key, device_us / calls))
-    times.sort(key=lambda item: -item[1])
+        if device_us and event.key and not event.key.startswith("ProfilerStep"):
+            kernels.append((event.key, device_us, event.count))
+    return kernels
+
+
+def kernel_times(call, calls: int) -> list[tuple[str, float]]:
+    """(kernel name, GPU µs per call) of ``calls`` runs of ``call``, the longest first, their sum last
+    as "total"."""
+    times = sorted(((name, us / calls) for name, us, _ in profiled_kernels(call, calls)), key=lambda item: -item[1])
     return times + [("total", sum(us for _, us in times))]
 
 

@@ -20,6 +20,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.bench_model import make_model, model_step  # noqa: E402
+from bench.ncu_layers import profiled_kernels  # noqa: E402
 
 PERIPHERAL_KERNELS = ("_toeplitz_kernel", "_taps_kernel", "_tap_sums_kernel", "_box_products_kernel",
                       "_column_prefix_kernel", "_box_conv_kernel")
@@ -53,16 +54,7 @@ def profile_step(model: torch.nn.Module, mode: str, bf16: bool, batch: int, comp
     for _ in range(4):
         step()
     torch.cuda.synchronize()
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as profiler:
-        for _ in range(steps):
-            step()
-        torch.cuda.synchronize()
-    kernels = []
-    for event in profiler.key_averages():
-        device_us = getattr(event, "device_time_total", None) or getattr(event, "cuda_time_total", 0)
-        if device_us and event.key and not event.key.startswith("ProfilerStep"):
-            kernels.append((event.key, device_us / 1000, event.count))
-    return kernels
+    return [(name, device_us / 1000, count) for name, device_us, count in profiled_kernels(step, steps)]
 
 
 def report(label: str, kernels: list[tuple[str, float, int]], steps: int, rows: int) -> str:

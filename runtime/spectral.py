@@ -147,10 +147,11 @@ def spectrum_factors(grid: tuple[int, ...], height: int, width: int, device: tor
         cos, sin = _dft_phases(torch.arange(1 - width, width), grid, width)
         return torch.cat([cell_of_lag.T @ cos, cell_of_lag.T @ sin], dim=1)
 
-    plus, minus = merged_row_ends(grid, height)
-    return SpectrumFactors(*(device_constant(("merged row ends", grid, height, side), device,
-                                             lambda: torch.tensor(ends, dtype=torch.int32))
-                             for side, ends in (("plus", plus), ("minus", minus))),
+    def ends(side: int) -> torch.Tensor:
+        return torch.tensor(merged_row_ends(grid, height)[side], dtype=torch.int32)
+
+    return SpectrumFactors(*(device_constant(("merged row ends", grid, height, side), device, lambda: ends(side))
+                             for side in (0, 1)),
                            device_constant(("spectrum cells", grid, width), device, cells))
 
 
