@@ -166,7 +166,7 @@ def kernels_at(size: int, grid: tuple[int, ...], dtype: str, box_tiles: list[tup
                    {"H": size, "W": size, "PRECISION": precision, "H_PAD": padded_width(size),
                     "W_PAD": padded_width(size), "F_PAD": spectral.padded_frequencies(grid, size),
                     "F_USED": spectral.stored_frequencies(grid, size), "F_BLOCK": frequency_block,
-                    "PLANES": planes},
+                    "PLANES": planes, "DISCARD_SCRATCH": True},
                    4, 1, triton_kernels.spectral_register_cap(size))
     yield ("box products", triton_kernels._box_products_kernel,
            {"dy_ptr": f"*{dtype}", "prefix_ptr": "*fp32", "lo_ptr": "*i32", "hi_ptr": "*i32", "out_ptr": "*fp32"},

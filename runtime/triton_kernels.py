@@ -575,10 +575,19 @@ def _spectral_boundary_sum(scratch_rows, row, rows, offsets_ptr, spectra, BOUNDA
 
 
 @triton.jit
+def _discard_lines(start, ENTRIES: tl.constexpr):
+    """Drops the L2 lines of the ENTRIES fp32 values from start (128-byte aligned, a multiple of 32) without
+    writing them back to memory (PTX ``discard.global.L2``, sm_80 on): scratch that nothing reads again."""
+    lines = tl.arange(0, triton.next_power_of_2(ENTRIES // 32)) * 32
+    tl.inline_asm_elementwise("discard.global.L2 [$1], 128;\n mov.u32 $0, 0;", "=r,l",
+                              [start + tl.minimum(lines, ENTRIES - 32)], dtype=tl.int32, is_pure=False, pack=1)
+
+
+@triton.jit
 def _spectral_box_kernel(x_ptr, spectra_ptr, offsets_ptr, forward_ptr, inverse_ptr, scratch_ptr, y_ptr, B, C,
                          BOUNDARIES, H: tl.constexpr, W: tl.constexpr, PRECISION: tl.constexpr,
                          H_PAD: tl.constexpr, W_PAD: tl.constexpr, F_PAD: tl.constexpr, F_USED: tl.constexpr,
-                         F_BLOCK: tl.constexpr, PLANES: tl.constexpr):
+                         F_BLOCK: tl.constexpr, PLANES: tl.constexpr, DISCARD_SCRATCH: tl.constexpr):
     """y[n, c] = (Σ_j Ŝ_j[c] ⊙ (P @ F)[clamp(h + p_j, 0, H)]) @ G (the spectral box form,
     spectral.spectral_conv), fp32 or fp64.
 
@@ -597,6 +606,11 @@ def _spectral_box_kernel(x_ptr, spectra_ptr, offsets_ptr, forward_ptr, inverse_p
     transposed so that the products' shared-memory operands (the contracted index contiguous) are
     written with 16-byte stores. Frequencies from F_USED on (spectral.stored_frequencies) are zero and
     never stored or read.
+
+    x streams through L2 once (read and written first out), the scratch is kept there (evict last),
+    and with DISCARD_SCRATCH its lines are dropped at the end instead of written back: B·C·(H+1)·2·F_PAD
+    fp32 (85 MB at stage 1, more than the H100's 50 MB of L2) that went out to HBM and pushed x and the
+    bases out (5-8% of the kernel's time on the H100).
     """
     pair, c = tl.program_id(0), tl.program_id(1)
     u = tl.arange(0, PLANES * H_PAD)
@@ -612,7 +626,7 @@ def _spectral_box_kernel(x_ptr, spectra_ptr, offsets_ptr, forward_ptr, inverse_p
     accumulate = tl.float64 if PRECISION == "ieee" else tl.float32
     first_plane = (pair * PLANES).to(tl.int64) * C + c                     # the tile's first plane
     x_rows = (first_plane * (H * W) + (slot * (C * H * W) + row * W))[:, None]
-    x = tl.load(x_ptr + x_rows + w[None, :], mask=inside, other=0.0).to(accumulate)
+    x = tl.load(x_ptr + x_rows + w[None, :], mask=inside, other=0.0, eviction_policy="evict_first").to(accumulate)
     triangle = (row[None, :] <= row[:, None]) & (slot[None, :] == slot[:, None])
     prefix = _dot_step(tl.zeros(x.shape, dtype=accumulate), triangle.to(accumulate), x, PRECISION, False, True)
     forward = forward_ptr + f[:, None] * W_PAD + w[None, :]
@@ -629,8 +643,8 @@ def _spectral_box_kernel(x_ptr, spectra_ptr, offsets_ptr, forward_ptr, inverse_p
         spectrum = rows[:, None] & (f < F_USED)[None, :]
     else:
         spectrum = rows[:, None]
-    tl.store(prefix_rows, real, mask=spectrum)
-    tl.store(prefix_rows + F_PAD, imag, mask=spectrum)
+    tl.store(prefix_rows, real, mask=spectrum, eviction_policy="evict_last")
+    tl.store(prefix_rows + F_PAD, imag, mask=spectrum, eviction_policy="evict_last")
     tl.debug_barrier()
     y = tl.zeros(x.shape, dtype=accumulate)
     for block in range((F_USED + F_BLOCK - 1) // F_BLOCK):
@@ -641,7 +655,11 @@ def _spectral_box_kernel(x_ptr, spectra_ptr, offsets_ptr, forward_ptr, inverse_p
         inverse = inverse_ptr + w[:, None] * F_PAD + fb[None, :]
         y = _dot_step(y, out_real, tl.trans(tl.load(inverse)), PRECISION, False)
         y = _dot_step(y, out_imag, tl.trans(tl.load(inverse + W_PAD * F_PAD)), PRECISION, False)
-    tl.store(y_ptr + x_rows + w[None, :], y.to(y_ptr.dtype.element_ty), mask=inside)
+    tl.store(y_ptr + x_rows + w[None, :], y.to(y_ptr.dtype.element_ty), mask=inside, eviction_policy="evict_first")
+    if DISCARD_SCRATCH:
+        tl.debug_barrier()                                                 # every warp done reading it
+        for plane in tl.static_range(PLANES):
+            _discard_lines(scratch + plane * (C * plane_entries), plane_entries)
 
 
 @triton.jit
@@ -1304,6 +1322,11 @@ def spectral_planes(height: int) -> int:
     return 2 if padded_width(height) <= 32 else 1
 
 
+def discards_l2_lines(device: torch.device) -> bool:
+    """Whether kernels on ``device`` can drop L2 lines unwritten (``_discard_lines``: compiled, sm_80 on)."""
+    return not INTERPRETED and device.type == "cuda" and torch.cuda.get_device_capability(device)[0] >= 8
+
+
 def spectral_conv_triton(x: torch.Tensor, spectra: spectral.BoundarySpectra, grid: Sequence[int],
                          num_warps: int = 4, num_stages: int = 1, max_registers: int | None = None,
                          frequency_block: int | None = None, planes: int | None = None) -> torch.Tensor:
@@ -1336,5 +1359,6 @@ def spectral_conv_triton(x: torch.Tensor, spectra: spectral.BoundarySpectra, gri
         scratch, y, batch, channels, len(spectra.offsets), height, width, PRECISION=_dot_precision(x.dtype),
         H_PAD=padded_width(height), W_PAD=padded_width(width), F_PAD=frequencies,
         F_USED=spectral.stored_frequencies(grid, width), F_BLOCK=frequency_block, PLANES=planes,
-        num_warps=num_warps, num_stages=num_stages, **({"maxnreg": max_registers} if max_registers else {}))
+        DISCARD_SCRATCH=discards_l2_lines(x.device), num_warps=num_warps, num_stages=num_stages,
+        **({"maxnreg": max_registers} if max_registers else {}))
     return y
