@@ -147,12 +147,9 @@ def spectrum_factors(grid: tuple[int, ...], height: int, width: int, device: tor
         cos, sin = _dft_phases(torch.arange(1 - width, width), grid, width)
         return torch.cat([cell_of_lag.T @ cos, cell_of_lag.T @ sin], dim=1)
 
-    def ends(side: int) -> torch.Tensor:
-        return torch.tensor(merged_row_ends(grid, height)[side], dtype=torch.int32)
-
-    return SpectrumFactors(*(device_constant(("merged row ends", grid, height, side), device, lambda: ends(side))
-                             for side in (0, 1)),
-                           device_constant(("spectrum cells", grid, width), device, cells))
+    plus, minus = device_constant(("merged row ends", grid, height), device,
+                                  lambda: torch.tensor(merged_row_ends(grid, height), dtype=torch.int32))
+    return SpectrumFactors(plus, minus, device_constant(("spectrum cells", grid, width), device, cells))
 
 
 def spectrum_map(grid: tuple[int, ...], height: int, width: int, device: torch.device) -> torch.Tensor:

@@ -610,7 +610,7 @@ def _spectral_box_kernel(x_ptr, spectra_ptr, offsets_ptr, forward_ptr, inverse_p
     x streams through L2 once (read and written first out), the scratch is kept there (evict last),
     and with DISCARD_SCRATCH its lines are dropped at the end instead of written back: B·C·(H+1)·2·F_PAD
     fp32 (85 MB at stage 1, more than the H100's 50 MB of L2) that went out to HBM and pushed x and the
-    bases out (5-8% of the kernel's time on the H100).
+    bases out (4-6% of the forward's time on the H100, bench/results/2026-12-07-h100-spectral-scratch-l2.md).
     """
     pair, c = tl.program_id(0), tl.program_id(1)
     u = tl.arange(0, PLANES * H_PAD)
